@@ -1,0 +1,50 @@
+"""raft-engine: a Raft replication engine for Python.
+
+The public contract (see README.md)::
+
+    from engine import Config, RaftNode, LocalCluster, StateMachine, Status, NotLeaderError
+"""
+
+from engine.cluster import LocalCluster
+from engine.config import Config
+from engine.errors import (
+    ConfigError,
+    CorruptLogError,
+    FrameError,
+    InvariantError,
+    NodeStopped,
+    NotLeaderError,
+    ProposalDropped,
+    RaftError,
+    ReadTimeout,
+    StorageError,
+)
+from engine.runtime.node import RaftNode
+from engine.statemachine import CounterStateMachine, LogStateMachine, StateMachine
+from engine.status import Status
+from engine.types import Entry, EntryKind, HardState
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "CorruptLogError",
+    "CounterStateMachine",
+    "Entry",
+    "EntryKind",
+    "FrameError",
+    "HardState",
+    "InvariantError",
+    "LocalCluster",
+    "LogStateMachine",
+    "NodeStopped",
+    "NotLeaderError",
+    "ProposalDropped",
+    "RaftError",
+    "RaftNode",
+    "ReadTimeout",
+    "StateMachine",
+    "Status",
+    "StorageError",
+]
+
+__version__ = "0.1.0"

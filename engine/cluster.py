@@ -1,0 +1,251 @@
+"""LocalCluster: n RaftNodes in one process, for tests, benchmarks and demos.
+
+The cluster owns each node's durable stores, so ``crash(i)`` followed by ``restart(i)`` finds what
+node i made durable, exactly as a disk would (with ``data_dir`` the stores are real files under
+``data_dir/<node id>``).  Faults (isolate, partition, drop, duplicate, delay, reorder) are applied
+by the transport through one seeded :class:`~engine.transport.faults.FaultPlan`.
+
+Threading: the public methods are meant for one controlling thread; ``wait_for*`` block on a
+condition that node threads notify when roles change or entries are applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from engine.config import Config
+from engine.errors import ConfigError
+from engine.runtime.node import RaftNode
+from engine.statemachine import LogStateMachine, StateMachine
+from engine.storage.base import LogStore, StableStore
+from engine.storage.memory import MemoryLogStore, MemoryStableStore
+from engine.transport.faults import FaultPlan
+from engine.transport.memory import MemoryNetwork
+
+logger = logging.getLogger(__name__)
+
+StateMachineFactory = Callable[[], StateMachine]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class LocalCluster:
+    """n nodes with ids ``n1 .. n<n>``; ``cluster.nodes[i]`` is node ``n<i+1>``."""
+
+    def __init__(self, n: int = 3, *, state_machine: StateMachineFactory | None = None,
+                 config: Config | None = None, transport: str = "memory",
+                 data_dir: str | None = None, seed: int | None = None) -> None:
+        """Build (but do not start) the cluster.
+
+        Raises:
+            ConfigError: n < 1, unknown transport, bad config.
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(f"n={n!r} must be an integer >= 1")
+        if transport not in ("memory", "tcp"):
+            raise ConfigError(f"transport={transport!r} must be 'memory' or 'tcp'")
+        self.config = config if config is not None else Config()
+        if not isinstance(self.config, Config):
+            raise ConfigError(f"config={config!r} must be an engine.Config")
+        self._factory: StateMachineFactory = state_machine or LogStateMachine
+        self._transport_kind = transport
+        self._data_dir = data_dir
+        self.seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
+        self._rng = random.Random(self.seed)
+        self.ids = [f"n{k}" for k in range(1, n + 1)]
+        if transport == "memory":
+            self.network: MemoryNetwork | None = MemoryNetwork(seed=self._rng.randrange(2**32))
+            self.faults: FaultPlan = self.network.faults
+            self.addresses = {i: f"memory:{i}" for i in self.ids}
+        else:
+            self.network = None
+            self.faults = FaultPlan(seed=self._rng.randrange(2**32))
+            ports = _free_ports(n)
+            self.addresses = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, ports, strict=True)}
+        self._stores: dict[str, tuple[LogStore, StableStore]] = {}
+        self._tcp_counts_of_dead = 0
+        self._changed = threading.Condition()
+        self._started = False
+        self._stopped = False
+        self.nodes: list[RaftNode] = [self._make_node(k) for k in range(n)]
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def _stores_for(self, node_id: str) -> tuple[LogStore, StableStore] | None:
+        if self._data_dir is not None:
+            return None
+        if node_id not in self._stores:
+            self._stores[node_id] = (MemoryLogStore(), MemoryStableStore())
+        return self._stores[node_id]
+
+    def _make_node(self, k: int) -> RaftNode:
+        node_id = self.ids[k]
+        if self.network is not None:
+            transport = self.network.endpoint(node_id)
+        else:
+            from engine.transport.tcp import TcpTransport
+            transport = TcpTransport(node_id, self.addresses, faults=self.faults)
+        stores = self._stores_for(node_id)
+        data_dir = None
+        if self._data_dir is not None:
+            data_dir = os.path.join(self._data_dir, node_id)
+            os.makedirs(data_dir, exist_ok=True)
+        node = RaftNode(node_id, self.addresses, self._factory(), config=self.config,
+                        data_dir=data_dir, transport=transport,
+                        log_store=stores[0] if stores else None,
+                        stable_store=stores[1] if stores else None,
+                        seed=self._rng.randrange(2**32))
+        node.add_observer(self._notify)
+        return node
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every node."""
+        self._started = True
+        for node in self.nodes:
+            node.start()
+
+    def stop(self) -> None:
+        """Stop every node and the network; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for node in self.nodes:
+            node.stop()
+        if self.network is not None:
+            self.network.close()
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def crash(self, i: int) -> None:
+        """Stop node i abruptly; its durable state survives for :meth:`restart`."""
+        self._count_dead_transport(i)
+        self.nodes[i].crash()
+
+    def restart(self, i: int) -> RaftNode:
+        """Replace node i by a new RaftNode on the same durable state and a fresh state machine
+        (rebuilt by replaying the log).  Crashes it first if it still runs."""
+        old = self.nodes[i]
+        if old.status().running:
+            self._count_dead_transport(i)
+            old.crash()
+        node = self._make_node(i)
+        self.nodes[i] = node
+        node.start()
+        self._notify()
+        return node
+
+    def _count_dead_transport(self, i: int) -> None:
+        transport = getattr(self.nodes[i], "_transport", None)
+        if self.network is None and transport is not None:
+            self._tcp_counts_of_dead += transport.message_count()
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def isolate(self, i: int) -> None:
+        """Cut node i off from every other node (both directions)."""
+        self.faults.isolate(self.ids[i])
+
+    def rejoin(self, i: int) -> None:
+        """Restore node i's links."""
+        self.faults.rejoin(self.ids[i])
+
+    def partition(self, *groups: Iterable[int]) -> None:
+        """Split the cluster: nodes talk only within their group (indexes, e.g. [0, 1], [2])."""
+        self.faults.partition(*[[self.ids[i] for i in group] for group in groups])
+
+    def heal(self) -> None:
+        """Remove every partition and isolation."""
+        self.faults.heal()
+
+    def set_faults(self, drop: float = 0.0, duplicate: float = 0.0,
+                   delay: tuple[float, float] = (0.0, 0.0), reorder: bool = False) -> None:
+        """Probabilistic faults on every link (seeded by the cluster's seed)."""
+        self.faults.set_faults(drop=drop, duplicate=duplicate, delay=delay, reorder=reorder)
+
+    def message_count(self) -> int:
+        """Messages handed to the transport so far by all nodes, dropped ones included."""
+        if self.network is not None:
+            return self.network.message_count()
+        return self._tcp_counts_of_dead + sum(
+            n._transport.message_count() for n in self.nodes if n._transport is not None)
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Block until ``predicate()`` holds (re-checked whenever a node changes role or applies
+        entries, and at least every 50 ms); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.05))
+        return True
+
+    def leader(self) -> RaftNode | None:
+        """The running node that leads in the highest term any running node knows, or None."""
+        running = [n.status() for n in self.nodes if n.status().running]
+        if not running:
+            return None
+        top_term = max(s.term for s in running)
+        for node, status in zip(self.nodes, [n.status() for n in self.nodes], strict=True):
+            if status.running and status.role == "leader" and status.term == top_term:
+                return node
+        return None
+
+    def wait_for_leader(self, timeout: float = 5.0) -> RaftNode:
+        """The leader, once there is one.
+
+        Raises:
+            TimeoutError: no leader within ``timeout`` seconds.
+        """
+        found: list[RaftNode] = []
+
+        def has_leader() -> bool:
+            node = self.leader()
+            if node is not None:
+                found[:] = [node]
+            return node is not None
+
+        if not self.wait_for(has_leader, timeout):
+            raise TimeoutError(f"no leader within {timeout}s (seed {self.seed})")
+        return found[0]
+
+    def wait_applied(self, index: int, nodes: Sequence[int] | None = None,
+                     timeout: float = 5.0) -> bool:
+        """Block until the given nodes (default: all running) applied ``index``."""
+        def done() -> bool:
+            chosen = [self.nodes[i] for i in nodes] if nodes is not None else [
+                n for n in self.nodes if n.status().running]
+            return all(n.last_applied >= index for n in chosen)
+        return self.wait_for(done, timeout)

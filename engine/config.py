@@ -1,0 +1,138 @@
+"""Config: every tunable of the engine, validated in one place.
+
+Times are in seconds.  The Raft core counts time in ticks; ``tick_interval`` sets how long one
+tick is and the ``*_ticks`` properties convert.  An invalid combination raises
+:class:`~engine.errors.ConfigError` naming the field, its value and the rule it broke.
+
+Tuning in one paragraph: the election timeout must be well above the network round trip plus a
+disk sync (a follower must hear a heartbeat before it gives up on the leader) and the heartbeat
+interval a fraction of the minimum election timeout, so a few lost heartbeats do not start an
+election.  The defaults (50 ms heartbeat, 150-300 ms election) suit a LAN or loopback.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from engine.errors import ConfigError
+
+_BOOL_FIELDS = ("pre_vote", "check_quorum", "fast_backup", "fsync")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Engine configuration.  Immutable; build a new one with ``dataclasses.replace``."""
+
+    heartbeat_interval: float = 0.05
+    """Seconds between leader heartbeats.  Must be < election_timeout_min."""
+
+    election_timeout_min: float = 0.15
+    """Lower bound of the randomized election timeout, in seconds."""
+
+    election_timeout_max: float = 0.30
+    """Upper bound (exclusive) of the randomized election timeout.  Must be > the minimum."""
+
+    tick_interval: float = 0.01
+    """Seconds per logical clock tick of the core; every other time is rounded to ticks."""
+
+    max_batch_entries: int = 1024
+    """Most entries one AppendEntries message carries (and one durable write takes)."""
+
+    max_batch_bytes: int = 1 << 20
+    """Most payload bytes one AppendEntries message carries (at least one entry is always sent)."""
+
+    max_inflight: int = 64
+    """AppendEntries messages in flight per follower before the leader waits for an ack.
+    1 disables pipelining."""
+
+    pre_vote: bool = True
+    """Run a pre-vote round before bumping the term (thesis section 9.6)."""
+
+    check_quorum: bool = True
+    """A leader that has not heard from a quorum for an election timeout steps down, and a node
+    that heard from a leader within the minimum election timeout ignores vote requests."""
+
+    fast_backup: bool = True
+    """Rejections carry the conflicting term and its first index so the leader skips a whole term
+    per round trip; False gives the classic one-entry-per-round-trip decrement."""
+
+    fsync: bool = True
+    """fdatasync durable writes.  False is for benchmarks and tests that do not need durability."""
+
+    max_pending_proposals: int = 100_000
+    """Proposals queued at the leader and not yet handed to the core; beyond it propose() fails."""
+
+    read_timeout: float = 5.0
+    """Seconds a linearizable read may wait for leadership confirmation before ReadTimeout."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation --------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check every field and every rule between fields.
+
+        Raises:
+            ConfigError: naming the field, its value and the rule.
+        """
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _BOOL_FIELDS:
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{f.name}={value!r} must be a bool")
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{f.name}={value!r} must be a number")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value!r} must be finite")
+            if value <= 0:
+                raise ConfigError(f"{f.name}={value!r} must be > 0")
+        for name in ("max_batch_entries", "max_batch_bytes", "max_inflight",
+                     "max_pending_proposals"):
+            value = getattr(self, name)
+            if not isinstance(value, int):
+                raise ConfigError(f"{name}={value!r} must be an integer")
+        if self.election_timeout_max <= self.election_timeout_min:
+            raise ConfigError(
+                f"election_timeout_max={self.election_timeout_max} must be > "
+                f"election_timeout_min={self.election_timeout_min}")
+        if self.heartbeat_interval >= self.election_timeout_min:
+            raise ConfigError(
+                f"heartbeat_interval={self.heartbeat_interval} must be < "
+                f"election_timeout_min={self.election_timeout_min}")
+        if self.tick_interval > self.heartbeat_interval:
+            raise ConfigError(
+                f"tick_interval={self.tick_interval} must be <= "
+                f"heartbeat_interval={self.heartbeat_interval}")
+        if self.election_ticks_max <= self.election_ticks_min:
+            raise ConfigError(
+                f"tick_interval={self.tick_interval} is too coarse: election_timeout_min="
+                f"{self.election_timeout_min} and election_timeout_max={self.election_timeout_max}"
+                " round to the same number of ticks")
+        if self.election_ticks_min <= self.heartbeat_ticks:
+            raise ConfigError(
+                f"tick_interval={self.tick_interval} is too coarse: heartbeat_interval="
+                f"{self.heartbeat_interval} and election_timeout_min={self.election_timeout_min}"
+                " round to the same number of ticks")
+
+    # -- conversions to core ticks -------------------------------------------------------------
+
+    def _ticks(self, seconds: float) -> int:
+        return max(1, round(seconds / self.tick_interval))
+
+    @property
+    def heartbeat_ticks(self) -> int:
+        """Heartbeat interval in ticks (>= 1)."""
+        return self._ticks(self.heartbeat_interval)
+
+    @property
+    def election_ticks_min(self) -> int:
+        """Minimum election timeout in ticks."""
+        return self._ticks(self.election_timeout_min)
+
+    @property
+    def election_ticks_max(self) -> int:
+        """Maximum (exclusive) election timeout in ticks."""
+        return self._ticks(self.election_timeout_max)

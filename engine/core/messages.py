@@ -1,0 +1,73 @@
+"""The messages Raft peers exchange, as one immutable record type with a kind.
+
+One record type (like etcd's ``raftpb.Message``) rather than a class per kind keeps the transport
+codec and fault injection uniform; the table below says which fields each kind uses.
+
+=====================  ===============================================================
+kind                   fields used (besides kind, src, dst, term)
+=====================  ===============================================================
+APPEND                 index (prev log index), log_term (prev log term), entries, commit
+APPEND_RESPONSE        index (last index now matching, or the rejected prev index),
+                       reject, reject_hint, conflict_term (rejections with fast backup)
+HEARTBEAT              commit (min of leader commit and the follower's match), context
+HEARTBEAT_RESPONSE     context (echoed, acknowledges ReadIndex rounds)
+VOTE / PRE_VOTE        index, log_term (candidate's last log index and term)
+VOTE_RESPONSE /        reject
+PRE_VOTE_RESPONSE
+=====================  ===============================================================
+
+A message whose ``src == dst`` is local: the core sends it to itself through
+``Ready.messages_after_persist`` to learn that its own write is durable (an APPEND_RESPONSE: the
+leader's self-ack) or that its own vote is durable (a VOTE_RESPONSE).  Drivers step such messages
+back into the same core instead of sending them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from engine.types import Entry, Index, NodeId, Term
+
+
+class MessageKind(IntEnum):
+    """The kinds of message; values are stable because they go on the wire."""
+
+    APPEND = 1
+    APPEND_RESPONSE = 2
+    HEARTBEAT = 3
+    HEARTBEAT_RESPONSE = 4
+    VOTE = 5
+    VOTE_RESPONSE = 6
+    PRE_VOTE = 7
+    PRE_VOTE_RESPONSE = 8
+
+
+_RESPONSE_OF = {
+    MessageKind.VOTE: MessageKind.VOTE_RESPONSE,
+    MessageKind.PRE_VOTE: MessageKind.PRE_VOTE_RESPONSE,
+}
+
+
+def vote_response_kind(kind: MessageKind) -> MessageKind:
+    """The response kind for a VOTE or PRE_VOTE request."""
+    return _RESPONSE_OF[kind]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """One Raft message.  Immutable; shared freely between threads once built."""
+
+    kind: MessageKind
+    src: NodeId
+    dst: NodeId
+    term: Term
+    log_term: Term = 0
+    index: Index = 0
+    entries: Sequence[Entry] = ()
+    commit: Index = 0
+    reject: bool = False
+    reject_hint: Index = 0
+    conflict_term: Term = 0
+    context: int = 0

@@ -1,0 +1,611 @@
+"""Raft: the protocol as a deterministic state machine.
+
+No threads, sockets, clocks or files: time advances only through :meth:`Raft.tick`, messages
+arrive only through :meth:`Raft.step`, and everything the protocol wants done comes out of
+:meth:`Raft.ready`.  The randomized election timeout is drawn from the ``random.Random`` the caller
+passes in, so the same inputs and seed give the same outputs.
+
+Structure (after etcd-io/raft): the ``become_*`` methods are the only places that change the role
+and set ``self._step_role``/``self._tick_role``; :meth:`step` handles what is common to every role
+(term comparison, votes) and dispatches the rest to one function per role.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from itertools import repeat
+from operator import itemgetter
+from typing import Any
+
+from engine.core.log import RaftLog
+from engine.core.messages import Message, MessageKind, vote_response_kind
+from engine.core.quorum import VoteResult, committed_index, quorum_size, vote_result
+from engine.core.read_only import ReadOnly
+from engine.core.ready import Ready, ReadState, SoftState
+from engine.core.tracker import Progress, ProgressState
+from engine.errors import ConfigError, InvariantError, NotLeaderError
+from engine.types import Entry, EntryKind, HardState, Index, NodeId, Term
+
+logger = logging.getLogger(__name__)
+
+APPEND = MessageKind.APPEND
+APPEND_RESPONSE = MessageKind.APPEND_RESPONSE
+HEARTBEAT = MessageKind.HEARTBEAT
+HEARTBEAT_RESPONSE = MessageKind.HEARTBEAT_RESPONSE
+VOTE = MessageKind.VOTE
+VOTE_RESPONSE = MessageKind.VOTE_RESPONSE
+PRE_VOTE = MessageKind.PRE_VOTE
+PRE_VOTE_RESPONSE = MessageKind.PRE_VOTE_RESPONSE
+
+# Responses whose meaning depends on this node's durable state (a granted vote, acknowledged
+# entries, a term just adopted): they wait in Ready.messages_after_persist.
+_AFTER_PERSIST = frozenset({APPEND_RESPONSE, VOTE_RESPONSE, PRE_VOTE_RESPONSE, HEARTBEAT_RESPONSE})
+
+_data_of = itemgetter(3)
+
+
+class Role(str, Enum):
+    """The role of a node; the value is what ``Status.role`` reports."""
+
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class RaftOptions:
+    """Core settings, with time in ticks (the runtime converts seconds from Config)."""
+
+    heartbeat_ticks: int = 1
+    election_ticks_min: int = 10
+    election_ticks_max: int = 20
+    max_batch_entries: int = 1024
+    max_batch_bytes: int = 1 << 20
+    max_inflight: int = 64
+    max_committed_per_ready: int = 8192
+    pre_vote: bool = True
+    check_quorum: bool = True
+    fast_backup: bool = True
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_ticks < 1:
+            raise ConfigError(f"heartbeat_ticks={self.heartbeat_ticks} must be >= 1")
+        if self.election_ticks_min <= self.heartbeat_ticks:
+            raise ConfigError(f"election_ticks_min={self.election_ticks_min} must be > "
+                              f"heartbeat_ticks={self.heartbeat_ticks}")
+        if self.election_ticks_max <= self.election_ticks_min:
+            raise ConfigError(f"election_ticks_max={self.election_ticks_max} must be > "
+                              f"election_ticks_min={self.election_ticks_min}")
+        for name in ("max_batch_entries", "max_batch_bytes", "max_inflight",
+                     "max_committed_per_ready"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+
+    @classmethod
+    def from_config(cls, config: Any) -> RaftOptions:
+        """Options from an :class:`engine.config.Config` (seconds converted to ticks)."""
+        return cls(
+            heartbeat_ticks=config.heartbeat_ticks,
+            election_ticks_min=config.election_ticks_min,
+            election_ticks_max=config.election_ticks_max,
+            max_batch_entries=config.max_batch_entries,
+            max_batch_bytes=config.max_batch_bytes,
+            max_inflight=config.max_inflight,
+            pre_vote=config.pre_vote,
+            check_quorum=config.check_quorum,
+            fast_backup=config.fast_backup,
+        )
+
+
+class Raft:
+    """One node's Raft state.  Not thread-safe: one driver thread owns it."""
+
+    def __init__(self, node_id: NodeId, voters: Sequence[NodeId], *, rng: random.Random,
+                 options: RaftOptions | None = None, hard_state: HardState | None = None,
+                 entries: Sequence[Entry] = (), applied: Index = 0) -> None:
+        """Create a node from its durable state (``hard_state`` and the stable ``entries``).
+
+        Raises:
+            ConfigError: when ``node_id`` is not among ``voters`` or ids repeat.
+        """
+        if node_id not in voters:
+            raise ConfigError(f"node_id={node_id!r} must be one of voters={sorted(voters)!r}")
+        if len(set(voters)) != len(voters):
+            raise ConfigError(f"voters={list(voters)!r} must not repeat")
+        self.id: NodeId = node_id
+        self.voters: tuple[NodeId, ...] = tuple(sorted(voters))
+        self.peers: tuple[NodeId, ...] = tuple(v for v in self.voters if v != node_id)
+        self.options = options or RaftOptions()
+        self._rng = rng
+        hard_state = hard_state or HardState()
+        self.term: Term = hard_state.term
+        self.vote: NodeId | None = hard_state.vote
+        self.log = RaftLog(entries, committed=hard_state.commit, applied=applied)
+        self.leader_id: NodeId | None = None
+        self.role = Role.FOLLOWER
+        self.progress: dict[NodeId, Progress] = {}
+        self.votes: dict[NodeId, bool] = {}
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = 0
+        self.read_only = ReadOnly()
+        # ReadIndex requests that arrived before this leader committed an entry of its term.
+        self._pending_read_contexts: list[int] = []
+        self._msgs: list[Message] = []
+        self._msgs_after_persist: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._prev_hard_state = hard_state
+        self._prev_soft_state = SoftState(self.role.value, None, self.term)
+        self._step_role = self._step_follower
+        self._tick_role = self._tick_election
+        self.become_follower(self.term, None)
+
+    # -- role transitions --------------------------------------------------------------------
+
+    def _reset(self, term: Term) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = None
+        self.leader_id = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = self._rng.randrange(
+            self.options.election_ticks_min, self.options.election_ticks_max)
+        self.votes = {}
+        self.read_only.clear()
+        self._pending_read_contexts.clear()
+
+    def become_follower(self, term: Term, leader_id: NodeId | None) -> None:
+        """Follow ``leader_id`` (None when unknown) in ``term``."""
+        self._step_role = self._step_follower
+        self._tick_role = self._tick_election
+        self._reset(term)
+        self.leader_id = leader_id
+        self.role = Role.FOLLOWER
+        self.progress = {}
+
+    def become_pre_candidate(self) -> None:
+        """Start a pre-vote round: neither the term nor the vote changes.
+
+        Raises:
+            InvariantError: when called on a leader.
+        """
+        if self.role is Role.LEADER:
+            raise InvariantError("leader -> pre-candidate")
+        self._step_role = self._step_candidate
+        self._tick_role = self._tick_election
+        self.votes = {}
+        self.leader_id = None
+        self.role = Role.PRE_CANDIDATE
+
+    def become_candidate(self) -> None:
+        """Start an election in a new term, voting for itself.
+
+        Raises:
+            InvariantError: when called on a leader.
+        """
+        if self.role is Role.LEADER:
+            raise InvariantError("leader -> candidate")
+        self._step_role = self._step_candidate
+        self._tick_role = self._tick_election
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+
+    def become_leader(self) -> None:
+        """Take office: reset follower progress and append the no-op of this term.
+
+        Raises:
+            InvariantError: when called on a follower (a leader must be elected first).
+        """
+        if self.role is Role.FOLLOWER:
+            raise InvariantError("follower -> leader")
+        self._step_role = self._step_leader
+        self._tick_role = self._tick_heartbeat
+        self._reset(self.term)
+        self.leader_id = self.id
+        self.role = Role.LEADER
+        next_index = self.log.last_index() + 1
+        max_inflight = self.options.max_inflight
+        self.progress = {v: Progress(next_index, max_inflight) for v in self.voters}
+        own = self.progress[self.id]
+        own.match = self.log.stable
+        own.become_replicate()
+        own.recent_active = True
+        self.log.append([Entry(next_index, self.term, EntryKind.NOOP, b"")])
+        logger.info("%s became leader at term %d", self.id, self.term)
+
+    # -- time --------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        self._tick_role()
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.randomized_election_timeout:
+            self.election_elapsed = 0
+            self.campaign()
+
+    def _tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.options.election_ticks_min:
+            self.election_elapsed = 0
+            if self.options.check_quorum:
+                if not self._quorum_active():
+                    logger.info("%s steps down at term %d: no quorum heard (CheckQuorum)",
+                                self.id, self.term)
+                    self.become_follower(self.term, None)
+                    return
+                for peer_id, pr in self.progress.items():
+                    if peer_id != self.id:
+                        pr.recent_active = False
+        if self.heartbeat_elapsed >= self.options.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat(self.read_only.last_context())
+
+    def _quorum_active(self) -> bool:
+        active = sum(1 for v in self.voters if self.progress[v].recent_active or v == self.id)
+        return active >= quorum_size(self.voters)
+
+    # -- elections -----------------------------------------------------------------------------
+
+    def campaign(self) -> None:
+        """Start an election (a pre-vote round first when PreVote is on).  No-op on a leader."""
+        if self.role is Role.LEADER:
+            return
+        if self.options.pre_vote:
+            self._campaign(PRE_VOTE)
+        else:
+            self._campaign(VOTE)
+
+    def _campaign(self, kind: MessageKind) -> None:
+        if kind is PRE_VOTE:
+            self.become_pre_candidate()
+            vote_term = self.term + 1
+            # A pre-vote changes no state, so the node's own grant counts at once.
+            self.votes[self.id] = True
+            if self._tally() is not VoteResult.PENDING:
+                return
+        else:
+            self.become_candidate()
+            vote_term = self.term
+            # The node's own vote counts only once it is durable: it goes through the
+            # after-persist queue like any vote grant.
+            self._send(VOTE_RESPONSE, self.id, term=vote_term)
+        last_index, last_term = self.log.last_index(), self.log.last_term()
+        for peer in self.peers:
+            self._send(kind, peer, term=vote_term, index=last_index, log_term=last_term)
+
+    def _tally(self) -> VoteResult:
+        """Count votes; on a decision, act on it.  Returns the result."""
+        result = vote_result(self.voters, self.votes)
+        if result is VoteResult.WON:
+            if self.role is Role.PRE_CANDIDATE:
+                self._campaign(VOTE)
+            else:
+                self.become_leader()
+                self._broadcast_append()
+        elif result is VoteResult.LOST:
+            self.become_follower(self.term, None)
+        return result
+
+    def _handle_vote_request(self, m: Message) -> None:
+        can_vote = (self.vote == m.src
+                    or (self.vote is None and self.leader_id is None)
+                    or (m.kind is PRE_VOTE and m.term > self.term))
+        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            # A pre-vote grant is answered in the candidate's future term; a vote grant in the
+            # (now equal) current term.
+            self._send(vote_response_kind(m.kind), m.src, term=m.term)
+            if m.kind is VOTE:
+                self.election_elapsed = 0
+                self.vote = m.src
+        else:
+            self._send(vote_response_kind(m.kind), m.src, term=self.term, reject=True)
+
+    # -- the step function -------------------------------------------------------------------
+
+    def step(self, m: Message) -> None:
+        """Process one message from a peer (or a self-addressed message from ``Ready``)."""
+        if m.src == self.id and m.kind is APPEND_RESPONSE:
+            self._on_persisted(m.index, m.log_term)
+            return
+        if m.term > self.term:
+            if m.kind is VOTE or m.kind is PRE_VOTE:
+                if (self.options.check_quorum and self.leader_id is not None
+                        and self.election_elapsed < self.options.election_ticks_min):
+                    # CheckQuorum's lease: we heard from a live leader recently, so this
+                    # candidate is disruptive (a rejoining node, say).  Ignore it.
+                    return
+            if m.kind is PRE_VOTE or (m.kind is PRE_VOTE_RESPONSE and not m.reject):
+                pass  # pre-votes never change the term: that is their whole point
+            elif m.kind is APPEND or m.kind is HEARTBEAT:
+                self.become_follower(m.term, m.src)
+            else:
+                self.become_follower(m.term, None)
+        elif m.term < self.term:
+            if ((self.options.check_quorum or self.options.pre_vote)
+                    and (m.kind is APPEND or m.kind is HEARTBEAT)):
+                # A stale leader (e.g. back from a partition) learns our term and steps down.
+                # Without this it could keep a PreVote/CheckQuorum cluster from electing.
+                self._send(APPEND_RESPONSE, m.src, term=self.term)
+            elif m.kind is PRE_VOTE:
+                self._send(PRE_VOTE_RESPONSE, m.src, term=self.term, reject=True)
+            return
+        if m.kind is VOTE or m.kind is PRE_VOTE:
+            self._handle_vote_request(m)
+            return
+        self._step_role(m)
+
+    def _step_follower(self, m: Message) -> None:
+        if m.kind is APPEND:
+            self.election_elapsed = 0
+            self.leader_id = m.src
+            self._handle_append(m)
+        elif m.kind is HEARTBEAT:
+            self.election_elapsed = 0
+            self.leader_id = m.src
+            self._handle_heartbeat(m)
+
+    def _step_candidate(self, m: Message) -> None:
+        if m.kind is APPEND or m.kind is HEARTBEAT:
+            self.become_follower(m.term, m.src)
+            self._step_follower(m)
+        elif (m.kind is VOTE_RESPONSE and self.role is Role.CANDIDATE) or (
+                m.kind is PRE_VOTE_RESPONSE and self.role is Role.PRE_CANDIDATE):
+            self.votes.setdefault(m.src, not m.reject)
+            self._tally()
+
+    def _step_leader(self, m: Message) -> None:
+        if m.kind is APPEND_RESPONSE:
+            self._handle_append_response(m)
+        elif m.kind is HEARTBEAT_RESPONSE:
+            self._handle_heartbeat_response(m)
+
+    # -- follower side of replication -------------------------------------------------------
+
+    def _handle_append(self, m: Message) -> None:
+        log = self.log
+        if m.index < log.committed:
+            self._send(APPEND_RESPONSE, m.src, index=log.committed)
+            return
+        last_new = log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._send(APPEND_RESPONSE, m.src, index=last_new)
+            return
+        last = log.last_index()
+        if m.index > last:
+            conflict_term, hint = 0, last + 1
+        else:
+            conflict_term = log.term(m.index) or 0
+            hint = max(log.first_index_of_term_at(m.index), log.committed + 1)
+        self._send(APPEND_RESPONSE, m.src, index=m.index, reject=True, reject_hint=hint,
+                   conflict_term=conflict_term)
+
+    def _handle_heartbeat(self, m: Message) -> None:
+        self.log.commit_to(min(m.commit, self.log.last_index()))
+        self._send(HEARTBEAT_RESPONSE, m.src, context=m.context)
+
+    # -- leader side of replication ----------------------------------------------------------
+
+    def propose(self, commands: Sequence[bytes]) -> tuple[Index, Term]:
+        """Append user commands to the leader's log and send them.
+
+        Returns the index of the first new entry and the term they were proposed in; entry
+        ``k`` of ``commands`` gets index ``first + k``.
+
+        Raises:
+            NotLeaderError: when this node is not the leader.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader_id)
+        first = self.log.last_index() + 1
+        if commands:
+            self.log.append(list(map(Entry, range(first, first + len(commands)),
+                                     repeat(self.term), repeat(EntryKind.NORMAL), commands)))
+            self._broadcast_append()
+        return first, self.term
+
+    def _broadcast_append(self) -> None:
+        for peer in self.peers:
+            self._send_appends(peer, allow_empty=True)
+        if not self.peers:
+            self._maybe_commit()
+
+    def _send_appends(self, peer: NodeId, *, allow_empty: bool) -> None:
+        """Send as many appends to ``peer`` as its window allows (at least one if
+        ``allow_empty``, to carry the commit index)."""
+        pr = self.progress[peer]
+        log = self.log
+        options = self.options
+        while not pr.is_paused():
+            next_index = pr.next
+            prev_term = log.term(next_index - 1)
+            if prev_term is None:
+                raise InvariantError(f"no term for index {next_index - 1} (snapshot needed)")
+            entries = log.slice(next_index, next_index + options.max_batch_entries)
+            if not entries and not allow_empty:
+                return
+            if len(entries) > 1:
+                entries = self._limit_bytes(entries)
+            self._send(APPEND, peer, index=next_index - 1, log_term=prev_term, entries=entries,
+                       commit=log.committed)
+            pr.sent_append(len(entries), next_index - 1 + len(entries))
+            if not entries or pr.state is not ProgressState.REPLICATE:
+                return
+            allow_empty = False
+
+    def _limit_bytes(self, entries: list[Entry]) -> list[Entry]:
+        limit = self.options.max_batch_bytes
+        if sum(map(len, map(_data_of, entries))) <= limit:
+            return entries
+        total = 0
+        for count, entry in enumerate(entries):
+            total += len(entry.data)
+            if total > limit:
+                return entries[:max(count, 1)]
+        return entries
+
+    def _broadcast_heartbeat(self, context: int) -> None:
+        committed = self.log.committed
+        for peer in self.peers:
+            pr = self.progress[peer]
+            self._send(HEARTBEAT, peer, commit=min(pr.match, committed), context=context)
+
+    def _handle_append_response(self, m: Message) -> None:
+        pr = self.progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if m.reject:
+            self._handle_rejection(pr, m)
+            return
+        was_paused = pr.is_paused()
+        if pr.maybe_update(m.index):
+            if pr.state is ProgressState.PROBE:
+                pr.become_replicate()
+            # Followers learn the new commit index from the next append or heartbeat; an empty
+            # append per commit would double the message count for no client-visible gain.
+            self._maybe_commit()
+            self._send_appends(m.src, allow_empty=False)
+        elif was_paused:
+            self._send_appends(m.src, allow_empty=False)
+
+    def _handle_rejection(self, pr: Progress, m: Message) -> None:
+        if self.options.fast_backup:
+            next_hint = m.reject_hint
+            if m.conflict_term:
+                own_last = self.log.last_index_of_term(m.conflict_term, m.index)
+                if own_last is not None:
+                    next_hint = own_last + 1
+        else:
+            next_hint = m.index  # classic Raft: back up by one entry per round trip
+        if pr.maybe_decrease_to(m.index, next_hint):
+            if pr.state is ProgressState.REPLICATE:
+                pr.become_probe()
+                pr.next = max(pr.match + 1, min(m.index, next_hint))
+            self._send_appends(m.src, allow_empty=True)
+
+    def _handle_heartbeat_response(self, m: Message) -> None:
+        pr = self.progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        pr.probe_sent = False
+        if pr.match < self.log.last_index():
+            self._send_appends(m.src, allow_empty=False)
+        if m.context:
+            acks = self.read_only.ack(m.context, m.src)
+            if acks is not None and vote_result(
+                    self.voters, dict.fromkeys(acks, True)) is VoteResult.WON:
+                self._read_states.extend(self.read_only.release_through(m.context))
+
+    def _on_persisted(self, index: Index, term: Term) -> None:
+        """This node's own write up to (index, term) is durable."""
+        self.log.stable_to(index, term)
+        if self.role is Role.LEADER:
+            own = self.progress[self.id]
+            if own.maybe_update(self.log.stable):
+                self._maybe_commit()
+
+    def _maybe_commit(self) -> bool:
+        """Advance the commit index to what a quorum matches, counting only entries of the
+        current term (Figure 8).  Returns True when it moved."""
+        index = committed_index(self.voters, {v: pr.match for v, pr in self.progress.items()})
+        if index <= self.log.committed or self.log.term(index) != self.term:
+            return False
+        first_of_term = self.log.committed < index and not self._committed_in_term_before()
+        self.log.commit_to(index)
+        if first_of_term and self._pending_read_contexts:
+            contexts, self._pending_read_contexts = self._pending_read_contexts, []
+            for context in contexts:
+                self.read_index(context)
+        return True
+
+    def _committed_in_term_before(self) -> bool:
+        return self.log.term(self.log.committed) == self.term
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def read_index(self, context: int) -> None:
+        """Request a linearizable read point; released in ``Ready.read_states`` under
+        ``context`` (a non-zero id chosen by the caller, unique while pending).
+
+        Raises:
+            NotLeaderError: when this node is not the leader.
+            ValueError: when ``context`` is 0.
+        """
+        if context == 0:
+            raise ValueError("read context must be non-zero")
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader_id)
+        if not self._committed_in_term_before():
+            # Until an entry of this term commits, the leader's commit index may lag what the
+            # previous leader committed (thesis 6.4 step 1).
+            self._pending_read_contexts.append(context)
+            return
+        if len(self.voters) == 1:
+            self._read_states.append(ReadState(self.log.committed, context))
+            return
+        self.read_only.add(self.log.committed, context, self.id)
+        self._broadcast_heartbeat(context)
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _send(self, kind: MessageKind, dst: NodeId, *, term: Term | None = None,
+              **fields: Any) -> None:
+        m = Message(kind=kind, src=self.id, dst=dst,
+                    term=self.term if term is None else term, **fields)
+        if kind in _AFTER_PERSIST:
+            self._msgs_after_persist.append(m)
+        else:
+            self._msgs.append(m)
+
+    def hard_state(self) -> HardState:
+        """The current durable-state triple."""
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def soft_state(self) -> SoftState:
+        """The current volatile role, leader and term."""
+        return SoftState(self.role.value, self.leader_id, self.term)
+
+    def has_ready(self) -> bool:
+        """True when :meth:`ready` would return any work."""
+        log = self.log
+        return bool(
+            self._msgs or self._msgs_after_persist or self._read_states
+            or log.handed < log.last_index() or log.has_committed_to_apply()
+            or self.term != self._prev_hard_state.term or self.vote != self._prev_hard_state.vote
+            or log.committed != self._prev_hard_state.commit
+            or self.role.value != self._prev_soft_state.role
+            or self.leader_id != self._prev_soft_state.leader_id)
+
+    def ready(self) -> Ready:
+        """Take the pending work out of the core (see :mod:`engine.core.ready`)."""
+        rd = Ready()
+        hs = self.hard_state()
+        if hs != self._prev_hard_state:
+            rd.hard_state = hs
+            self._prev_hard_state = hs
+        ss = self.soft_state()
+        if ss != self._prev_soft_state:
+            rd.soft_state = ss
+            self._prev_soft_state = ss
+        rd.entries = self.log.take_unpersisted()
+        rd.messages, self._msgs = self._msgs, []
+        rd.messages_after_persist, self._msgs_after_persist = self._msgs_after_persist, []
+        if rd.entries:
+            last = rd.entries[-1]
+            rd.messages_after_persist.append(Message(
+                kind=APPEND_RESPONSE, src=self.id, dst=self.id, term=self.term,
+                index=last.index, log_term=last.term))
+        rd.committed_entries = self.log.take_committed(self.options.max_committed_per_ready)
+        rd.read_states, self._read_states = self._read_states, []
+        return rd

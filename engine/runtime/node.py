@@ -1,0 +1,522 @@
+"""RaftNode: the threads that drive one Raft core.
+
+Threads (all named, all joined by ``stop()``):
+
+``raft-<id>-loop``
+    Owns the :class:`~engine.core.RawNode`, the pending-read table and the tick clock.  Every other
+    thread talks to it by putting events on ``self._inbox`` (a queue.SimpleQueue): messages from
+    the transport, proposals, reads, persistence notices.  It drains everything queued, steps it
+    all into the core, proposes all pending commands as one batch, ticks, and hands the Ready out.
+``raft-<id>-storage``
+    Only with on-disk stores: the :class:`~engine.runtime.persister.Persister` (group commit).
+``raft-<id>-apply``
+    The :class:`~engine.runtime.applier.Applier`: owns the state machine.
+transport threads
+    Deliver inbound messages by putting them on the inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from engine.config import Config
+from engine.core import Message, RaftOptions, RawNode, Ready
+from engine.errors import (
+    ConfigError,
+    NodeStopped,
+    NotLeaderError,
+    ProposalDropped,
+    RaftError,
+    ReadTimeout,
+)
+from engine.runtime.applier import Applier, ReadWaiter
+from engine.runtime.persister import Persister
+from engine.runtime.proposals import ProposalRegistry, settle
+from engine.runtime.workers import join_thread, start_thread
+from engine.statemachine import StateMachine
+from engine.status import Status
+from engine.storage.base import LogStore, StableStore
+from engine.storage.memory import MemoryLogStore, MemoryStableStore
+from engine.transport.base import Transport
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Inbox event tags (messages go on the inbox as bare Message objects, the common case).
+_PROPOSE = 1
+_READ = 2
+_PERSISTED = 3
+_STOP = 4
+_CALL = 5
+
+_MAX_EVENTS_PER_ROUND = 10_000
+
+
+def _failed(error: BaseException) -> Future:
+    future: Future = Future()
+    future.set_exception(error)
+    return future
+
+
+class RaftNode:
+    """One member of a Raft cluster, replicating ``state_machine``.
+
+    Use ``start()``/``stop()`` or ``with RaftNode(...) as node:``.  All public methods are
+    thread-safe.
+    """
+
+    def __init__(self, node_id: str, peers: Mapping[str, str], state_machine: StateMachine, *,
+                 config: Config | None = None, data_dir: str | None = None,
+                 transport: Transport | None = None, log_store: LogStore | None = None,
+                 stable_store: StableStore | None = None, seed: int | None = None) -> None:
+        """Create a stopped node.
+
+        Args:
+            node_id: this node's id; must be a key of ``peers``.
+            peers: every member's id -> "host:port", this node included.
+            state_machine: the user's object (see :class:`~engine.statemachine.StateMachine`).
+            config: tunables; ``Config()`` when None.
+            data_dir: directory for the durable log and hard state (native store); None keeps
+                them in memory (they die with the process).
+            transport: how messages travel; None = a TCP transport listening on
+                ``peers[node_id]``.
+            log_store / stable_store: explicit stores (tests and LocalCluster); override
+                ``data_dir``.
+            seed: seeds the election-timeout randomness (None: from os.urandom).
+
+        Raises:
+            ConfigError: bad ids, peers or config.
+            CorruptLogError: the durable log is corrupt in its committed prefix.
+        """
+        if not isinstance(node_id, str) or not node_id:
+            raise ConfigError(f"node_id={node_id!r} must be a non-empty string")
+        if node_id not in peers:
+            raise ConfigError(f"node_id={node_id!r} must be one of peers={sorted(peers)!r}")
+        self._config = config if config is not None else Config()
+        if not isinstance(self._config, Config):
+            raise ConfigError(f"config={config!r} must be an engine.Config")
+        self._id = node_id
+        self._peers = dict(peers)
+        self._state_machine = state_machine
+        self._data_dir = data_dir
+        self._transport_arg = transport
+        self._log_store_arg = log_store
+        self._stable_store_arg = stable_store
+        self._seed = seed
+        self._lifecycle_lock = threading.Lock()
+        self._started = False
+        self._stopped = False
+        self._stop_error: BaseException | None = None
+        self._observers: list[Callable[[], None]] = []
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._registry = ProposalRegistry()
+        self._status = Status(node_id, "follower", 0, None, 0, 0, 0, running=False)
+        # Owned by the loop thread:
+        self._raw: RawNode | None = None
+        self._pending_reads: dict[int, tuple[float, list[ReadWaiter]]] = {}
+        self._read_ids = itertools.count(1)
+        self._role = "follower"
+        # Created by start():
+        self._transport: Transport | None = None
+        self._log_store: LogStore | None = None
+        self._stable_store: StableStore | None = None
+        self._owns_stores = False
+        self._persister: Persister | None = None
+        self._applier: Applier | None = None
+        self._loop_thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """This node's id."""
+        return self._id
+
+    @property
+    def state_machine(self) -> StateMachine:
+        """The user's state machine (touch it only from read() functions while running)."""
+        return self._state_machine
+
+    def __enter__(self) -> RaftNode:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def add_observer(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (from a node thread) whenever role, leader or term changes and
+        after each applied batch.  It must be quick and must not block."""
+        self._observers.append(callback)
+
+    def start(self) -> None:
+        """Open storage, replay the log into a fresh state machine, start the threads.
+
+        Raises:
+            RaftError: already started or stopped; storage errors (CorruptLogError).
+        """
+        with self._lifecycle_lock:
+            if self._started:
+                raise RaftError(f"node {self._id} was already started")
+            self._started = True
+            self._open_stores()
+            assert self._log_store is not None and self._stable_store is not None
+            hard_state = self._stable_store.load()
+            first, last = self._log_store.first_index(), self._log_store.last_index()
+            if first != 1 and last >= first:
+                raise RaftError(f"log starts at {first}: compacted logs need snapshots")
+            entries = self._log_store.entries(first, last + 1) if last >= first else []
+            rng = random.Random(self._seed)
+            self._raw = RawNode(self._id, sorted(self._peers), rng=rng,
+                                options=RaftOptions.from_config(self._config),
+                                hard_state=hard_state, entries=entries)
+            self._applier = Applier(self._id, self._state_machine, self._registry,
+                                    on_progress=self._notify_observers)
+            self._transport = self._transport_arg or self._default_transport()
+            self._persister = Persister(
+                self._id, self._log_store, self._stable_store,
+                threaded=not isinstance(self._log_store, MemoryLogStore),
+                send=self._transport.send, on_persisted=self._on_persisted,
+                on_error=self._on_storage_error)
+            self._publish_status()
+            self._applier.start()
+            self._loop_thread = start_thread(f"raft-{self._id}-loop", self._loop)
+            self._transport.start(self._inbox.put)
+            logger.info("%s started: term=%d log=[%d, %d] commit=%d", self._id,
+                        hard_state.term, first, last, hard_state.commit)
+
+    def _open_stores(self) -> None:
+        if self._log_store_arg is not None or self._stable_store_arg is not None:
+            self._log_store = self._log_store_arg or MemoryLogStore()
+            self._stable_store = self._stable_store_arg or MemoryStableStore()
+        elif self._data_dir is not None:
+            from engine.storage.open import open_stores
+            self._log_store, self._stable_store = open_stores(self._data_dir,
+                                                              fsync=self._config.fsync)
+            self._owns_stores = True
+        else:
+            self._log_store, self._stable_store = MemoryLogStore(), MemoryStableStore()
+
+    def _default_transport(self) -> Transport:
+        from engine.transport.tcp import TcpTransport
+        return TcpTransport(self._id, self._peers)
+
+    def stop(self) -> None:
+        """Stop gracefully: write what is queued, join every thread, close transport and files.
+
+        Pending futures fail with NodeStopped.  Idempotent.
+        """
+        self._halt(graceful=True)
+
+    def crash(self) -> None:
+        """Stop abruptly, as a power cut would: queued writes are lost, nothing is flushed.
+        What earlier writes made durable survives.  For tests and fault benchmarks."""
+        self._halt(graceful=False)
+
+    def _halt(self, *, graceful: bool, error: BaseException | None = None) -> None:
+        with self._lifecycle_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._stop_error = error
+        if not self._started:
+            return
+        self._inbox.put((_STOP,))
+        if self._transport is not None:
+            self._transport.close()
+        join_thread(self._loop_thread)
+        if self._persister is not None:
+            self._persister.stop(flush=graceful and error is None)
+        if self._applier is not None:
+            self._applier.stop()
+        stopped = error or NodeStopped(f"node {self._id} stopped")
+        self._registry.fail_after(-1, stopped)
+        self._fail_reads(stopped)
+        self._fail_inbox(stopped)
+        if self._owns_stores:
+            for store in (self._log_store, self._stable_store):
+                if store is not None:
+                    store.close()
+        self._status = Status(self._id, "follower", self._status.term, None,
+                              self._status.commit_index, self.last_applied,
+                              self._status.last_log_index, running=False)
+        self._notify_observers()
+        logger.info("%s stopped (%s)", self._id, "graceful" if graceful else "crash")
+
+    def _fail_inbox(self, error: BaseException) -> None:
+        while True:
+            try:
+                event = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(event, tuple) and event[0] in (_PROPOSE, _READ, _CALL):
+                settle(event[-1], error=error)
+
+    def _on_storage_error(self, error: BaseException) -> None:
+        threading.Thread(target=self._halt, kwargs={"graceful": False, "error": error},
+                         name=f"raft-{self._id}-halt", daemon=True).start()
+
+    # -- public operations ---------------------------------------------------------------------
+
+    def propose(self, command: bytes) -> Future:
+        """Replicate ``command``; the future resolves to what ``apply()`` returned on this node.
+
+        Raises (through the future):
+            NotLeaderError: at once, when this node is not the leader.
+            ProposalDropped: leadership was lost before the entry committed.
+            NodeStopped: the node stopped first.
+            TypeError: at once, when ``command`` is not bytes.
+        """
+        if not isinstance(command, bytes | bytearray | memoryview):
+            raise TypeError(f"command must be bytes, not {type(command).__name__}")
+        if not self._started or self._stopped:
+            return _failed(self._stop_error or NodeStopped(f"node {self._id} is not running"))
+        status = self._status
+        if status.role != "leader":
+            return _failed(NotLeaderError(status.leader_id))
+        future: Future = Future()
+        self._inbox.put((_PROPOSE, bytes(command), future))
+        return future
+
+    def read(self, fn: Callable[[Any], T]) -> Future:
+        """Run ``fn(state_machine)`` at a linearizable point (ReadIndex) and resolve to its result.
+
+        No log entry is written: the leader confirms it still leads with a heartbeat round, then
+        ``fn`` runs on the apply thread once everything committed before the read is applied.
+
+        Raises (through the future):
+            NotLeaderError: this node is not (or stopped being) the leader.
+            ReadTimeout: leadership was not confirmed within ``config.read_timeout``.
+            NodeStopped: the node stopped first.
+        """
+        if not self._started or self._stopped:
+            return _failed(self._stop_error or NodeStopped(f"node {self._id} is not running"))
+        status = self._status
+        if status.role != "leader":
+            return _failed(NotLeaderError(status.leader_id))
+        future: Future = Future()
+        self._inbox.put((_READ, fn, future))
+        return future
+
+    async def propose_async(self, command: bytes) -> object:
+        """``await node.propose_async(cmd)``: :meth:`propose` for asyncio code."""
+        return await asyncio.wrap_future(self.propose(command))
+
+    async def read_async(self, fn: Callable[[Any], T]) -> T:
+        """``await node.read_async(fn)``: :meth:`read` for asyncio code."""
+        return await asyncio.wrap_future(self.read(fn))
+
+    def status(self) -> Status:
+        """A snapshot of this node (never blocks).  ``progress`` is filled on a leader."""
+        return self._status
+
+    def campaign(self) -> Future:
+        """Start an election now (tests, tools).  Resolves once the core has been told."""
+        return self._call(lambda raw: raw.campaign())
+
+    def peer_progress(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The leader's view of each peer (match, next, state, inflight); {} on a follower.
+
+        Raises:
+            NodeStopped: the node is not running.
+            TimeoutError: the loop thread did not answer in ``timeout`` seconds.
+        """
+        return self._call(lambda raw: raw.status().progress).result(timeout)
+
+    @property
+    def last_applied(self) -> int:
+        """Index of the last entry applied to the state machine."""
+        return self._applier.last_applied if self._applier is not None else 0
+
+    def wait_applied(self, index: int, timeout: float | None = None) -> bool:
+        """Block until ``last_applied >= index`` (False on timeout or when not started)."""
+        if self._applier is None:
+            return False
+        return self._applier.wait_applied(index, timeout)
+
+    def _call(self, fn: Callable[[RawNode], Any]) -> Future:
+        if not self._started or self._stopped:
+            return _failed(NodeStopped(f"node {self._id} is not running"))
+        future: Future = Future()
+        self._inbox.put((_CALL, fn, future))
+        return future
+
+    # -- the loop thread -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        raw = self._raw
+        assert raw is not None
+        inbox = self._inbox
+        tick_interval = self._config.tick_interval
+        next_tick = time.monotonic() + tick_interval
+        next_read_check = time.monotonic() + 0.1
+        try:
+            while True:
+                timeout = next_tick - time.monotonic()
+                try:
+                    event = inbox.get(timeout=timeout) if timeout > 0 else inbox.get_nowait()
+                except queue.Empty:
+                    event = None
+                events = [] if event is None else [event]
+                while len(events) < _MAX_EVENTS_PER_ROUND:
+                    try:
+                        events.append(inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                if self._handle_events(raw, events):
+                    return
+                now = time.monotonic()
+                if now >= next_tick:
+                    raw.tick()
+                    next_tick += tick_interval
+                    if next_tick < now:  # fell far behind (a GC pause, say): do not burst
+                        next_tick = now + tick_interval
+                    if now >= next_read_check and self._pending_reads:
+                        next_read_check = now + 0.1
+                        self._expire_reads(now)
+                self._drive(raw)
+        except Exception as exc:
+            logger.critical("%s: loop thread failed, stopping the node", self._id, exc_info=True)
+            self._on_storage_error(exc)
+
+    def _handle_events(self, raw: RawNode, events: list[Any]) -> bool:
+        """Step every event into the core; returns True when asked to stop."""
+        commands: list[bytes] = []
+        futures: list[Future] = []
+        reads: list[ReadWaiter] = []
+        own_id = self._id
+        for event in events:
+            if type(event) is Message:
+                if event.dst == own_id:
+                    raw.step(event)
+                continue
+            tag = event[0]
+            if tag == _PROPOSE:
+                commands.append(event[1])
+                futures.append(event[2])
+            elif tag == _PERSISTED:
+                for rd in event[1]:
+                    raw.advance(rd)
+            elif tag == _READ:
+                reads.append((event[1], event[2]))
+            elif tag == _CALL:
+                try:
+                    settle(event[2], event[1](raw))
+                except Exception as exc:
+                    settle(event[2], error=exc)
+            elif tag == _STOP:
+                error = NodeStopped(f"node {own_id} stopped")
+                for future in futures:
+                    settle(future, error=error)
+                for _, future in reads:
+                    settle(future, error=error)
+                return True
+        if commands:
+            try:
+                first, term = raw.propose(commands)
+            except NotLeaderError as exc:
+                for future in futures:
+                    settle(future, error=exc)
+            else:
+                self._registry.register(first, term, futures)
+        if reads:
+            context = next(self._read_ids)
+            try:
+                raw.read_index(context)
+            except NotLeaderError as exc:
+                for _, future in reads:
+                    settle(future, error=exc)
+            else:
+                self._pending_reads[context] = (time.monotonic() + self._config.read_timeout,
+                                                reads)
+        return False
+
+    def _drive(self, raw: RawNode) -> None:
+        """Hand out Readys until the core has nothing more to do."""
+        persister = self._persister
+        applier = self._applier
+        transport = self._transport
+        assert persister is not None and applier is not None and transport is not None
+        changed = False
+        while raw.has_ready():
+            rd = raw.ready()
+            if rd.soft_state is not None:
+                changed = True
+                self._on_soft_state(rd)
+            if rd.messages:
+                transport.send(rd.messages)
+            if rd.must_persist() or rd.messages_after_persist:
+                persister.submit(rd)
+            if rd.committed_entries:
+                applier.submit_entries(rd.committed_entries)
+            for read_state in rd.read_states:
+                pending = self._pending_reads.pop(read_state.context, None)
+                if pending is not None:
+                    applier.submit_read(read_state.index, pending[1])
+        self._publish_status()
+        if changed:
+            self._notify_observers()
+
+    def _on_persisted(self, readys: list[Ready]) -> None:
+        if self._persister is not None and threading.current_thread() is self._loop_thread:
+            for rd in readys:
+                assert self._raw is not None
+                self._raw.advance(rd)
+        else:
+            self._inbox.put((_PERSISTED, readys))
+
+    def _on_soft_state(self, rd: Ready) -> None:
+        soft = rd.soft_state
+        assert soft is not None
+        was_leader = self._role == "leader"
+        self._role = soft.role
+        if was_leader and soft.role != "leader":
+            assert self._raw is not None
+            commit = self._raw.status().commit_index
+            dropped = self._registry.fail_after(commit, ProposalDropped(
+                f"{self._id} lost leadership at term {soft.term} before the entry committed"))
+            self._fail_reads(NotLeaderError(soft.leader_id))
+            logger.info("%s lost leadership (term %d): %d proposals dropped", self._id,
+                        soft.term, dropped)
+
+    def _fail_reads(self, error: BaseException) -> None:
+        pending, self._pending_reads = self._pending_reads, {}
+        for _, waiters in pending.values():
+            for _, future in waiters:
+                settle(future, error=error)
+
+    def _expire_reads(self, now: float) -> None:
+        expired = [c for c, (deadline, _) in self._pending_reads.items() if deadline <= now]
+        for context in expired:
+            _, waiters = self._pending_reads.pop(context)
+            for _, future in waiters:
+                settle(future, error=ReadTimeout(
+                    f"{self._id} could not confirm leadership within "
+                    f"{self._config.read_timeout}s"))
+
+    def _publish_status(self) -> None:
+        raw = self._raw
+        assert raw is not None
+        r = raw.raft
+        role = r.role.value
+        if role == "pre-candidate":
+            role = "follower"
+        self._status = Status(self._id, role, r.term, r.leader_id, r.log.committed,
+                              self.last_applied, r.log.last_index(), running=True)
+
+    def _notify_observers(self) -> None:
+        for callback in self._observers:
+            try:
+                callback()
+            except Exception:
+                logger.exception("%s: observer failed", self._id)

@@ -1,0 +1,29 @@
+"""Status: what ``RaftNode.status()`` reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.core.raw_node import PeerProgress
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A consistent snapshot of one node, taken by its loop thread.
+
+    ``role`` is 'leader', 'follower' or 'candidate' (a pre-candidate, which has not started a new
+    term, reports 'follower'); a stopped node reports 'follower' with ``running=False``.
+    ``leader_id`` is None when unknown.  ``progress`` is left empty here (building it on every
+    loop round would cost the hot path); ``RaftNode.peer_progress()`` returns the leader's view of
+    each peer on demand.
+    """
+
+    id: str
+    role: str
+    term: int
+    leader_id: str | None
+    commit_index: int
+    last_applied: int
+    last_log_index: int
+    running: bool = True
+    progress: dict[str, PeerProgress] = field(default_factory=dict)

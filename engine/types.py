@@ -1,0 +1,52 @@
+"""Basic value types shared by every layer: ids, terms, indexes, log entries, hard state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+NodeId = str
+Term = int
+Index = int
+
+
+class EntryKind(IntEnum):
+    """What a log entry carries.
+
+    Only NORMAL entries reach ``StateMachine.apply``; the others are internal to the engine.
+    """
+
+    NORMAL = 0  #: a user command, passed to StateMachine.apply
+    NOOP = 1  #: the empty entry a new leader appends to commit entries of earlier terms
+    CONFIG = 2  #: a membership configuration (reserved for joint consensus)
+
+
+class Entry(NamedTuple):
+    """One log entry.
+
+    A NamedTuple rather than a dataclass: entries are created and copied in bulk on the hot path,
+    and tuple construction is several times cheaper than a dataclass ``__init__``.  Entries are
+    immutable and may be shared between the core, the storage and the transport.
+    """
+
+    index: Index
+    term: Term
+    kind: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """The state Raft must make durable before replying to anyone (Figure 2, "persistent state").
+
+    ``commit`` is stored too so a restarted node knows how far it may replay at once; losing it
+    is safe (the leader re-sends it).
+    """
+
+    term: Term = 0
+    vote: NodeId | None = None
+    commit: Index = 0
+
+
+EMPTY_HARD_STATE = HardState()

@@ -1,0 +1,155 @@
+"""A synchronous, deterministic network of Raft cores for tests: no threads, no clocks.
+
+Each node has a simulated durable store (hard state + entry list) that survives ``restart``.
+Messages sit in ``self.queue`` until delivered; tests choose what to deliver, drop, duplicate or
+reorder.  Committed entries are recorded per node in ``applied`` for safety checks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from engine.core import Message, MessageKind, RaftOptions, RawNode, Ready
+from engine.types import Entry, HardState, NodeId
+
+
+@dataclass
+class DurableState:
+    """What a node's disk holds."""
+
+    hard_state: HardState = field(default_factory=HardState)
+    entries: list[Entry] = field(default_factory=list)
+
+    def persist(self, rd: Ready) -> None:
+        if rd.entries:
+            start = rd.entries[0].index
+            del self.entries[start - 1:]
+            if len(self.entries) != start - 1:
+                raise AssertionError(f"durable gap: have {len(self.entries)}, write at {start}")
+            self.entries.extend(rd.entries)
+        if rd.hard_state is not None:
+            self.hard_state = rd.hard_state
+
+
+class CoreNetwork:
+    """n cores wired through an explicit message queue."""
+
+    def __init__(self, ids: Sequence[NodeId] | int, *, seed: int = 0,
+                 options: RaftOptions | None = None, **option_overrides: object) -> None:
+        if isinstance(ids, int):
+            ids = [str(i) for i in range(1, ids + 1)]
+        self.ids = list(ids)
+        self.seed = seed
+        self.rng = random.Random(seed)
+        base = options or RaftOptions()
+        if option_overrides:
+            base = RaftOptions(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
+                                  **option_overrides})
+        self.options = base
+        self.disks: dict[NodeId, DurableState] = {i: DurableState() for i in self.ids}
+        self.nodes: dict[NodeId, RawNode] = {}
+        self.applied: dict[NodeId, list[Entry]] = {i: [] for i in self.ids}
+        self.queue: list[Message] = []
+        self.cut: set[tuple[NodeId, NodeId]] = set()
+        self.sent: list[Message] = []
+        self.read_states: dict[NodeId, list] = {i: [] for i in self.ids}
+        for i in self.ids:
+            self._boot(i)
+
+    def _boot(self, node_id: NodeId) -> None:
+        disk = self.disks[node_id]
+        self.nodes[node_id] = RawNode(
+            node_id, self.ids, rng=random.Random(self.rng.random()), options=self.options,
+            hard_state=disk.hard_state, entries=list(disk.entries))
+        self.applied[node_id] = []
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def isolate(self, node_id: NodeId) -> None:
+        for other in self.ids:
+            if other != node_id:
+                self.cut.add((node_id, other))
+                self.cut.add((other, node_id))
+
+    def partition(self, *groups: Iterable[NodeId]) -> None:
+        group_of = {n: k for k, g in enumerate(groups) for n in g}
+        for a in self.ids:
+            for b in self.ids:
+                if a != b and group_of.get(a) != group_of.get(b):
+                    self.cut.add((a, b))
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+    def restart(self, node_id: NodeId) -> None:
+        """Crash and restart: volatile state and undelivered messages to it are lost."""
+        self.queue = [m for m in self.queue if m.dst != node_id and m.src != node_id]
+        self._boot(node_id)
+
+    # -- driving -----------------------------------------------------------------------------
+
+    def process_ready(self, node_id: NodeId) -> bool:
+        node = self.nodes[node_id]
+        if not node.has_ready():
+            return False
+        rd = node.ready()
+        self._post(rd.messages)
+        self.disks[node_id].persist(rd)
+        self._post([m for m in rd.messages_after_persist if m.dst != node_id])
+        node.advance(rd)
+        self.applied[node_id].extend(rd.committed_entries)
+        self.read_states[node_id].extend(rd.read_states)
+        return True
+
+    def _post(self, messages: Iterable[Message]) -> None:
+        for m in messages:
+            self.sent.append(m)
+            if (m.src, m.dst) not in self.cut:
+                self.queue.append(m)
+
+    def deliver(self, m: Message) -> None:
+        if (m.src, m.dst) in self.cut:
+            return
+        self.nodes[m.dst].step(m)
+
+    def stabilize(self, max_rounds: int = 100_000,
+                  keep: Callable[[Message], bool] | None = None) -> None:
+        """Process readys and deliver every queued message until nothing is left."""
+        for _ in range(max_rounds):
+            progressed = False
+            for i in self.ids:
+                progressed |= self.process_ready(i)
+            if self.queue:
+                batch, self.queue = self.queue, []
+                for m in batch:
+                    if keep is None or keep(m):
+                        self.deliver(m)
+                progressed = True
+            if not progressed:
+                return
+        raise AssertionError("network did not stabilize")
+
+    def tick_all(self, ticks: int = 1) -> None:
+        for _ in range(ticks):
+            for i in self.ids:
+                self.nodes[i].tick()
+            self.stabilize()
+
+    def elect(self, node_id: NodeId) -> None:
+        self.nodes[node_id].campaign()
+        self.stabilize()
+        if self.nodes[node_id].status().role != "leader":
+            raise AssertionError(f"{node_id} did not win: {self.nodes[node_id].status()}")
+
+    def leader(self) -> NodeId | None:
+        leaders = [i for i in self.ids if self.nodes[i].status().role == "leader"]
+        return max(leaders, key=lambda i: self.nodes[i].status().term) if leaders else None
+
+    def count(self, kind: MessageKind, **match: object) -> int:
+        return sum(1 for m in self.sent if m.kind is kind
+                   and all(getattr(m, k) == v for k, v in match.items()))
+
+    def user_data(self, node_id: NodeId) -> list[bytes]:
+        return [e.data for e in self.applied[node_id] if e.kind == 0]
