@@ -102,7 +102,8 @@ class LocalCluster:
             transport = self.network.endpoint(node_id)
         else:
             from engine.transport.tcp import TcpTransport
-            transport = TcpTransport(node_id, self.addresses, faults=self.faults)
+            transport = TcpTransport(node_id, self.addresses, faults=self.faults,
+                                     seed=self._rng.randrange(2**32))
         stores = self._stores_for(node_id)
         data_dir = None
         if self._data_dir is not None:

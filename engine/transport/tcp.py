@@ -1,0 +1,992 @@
+"""TCP transport: one asyncio (uvloop when installed) event loop thread per node.
+
+Topology: every node listens on its own address from ``peers`` and keeps one persistent
+*outbound* connection to each peer it has something to send to, opened on demand.  Messages flow
+only from the connecting side to the accepting side, so between two nodes there are two
+connections, one per direction (as with etcd's per-direction streams).  Responses travel on the
+responder's own outbound connection.
+
+Sending (any thread): ``send`` counts the messages, asks the :class:`FaultPlan` (when given) what
+happens to each, appends the survivors to the destination's bounded queue and wakes the loop with
+one ``call_soon_threadsafe`` per burst (a flag suppresses redundant wake-ups).  The loop drains
+each queue into a single ``write`` of concatenated frames (coalescing), respecting the socket's
+flow control: while the kernel buffer is full (``pause_writing``) messages wait in the bounded
+queue, where the oldest are dropped first when it overflows.  Dropping the oldest is the right
+end for Raft: newer heartbeats and appends carry newer state, and the leader resends anything
+lost.
+
+Unreachable peers: a failed connect or handshake is retried with exponential backoff and jitter
+(from a ``random.Random(seed)`` used only by the loop thread).  While backing off, messages for
+that peer are dropped (counted) rather than piled up, so a returning peer is not flooded with
+stale traffic; Raft retransmits.
+
+Faults: with a ``faults`` plan, drop/duplicate/delay decisions are taken on the sending side;
+isolation and partitions are also checked on the receiving side (``link_up``, no randomness), so
+a cut takes effect for messages already in flight.  Share one plan between the transports of a
+cluster.
+
+Authentication (``secret``): mutual HMAC-SHA256 challenge-response when each connection opens::
+
+    C -> S  HELLO      magic "RFT1", version, flags(auth), src id, dst id, client nonce (16 B)
+    S -> C  CHALLENGE  "RFTC", server nonce (16 B), HMAC(secret, "raft-srv" | ctx)   [auth only]
+    C -> S  AUTH       "RFTA", HMAC(secret, "raft-cli" | ctx)                          [auth only]
+    S -> C  ACCEPT     "RFTK"
+    then C -> S frames only.   ctx = client nonce | server nonce | src id | dst id
+
+Both sides verify: the accepting side will not decode a frame from an unauthenticated client, and
+the connecting side will not send Raft traffic to a server that cannot prove it knows the secret.
+A failed handshake closes the connection and logs a warning; nothing from it reaches the handler.
+The accepting side also checks that every frame's ``src`` is the authenticated id.  The secret
+only authenticates; use ``ssl_context_server``/``ssl_context_client`` for confidentiality.
+
+Bad input: a malformed frame closes that connection with a warning; the node keeps running.
+
+Threads and ownership:
+
+* ``raft-<id>-net`` runs the loop; it owns every ``_PeerLink``, protocol object, socket, the delay
+  heap and the backoff rng, and is the only thread that calls the handler.
+* ``self._outq`` deques (fixed set of keys) are shared: senders append, the loop pops; deque
+  append/popleft are atomic.  ``self._wake_pending`` is a bool both sides write without a lock:
+  the loop clears it *before* draining, so a message is never left behind (at worst a spare
+  wake-up).
+* ``self._order_lock`` guards ``self._order`` (per-link FIFO under delays) and
+  ``self._delay_inbox``; ``self._count_lock`` guards the counters; ``self._life_lock`` guards the
+  lifecycle state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import hmac
+import logging
+import math
+import os
+import random
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+from engine.core.messages import Message, MessageKind
+from engine.errors import ConfigError, FrameError, RaftError
+from engine.transport.base import MessageHandler
+from engine.transport.faults import FaultPlan, LinkOrder
+from engine.transport.framing import (
+    DEFAULT_MAX_FRAME_SIZE,
+    MAX_ID_BYTES,
+    FrameDecoder,
+    encode_message,
+)
+
+logger = logging.getLogger(__name__)
+
+_KINDS = tuple(MessageKind)
+_KIND_SLOTS = max(int(k) for k in _KINDS) + 1
+
+_HELLO = struct.Struct("<4sBBHH16s")
+_HELLO_MAGIC = b"RFT1"
+_HS_VERSION = 1
+_FLAG_AUTH = 0x01
+_CHALLENGE = struct.Struct("<4s16s32s")
+_CHALLENGE_MAGIC = b"RFTC"
+_AUTH = struct.Struct("<4s32s")
+_AUTH_MAGIC = b"RFTA"
+_ACCEPT = b"RFTK"
+_NONCE = 16
+
+_WRITE_CHUNK = 1 << 20  # bytes of frames joined into one write
+_KEEPALIVE_IDLE = 5  # seconds idle before the first keepalive probe
+_KEEPALIVE_INTERVAL = 2  # seconds between probes
+_KEEPALIVE_COUNT = 3  # unanswered probes before the kernel drops the connection
+
+# _PeerLink states
+_IDLE = "idle"  # no connection; the next queued message opens one
+_CONNECTING = "connecting"  # connect + handshake in progress; messages queue
+_CONNECTED = "connected"  # handshake done; queued messages are written
+_BACKOFF = "backoff"  # last attempt failed; messages are dropped until the timer fires
+
+
+class HandshakeError(FrameError):
+    """A connection's opening handshake failed (bad magic, wrong node, bad HMAC, timeout)."""
+
+
+def _proof(secret: bytes, label: bytes, client_nonce: bytes, server_nonce: bytes, src: bytes,
+           dst: bytes) -> bytes:
+    ctx = b"".join((label, client_nonce, server_nonce, len(src).to_bytes(2, "little"), src,
+                    len(dst).to_bytes(2, "little"), dst))
+    return hmac.digest(secret, ctx, "sha256")
+
+
+def parse_address(node_id: str, address: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[v6]:port"`` for IPv6) into ``(host, port)``.
+
+    Raises:
+        ConfigError: not of that form, or the port is not in 0..65535.
+    """
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"peers[{node_id!r}]={address!r} must be 'host:port'")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"peers[{node_id!r}]={address!r}: port {port_text!r} is not an integer"
+                          ) from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"peers[{node_id!r}]={address!r}: port {port} must be in 0..65535")
+    return host, port
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop when uvloop is importable, else the default asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _tune_socket(transport: asyncio.BaseTransport) -> None:
+    """No Nagle delay (Raft messages are latency-bound and we coalesce writes ourselves), and
+    TCP keepalive so that a connection to a vanished host is eventually noticed and reopened."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, _KEEPALIVE_IDLE)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, _KEEPALIVE_INTERVAL)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_COUNT)
+    except OSError as exc:  # not fatal: the defaults still work
+        logger.debug("cannot tune socket options: %s", exc)
+
+
+class _PeerLink:
+    """The outbound side towards one peer.  Owned by the loop thread."""
+
+    __slots__ = ("failures", "host", "paused", "peer_id", "port", "protocol", "state", "task",
+                 "timer")
+
+    def __init__(self, peer_id: str, host: str, port: int) -> None:
+        self.peer_id = peer_id
+        self.host = host
+        self.port = port
+        self.state = _IDLE
+        self.protocol: _OutboundProtocol | None = None
+        self.failures = 0  # consecutive failed attempts; reset by a completed handshake
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.paused = False  # the socket asked us to stop writing (flow control)
+
+
+class _BaseProtocol(asyncio.Protocol):
+    """Tracks the connection in the owner's set so shutdown can close it.  Loop thread only."""
+
+    def __init__(self, owner: TcpTransport) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.peername: object = None
+        self.buf = bytearray()  # handshake bytes received so far
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peername = transport.get_extra_info("peername")
+        self.owner._protocols.add(self)
+        _tune_socket(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        protocols = self.owner._protocols
+        protocols.discard(self)
+        if not protocols and self.owner._all_closed is not None:
+            self.owner._all_closed.set()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _InboundProtocol(_BaseProtocol):
+    """The accepting side: handshake, then frames -> handler.  Loop thread only."""
+
+    def __init__(self, owner: TcpTransport) -> None:
+        super().__init__(owner)
+        self.state = "hello"  # -> "auth" -> "frames"
+        self.peer_id = ""
+        self.client_nonce = b""
+        self.server_nonce = b""
+        self.decoder = FrameDecoder(owner._max_frame_size)
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        loop = self.owner._loop
+        if loop is not None:
+            self.timer = loop.call_later(self.owner._handshake_timeout, self._handshake_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.state in ("hello", "auth"):
+            logger.debug("%s: inbound connection from %s (claims %r) closed during handshake",
+                         self.owner.node_id, self.peername, self.peer_id or None)
+        super().connection_lost(exc)
+
+    def _handshake_timeout(self) -> None:
+        self.timer = None
+        if self.state != "frames":
+            self._refuse("handshake not completed within "
+                         f"{self.owner._handshake_timeout}s")
+
+    def _refuse(self, reason: str) -> None:
+        logger.warning("%s: refused inbound connection from %s (claims %r): %s",
+                       self.owner.node_id, self.peername, self.peer_id or None, reason)
+        self.state = "refused"
+        self.abort()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == "frames":
+            self._frames(data)
+            return
+        if self.state == "refused":
+            return
+        self.buf += data
+        if self.state == "hello":
+            self._hello()
+        if self.state == "auth":
+            self._auth()
+        if self.state == "frames" and self.buf:
+            rest = bytes(self.buf)
+            self.buf.clear()
+            self._frames(rest)
+
+    def _hello(self) -> None:
+        owner = self.owner
+        if len(self.buf) < _HELLO.size:
+            return
+        magic, version, flags, src_len, dst_len, nonce = _HELLO.unpack_from(self.buf)
+        if magic != _HELLO_MAGIC:
+            self._refuse(f"bad hello magic {magic!r}: not a raft transport peer")
+            return
+        if version != _HS_VERSION:
+            self._refuse(f"handshake version {version}, this node speaks {_HS_VERSION}")
+            return
+        if not 0 < src_len <= MAX_ID_BYTES or not 0 < dst_len <= MAX_ID_BYTES:
+            self._refuse(f"hello id lengths {src_len}/{dst_len} out of range")
+            return
+        end = _HELLO.size + src_len + dst_len
+        if len(self.buf) < end:
+            return
+        try:
+            src = self.buf[_HELLO.size:_HELLO.size + src_len].decode()
+            dst = self.buf[_HELLO.size + src_len:end].decode()
+        except UnicodeDecodeError:
+            self._refuse("hello ids are not utf-8")
+            return
+        self.peer_id = src
+        del self.buf[:end]
+        if dst != owner.node_id:
+            self._refuse(f"connection meant for node {dst!r} reached {owner.node_id!r}")
+            return
+        if src not in owner._peer_ids or src == owner.node_id:
+            self._refuse(f"{src!r} is not a peer of {owner.node_id!r}")
+            return
+        wants_auth = bool(flags & _FLAG_AUTH)
+        if wants_auth != (owner._secret is not None):
+            self._refuse("authentication mismatch: peer "
+                         f"{'uses' if wants_auth else 'does not use'} a secret, this node "
+                         f"{'does' if owner._secret is not None else 'does not'}")
+            return
+        if owner._secret is None:
+            self._accept()
+            return
+        self.client_nonce = nonce
+        self.server_nonce = os.urandom(_NONCE)
+        proof = _proof(owner._secret, b"raft-srv", nonce, self.server_nonce, src.encode(),
+                       dst.encode())
+        self.state = "auth"
+        assert self.transport is not None
+        self.transport.write(_CHALLENGE.pack(_CHALLENGE_MAGIC, self.server_nonce, proof))
+
+    def _auth(self) -> None:
+        owner = self.owner
+        if len(self.buf) < _AUTH.size:
+            return
+        magic, proof = _AUTH.unpack_from(self.buf)
+        del self.buf[:_AUTH.size]
+        if magic != _AUTH_MAGIC:
+            self._refuse(f"bad auth magic {magic!r}")
+            return
+        assert owner._secret is not None
+        expected = _proof(owner._secret, b"raft-cli", self.client_nonce, self.server_nonce,
+                          self.peer_id.encode(), owner.node_id.encode())
+        if not hmac.compare_digest(proof, expected):
+            self._refuse("HMAC authentication failed (wrong secret?)")
+            return
+        self._accept()
+
+    def _accept(self) -> None:
+        self.state = "frames"
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        assert self.transport is not None
+        self.transport.write(_ACCEPT)
+        logger.debug("%s: accepted connection from %s at %s", self.owner.node_id, self.peer_id,
+                     self.peername)
+
+    def _frames(self, data: bytes | bytearray) -> None:
+        owner = self.owner
+        handler = owner._handler
+        faults = owner._faults
+        me = owner.node_id
+        peer = self.peer_id
+        try:
+            for msg in self.decoder.feed(data):
+                if msg.src != peer:
+                    raise FrameError(f"{msg.kind.name} frame claims src {msg.src!r} on a "
+                                     f"connection authenticated as {peer!r}")
+                if msg.dst != me:
+                    raise FrameError(f"{msg.kind.name} frame for {msg.dst!r} reached {me!r}")
+                if faults is not None and not faults.link_up(peer, me):
+                    logger.debug("%s: dropped %s from %s: link cut", me, msg.kind.name, peer)
+                    continue
+                if handler is not None:
+                    try:
+                        handler(msg)
+                    except Exception:
+                        logger.exception("%s: handler raised on %s from %s; message dropped",
+                                         me, msg.kind.name, peer)
+        except FrameError as exc:
+            logger.warning("%s: closing connection from %s (%s): bad frame: %s", me, peer,
+                           self.peername, exc)
+            self.state = "refused"
+            self.abort()
+
+
+class _OutboundProtocol(_BaseProtocol):
+    """The connecting side: handshake, then the loop writes frames.  Loop thread only."""
+
+    def __init__(self, owner: TcpTransport, link: _PeerLink) -> None:
+        super().__init__(owner)
+        self.link = link
+        assert owner._loop is not None
+        self.ready: asyncio.Future[None] = owner._loop.create_future()
+        # Retrieve the exception even if nobody awaits (cancelled connect), to keep logs clean.
+        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.nonce = os.urandom(_NONCE)
+        self.state = "challenge" if owner._secret is not None else "accept"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        owner = self.owner
+        src = owner.node_id.encode()
+        dst = self.link.peer_id.encode()
+        flags = _FLAG_AUTH if owner._secret is not None else 0
+        hello = _HELLO.pack(_HELLO_MAGIC, _HS_VERSION, flags, len(src), len(dst), self.nonce)
+        self.transport.write(hello + src + dst)  # type: ignore[union-attr]
+
+    def _fail(self, reason: str) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(HandshakeError(reason))
+        self.state = "failed"
+        self.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.state in ("ready", "failed"):
+            if self.state == "ready":
+                logger.warning("%s: peer %s sent %d unexpected bytes; closing",
+                               self.owner.node_id, self.link.peer_id, len(data))
+                self.state = "failed"
+                self.abort()
+            return
+        self.buf += data
+        owner = self.owner
+        if self.state == "challenge":
+            if len(self.buf) < _CHALLENGE.size:
+                return
+            magic, server_nonce, proof = _CHALLENGE.unpack_from(self.buf)
+            del self.buf[:_CHALLENGE.size]
+            if magic != _CHALLENGE_MAGIC:
+                self._fail(f"bad challenge magic {magic!r}")
+                return
+            assert owner._secret is not None
+            src, dst = owner.node_id.encode(), self.link.peer_id.encode()
+            expected = _proof(owner._secret, b"raft-srv", self.nonce, server_nonce, src, dst)
+            if not hmac.compare_digest(proof, expected):
+                self._fail("server failed HMAC authentication (wrong secret?)")
+                return
+            answer = _proof(owner._secret, b"raft-cli", self.nonce, server_nonce, src, dst)
+            self.transport.write(_AUTH.pack(_AUTH_MAGIC, answer))  # type: ignore[union-attr]
+            self.state = "accept"
+        if self.state == "accept":
+            if len(self.buf) < len(_ACCEPT):
+                return
+            if bytes(self.buf[:len(_ACCEPT)]) != _ACCEPT or len(self.buf) > len(_ACCEPT):
+                self._fail(f"bad accept {bytes(self.buf[:8])!r}")
+                return
+            self.buf.clear()
+            self.state = "ready"
+            if not self.ready.done():
+                self.ready.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.ready.done():
+            self.ready.set_exception(HandshakeError(f"connection closed during handshake: {exc}"))
+        self.owner._outbound_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.link.paused = True
+
+    def resume_writing(self) -> None:
+        self.link.paused = False
+        if self.link.protocol is self:
+            self.owner._flush(self.link)
+
+
+class TcpTransport:
+    """A :class:`~engine.transport.base.Transport` over TCP (optionally TLS).
+
+    Args:
+        node_id: this node's id; ``peers[node_id]`` is the address it listens on (port 0 picks a
+            free port, see :attr:`bound_address`).
+        peers: every member's id -> ``"host:port"``, this node included.
+        faults: a FaultPlan to apply (share one per cluster); None for a perfect network.
+        secret: shared key for the HMAC-SHA256 handshake; None disables authentication (then
+            every peer must also have None).
+        ssl_context_server: TLS context for the listening socket, or None.
+        ssl_context_client: TLS context for outbound connections, or None.
+        max_queue: messages queued per peer before the oldest are dropped.
+        max_frame_size: largest frame sent or accepted, in bytes.
+        seed: seed for the reconnect-jitter rng (None: from the OS).
+        backoff_min: first reconnect delay in seconds (doubled per failure, with jitter).
+        backoff_max: cap of the reconnect delay in seconds.
+        connect_timeout: seconds allowed for one TCP (and TLS) connect.
+        handshake_timeout: seconds allowed for the authentication handshake.
+
+    Raises:
+        ConfigError: ``node_id`` not in ``peers``, an address not ``host:port``, an empty secret
+            or a non-positive limit.
+    """
+
+    def __init__(self, node_id: str, peers: Mapping[str, str], *, faults: FaultPlan | None = None,
+                 secret: bytes | None = None,
+                 ssl_context_server: ssl.SSLContext | None = None,
+                 ssl_context_client: ssl.SSLContext | None = None,
+                 max_queue: int = 1024, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                 seed: int | None = None, backoff_min: float = 0.02, backoff_max: float = 1.0,
+                 connect_timeout: float = 2.0, handshake_timeout: float = 2.0) -> None:
+        if node_id not in peers:
+            raise ConfigError(f"node_id={node_id!r} must be a key of peers ({sorted(peers)})")
+        addresses = {peer: parse_address(peer, addr) for peer, addr in sorted(peers.items())}
+        if secret is not None and (not isinstance(secret, bytes | bytearray) or not secret):
+            raise ConfigError("secret must be non-empty bytes or None")
+        if not isinstance(max_queue, int) or max_queue < 1:
+            raise ConfigError(f"max_queue={max_queue!r} must be an int >= 1")
+        if max_frame_size < 1024:
+            raise ConfigError(f"max_frame_size={max_frame_size} must be >= 1024")
+        for name, value in (("backoff_min", backoff_min), ("backoff_max", backoff_max),
+                            ("connect_timeout", connect_timeout),
+                            ("handshake_timeout", handshake_timeout)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={value!r} must be a finite number > 0")
+        if backoff_min > backoff_max:
+            raise ConfigError(f"backoff_min={backoff_min} must be <= backoff_max={backoff_max}")
+
+        self.node_id = node_id
+        self._addresses = addresses
+        self._peer_ids = frozenset(addresses)
+        self._faults = faults
+        self._secret = bytes(secret) if secret is not None else None
+        self._ssl_server = ssl_context_server
+        self._ssl_client = ssl_context_client
+        self._max_frame_size = max_frame_size
+        self._backoff_min = float(backoff_min)
+        self._backoff_max = float(backoff_max)
+        self._connect_timeout = float(connect_timeout)
+        self._handshake_timeout = float(handshake_timeout)
+
+        # Shared, see the module docstring: senders append, the loop pops.
+        self._outq: dict[str, deque[Message]] = {
+            peer: deque(maxlen=max_queue) for peer in addresses}
+        self._wake_pending = False
+        # Guarded by self._order_lock.
+        self._order_lock = threading.Lock()
+        self._order = LinkOrder()
+        self._delay_inbox: deque[tuple[float, str, Message]] = deque()
+        # Guarded by self._count_lock.
+        self._count_lock = threading.Lock()
+        self._sent = 0
+        self._per_kind = [0] * _KIND_SLOTS
+        self._dropped = 0
+        # Guarded by self._life_lock ("new" -> "started" -> "closing" -> "closed").  send()
+        # reads _state without the lock: a send racing close() may queue messages that are
+        # then never written (they are counted as sent, not as dropped).
+        self._life_lock = threading.Lock()
+        self._state = "new"
+        self._thread: threading.Thread | None = None
+        self._handler: MessageHandler | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._bound: tuple[str, int] | None = None
+        # Owned by the loop thread (set before it signals start-up).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Future[None] | None = None
+        self._stop_requested = False
+        self._running = False  # listening and not shutting down
+        self._links: dict[str, _PeerLink] = {
+            peer: _PeerLink(peer, host, port) for peer, (host, port) in addresses.items()
+            if peer != node_id}
+        self._protocols: set[_BaseProtocol] = set()
+        self._all_closed: asyncio.Event | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._rng = random.Random(seed)
+        self._delay_heap: list[tuple[float, int, str, Message]] = []
+        self._delay_seq = 0
+        self._delay_timer: asyncio.TimerHandle | None = None
+        self._delay_timer_when = math.inf
+
+    def __repr__(self) -> str:
+        return f"TcpTransport({self.node_id!r}, {self._state}, bound={self._bound})"
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def bound_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` the listener is bound to once started (useful with port 0)."""
+        return self._bound
+
+    def start(self, handler: MessageHandler, timeout: float = 10.0) -> None:
+        """Start the ``raft-<id>-net`` thread and listen; returns once listening.
+
+        Raises:
+            RaftError: already started or closed, or start-up took longer than ``timeout``.
+            OSError: the listening address could not be bound (the thread is joined first).
+        """
+        with self._life_lock:
+            if self._state != "new":
+                raise RaftError(f"tcp transport {self.node_id!r} is {self._state}; "
+                                "start() may be called once")
+            self._handler = handler
+            self._state = "started"
+            self._thread = threading.Thread(target=self._run, name=f"raft-{self.node_id}-net",
+                                            daemon=True)
+            self._thread.start()
+        if not self._started.wait(timeout):
+            self.close()
+            raise RaftError(f"tcp transport {self.node_id!r} did not start within {timeout}s")
+        if self._start_error is not None:
+            self._thread.join()
+            with self._life_lock:
+                self._state = "closed"
+            raise self._start_error
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Queue messages for their peers; see :meth:`Transport.send`.  Never raises."""
+        count = len(messages)
+        if not count:
+            return
+        dropped = 0
+        with self._count_lock:
+            self._sent += count
+            per_kind = self._per_kind
+            for msg in messages:
+                per_kind[msg.kind] += 1
+        if self._state != "started":
+            with self._count_lock:
+                self._dropped += count
+            return
+        outq = self._outq
+        plan = self._faults
+        if plan is None or (not plan.active and not self._order.has_pending()):
+            for msg in messages:
+                queue = outq.get(msg.dst)
+                if queue is None:
+                    dropped += 1
+                    continue
+                if len(queue) == queue.maxlen:
+                    dropped += 1
+                queue.append(msg)
+        else:
+            src = self.node_id
+            decide = plan.decide_ordered
+            with self._order_lock:
+                order = self._order
+                now = time.monotonic()
+                for msg in messages:
+                    queue = outq.get(msg.dst)
+                    if queue is None:
+                        dropped += 1
+                        continue
+                    delays, reorder = decide(src, msg.dst)
+                    for delay in delays:
+                        due = order.schedule(msg.dst, now, delay, reorder)
+                        if due is None:
+                            if len(queue) == queue.maxlen:
+                                dropped += 1
+                            queue.append(msg)
+                        else:
+                            self._delay_inbox.append((due, msg.dst, msg))
+        if dropped:
+            with self._count_lock:
+                self._dropped += dropped
+        self._wake()
+
+    def close(self) -> None:
+        """Stop the loop, close every socket, join the thread.  Idempotent.
+
+        Raises:
+            RaftError: called from the transport's own thread (i.e. from the handler).
+        """
+        with self._life_lock:
+            if self._state == "new":
+                self._state = "closed"
+                return
+            thread = self._thread
+            if self._state == "started":
+                self._state = "closing"
+        if thread is None:
+            return
+        if thread is threading.current_thread():
+            raise RaftError("TcpTransport.close() must not be called from its own thread")
+        self._stop_requested = True
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(self._request_stop)
+        thread.join()
+        with self._life_lock:
+            self._state = "closed"
+
+    def message_count(self) -> int:
+        """Messages handed to ``send`` since creation or ``reset_counts()`` (dropped included)."""
+        with self._count_lock:
+            return self._sent
+
+    def message_counts(self) -> dict[str, int]:
+        """``message_count()`` split by :class:`MessageKind` name (every kind present)."""
+        with self._count_lock:
+            return {kind.name: self._per_kind[kind] for kind in _KINDS}
+
+    def dropped_count(self) -> int:
+        """Messages this transport dropped itself: full queue (oldest first), unknown peer, peer
+        unreachable (backing off), not started or closed, unencodable.  Fault-plan drops and
+        messages lost with a broken connection are not included.  Approximate under concurrent
+        senders (a full-queue drop may be miscounted by one)."""
+        with self._count_lock:
+            return self._dropped
+
+    def reset_counts(self) -> None:
+        """Zero the counters."""
+        with self._count_lock:
+            self._sent = 0
+            self._per_kind = [0] * _KIND_SLOTS
+            self._dropped = 0
+
+    # ------------------------------------------------------------------ any thread -> loop
+
+    def _wake(self) -> None:
+        if self._wake_pending:
+            return
+        self._wake_pending = True
+        loop = self._loop
+        if loop is None:
+            return
+        try:  # noqa: SIM105 (hot path: cheaper than contextlib.suppress)
+            loop.call_soon_threadsafe(self._on_wake)
+        except RuntimeError:  # loop closed under us: the transport is closing, drop.
+            pass
+
+    def _request_stop(self) -> None:
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(None)
+
+    # ------------------------------------------------------------------ loop thread
+
+    def _run(self) -> None:
+        """Body of the ``raft-<id>-net`` thread."""
+        try:
+            loop = _new_event_loop()
+        except BaseException as exc:
+            logger.exception("%s: cannot create an event loop", self.node_id)
+            self._start_error = exc
+            self._started.set()
+            return
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:  # never let the thread die silently
+            logger.exception("%s: network loop failed", self.node_id)
+            if not self._started.is_set():
+                self._start_error = exc
+        finally:
+            try:
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+                self._started.set()
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = loop.create_future()
+        self._all_closed = asyncio.Event()
+        host, port = self._addresses[self.node_id]
+        try:
+            server = await loop.create_server(lambda: _InboundProtocol(self), host, port,
+                                              ssl=self._ssl_server, reuse_address=True)
+        except OSError as exc:
+            logger.error("%s: cannot listen on %s:%s: %s", self.node_id, host, port, exc)
+            self._start_error = exc
+            self._started.set()
+            return
+        self._server = server
+        sockname = server.sockets[0].getsockname()
+        self._bound = (sockname[0], sockname[1])
+        self._running = True
+        logger.info("%s: listening on %s:%s", self.node_id, *self._bound)
+        self._started.set()
+        if self._stop_requested:
+            self._request_stop()
+        self._on_wake()  # messages sent between start() and now
+        await self._stop
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._running = False
+        server = self._server
+        if server is not None:
+            server.close()
+        tasks = []
+        for link in self._links.values():
+            if link.timer is not None:
+                link.timer.cancel()
+                link.timer = None
+            if link.task is not None:
+                link.task.cancel()
+                tasks.append(link.task)
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+            self._delay_timer = None
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for protocol in list(self._protocols):
+            protocol.abort()
+        if self._protocols and self._all_closed is not None:
+            self._all_closed.clear()
+            if self._protocols:
+                try:
+                    await asyncio.wait_for(self._all_closed.wait(), 5.0)
+                except TimeoutError:
+                    logger.error("%s: %d connections did not close", self.node_id,
+                                 len(self._protocols))
+        if server is not None:
+            await server.wait_closed()
+        self._handler = None
+        logger.info("%s: transport closed", self.node_id)
+
+    def _on_wake(self) -> None:
+        """Drain the delay inbox into the heap and flush every non-empty queue."""
+        self._wake_pending = False  # before draining: see the module docstring
+        if not self._running:
+            return
+        inbox = self._delay_inbox
+        if inbox:
+            heap = self._delay_heap
+            while inbox:
+                due, dst, msg = inbox.popleft()
+                self._delay_seq += 1
+                heapq.heappush(heap, (due, self._delay_seq, dst, msg))
+            self._arm_delay_timer()
+        for peer, queue in self._outq.items():
+            if queue:
+                if peer == self.node_id:
+                    self._deliver_local(queue)
+                else:
+                    self._flush(self._links[peer])
+
+    def _deliver_local(self, queue: deque[Message]) -> None:
+        """Messages a node sends to itself skip the network."""
+        handler = self._handler
+        while queue:
+            msg = queue.popleft()
+            if handler is not None:
+                try:
+                    handler(msg)
+                except Exception:
+                    logger.exception("%s: handler raised on local %s", self.node_id,
+                                     msg.kind.name)
+
+    def _arm_delay_timer(self) -> None:
+        heap = self._delay_heap
+        if not heap:
+            return
+        when = heap[0][0]
+        if self._delay_timer is not None and self._delay_timer_when <= when:
+            return
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+        assert self._loop is not None
+        self._delay_timer_when = when
+        self._delay_timer = self._loop.call_later(max(0.0, when - time.monotonic()),
+                                                  self._on_delay_timer)
+
+    def _on_delay_timer(self) -> None:
+        """Move the copies that are due into their queues, in (due, seq) order."""
+        self._delay_timer = None
+        self._delay_timer_when = math.inf
+        heap = self._delay_heap
+        now = time.monotonic()
+        released: list[str] = []
+        dropped = 0
+        while heap and heap[0][0] <= now:
+            _, _, dst, msg = heapq.heappop(heap)
+            queue = self._outq[dst]
+            if len(queue) == queue.maxlen:
+                dropped += 1
+            queue.append(msg)
+            released.append(dst)
+        with self._order_lock:
+            for dst in released:
+                self._order.released(dst)
+        if dropped:
+            with self._count_lock:
+                self._dropped += dropped
+        self._arm_delay_timer()
+        for dst in set(released):
+            if dst == self.node_id:
+                self._deliver_local(self._outq[dst])
+            else:
+                self._flush(self._links[dst])
+
+    def _flush(self, link: _PeerLink) -> None:
+        """Write what is queued for ``link`` (or connect, or drop while backing off)."""
+        queue = self._outq[link.peer_id]
+        if not queue or not self._running:
+            return
+        state = link.state
+        if state == _CONNECTED:
+            protocol = link.protocol
+            if protocol is None or protocol.transport is None:
+                return
+            write = protocol.transport.write
+            max_frame = self._max_frame_size
+            dropped = 0
+            while queue and not link.paused and link.state == _CONNECTED:
+                frames: list[bytes] = []
+                size = 0
+                while queue and size < _WRITE_CHUNK:
+                    msg = queue.popleft()
+                    try:
+                        frame = encode_message(msg, max_frame)
+                    except FrameError as exc:
+                        logger.error("%s: dropping unsendable %s to %s: %s", self.node_id,
+                                     msg.kind.name, link.peer_id, exc)
+                        dropped += 1
+                        continue
+                    frames.append(frame)
+                    size += len(frame)
+                if frames:
+                    write(frames[0] if len(frames) == 1 else b"".join(frames))
+            if dropped:
+                with self._count_lock:
+                    self._dropped += dropped
+        elif state == _IDLE:
+            link.state = _CONNECTING
+            assert self._loop is not None
+            link.task = self._loop.create_task(self._connect(link),
+                                               name=f"raft-{self.node_id}-connect-{link.peer_id}")
+        elif state == _BACKOFF:
+            count = len(queue)
+            queue.clear()
+            with self._count_lock:
+                self._dropped += count
+        # _CONNECTING: keep queueing; the connect task flushes when the handshake completes.
+
+    async def _connect(self, link: _PeerLink) -> None:
+        """Open the connection to ``link`` and authenticate; back off on failure."""
+        assert self._loop is not None
+        kwargs: dict[str, object] = {}
+        if self._ssl_client is not None:
+            kwargs = {"ssl": self._ssl_client, "server_hostname": link.host}
+        transport: asyncio.BaseTransport | None = None
+        try:
+            transport, protocol = await asyncio.wait_for(
+                self._loop.create_connection(lambda: _OutboundProtocol(self, link), link.host,
+                                             link.port, **kwargs),  # type: ignore[arg-type]
+                self._connect_timeout)
+            await asyncio.wait_for(asyncio.shield(protocol.ready), self._handshake_timeout)
+        except (OSError, TimeoutError, HandshakeError) as exc:
+            if transport is not None:
+                transport.abort()
+            link.task = None
+            self._connect_failed(link, exc)
+            return
+        except asyncio.CancelledError:
+            if transport is not None:
+                transport.abort()
+            raise
+        link.task = None
+        if link.failures:
+            logger.info("%s: connected to %s after %d failed attempts", self.node_id,
+                        link.peer_id, link.failures)
+        else:
+            logger.debug("%s: connected to %s", self.node_id, link.peer_id)
+        link.failures = 0
+        link.state = _CONNECTED
+        link.protocol = protocol
+        link.paused = False
+        self._flush(link)
+
+    def _connect_failed(self, link: _PeerLink, exc: BaseException) -> None:
+        link.failures += 1
+        base = min(self._backoff_max, self._backoff_min * 2 ** min(link.failures - 1, 30))
+        delay = base / 2 + self._rng.uniform(0, base / 2)
+        log = logger.warning if isinstance(exc, HandshakeError) else (
+            logger.info if link.failures == 1 else logger.debug)
+        log("%s: cannot reach %s at %s:%s (attempt %d): %s; retrying in %.3fs", self.node_id,
+            link.peer_id, link.host, link.port, link.failures, exc or type(exc).__name__, delay)
+        link.state = _BACKOFF
+        self._flush(link)  # drop what was queued for the unreachable peer
+        assert self._loop is not None
+        link.timer = self._loop.call_later(delay, self._backoff_over, link)
+
+    def _backoff_over(self, link: _PeerLink) -> None:
+        link.timer = None
+        if link.state == _BACKOFF:
+            link.state = _IDLE
+            self._flush(link)
+
+    def _outbound_lost(self, protocol: _OutboundProtocol, exc: Exception | None) -> None:
+        link = protocol.link
+        if link.protocol is not protocol:
+            return  # lost during the handshake: _connect handles it
+        link.protocol = None
+        link.paused = False
+        link.state = _IDLE
+        if self._running:
+            logger.info("%s: connection to %s lost: %s", self.node_id, link.peer_id,
+                        exc or "closed by peer")
+            self._flush(link)
+

@@ -1,0 +1,92 @@
+"""The public contract of shared/DESIGN.md: names, signatures and error types exist as written."""
+
+from __future__ import annotations
+
+import inspect
+from concurrent.futures import Future
+
+import engine
+from engine import (
+    Config,
+    LocalCluster,
+    NotLeaderError,
+    ProposalDropped,
+    RaftError,
+    RaftNode,
+    StateMachine,
+    Status,
+)
+
+
+def test_contract_names_are_exported() -> None:
+    for name in ("Config", "RaftNode", "LocalCluster", "StateMachine", "Status",
+                 "NotLeaderError", "ProposalDropped", "ConfigError"):
+        assert name in engine.__all__
+        assert hasattr(engine, name)
+
+
+def test_error_tree() -> None:
+    assert issubclass(NotLeaderError, RaftError)
+    assert issubclass(ProposalDropped, RaftError)
+    assert issubclass(engine.ConfigError, ValueError)
+    err = NotLeaderError("n2")
+    assert err.leader_id == "n2"
+    assert NotLeaderError(None).leader_id is None
+
+
+def test_raft_node_signature() -> None:
+    params = inspect.signature(RaftNode).parameters
+    assert list(params)[:3] == ["node_id", "peers", "state_machine"]
+    for keyword in ("config", "data_dir", "transport"):
+        assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_local_cluster_signature() -> None:
+    params = inspect.signature(LocalCluster).parameters
+    assert params["n"].default == 3
+    for keyword in ("state_machine", "config", "transport", "data_dir", "seed"):
+        assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY
+    assert params["transport"].default == "memory"
+    for method in ("start", "stop", "wait_for_leader", "isolate", "rejoin", "partition", "heal",
+                   "crash", "restart", "set_faults", "message_count"):
+        assert callable(getattr(LocalCluster, method))
+
+
+def test_status_fields() -> None:
+    fields = set(Status.__dataclass_fields__)
+    assert {"id", "role", "term", "leader_id", "commit_index", "last_applied",
+            "last_log_index"} <= fields
+
+
+def test_state_machine_protocol_is_runtime_checkable() -> None:
+    class Machine:
+        def apply(self, index: int, command: bytes) -> object:
+            return index
+
+        def snapshot(self) -> bytes:
+            return b""
+
+        def restore(self, data: bytes) -> None:
+            pass
+
+    assert isinstance(Machine(), StateMachine)
+    assert not isinstance(object(), StateMachine)
+
+
+def test_unstarted_node_fails_futures_instead_of_hanging() -> None:
+    node = RaftNode("a", {"a": "memory:a"}, engine.LogStateMachine(), config=Config(),
+                    transport=_NullTransport())
+    future = node.propose(b"x")
+    assert isinstance(future, Future)
+    assert isinstance(future.exception(timeout=1), engine.NodeStopped)
+
+
+class _NullTransport:
+    def start(self, handler: object) -> None:
+        pass
+
+    def send(self, messages: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,175 @@
+"""The Transport contract, one suite run over every implementation (memory and TCP)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from engine.core.messages import Message, MessageKind
+from engine.errors import RaftError
+from engine.transport import FaultPlan, MemoryNetwork, TcpTransport, Transport
+
+from .util import Collector, free_port, msg, raft_threads
+
+IDS = ("a", "b", "c")
+
+
+class Harness:
+    """Builds started transports for nodes a, b, c sharing one FaultPlan."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.created: list[Transport] = []
+        self.collectors: dict[str, Collector] = {}
+        if kind == "memory":
+            self.network: MemoryNetwork | None = MemoryNetwork(seed=11)
+            self.faults = self.network.faults
+        else:
+            self.network = None
+            self.faults = FaultPlan(seed=11)
+            self.peers = {node: f"127.0.0.1:{free_port()}" for node in IDS}
+
+    def new(self, node: str) -> Transport:
+        if self.network is not None:
+            transport: Transport = self.network.endpoint(node)
+        else:
+            transport = TcpTransport(node, self.peers, faults=self.faults, seed=1,
+                                     secret=b"s3cret", backoff_min=0.005, backoff_max=0.05)
+        self.created.append(transport)
+        return transport
+
+    def start(self, *nodes: str) -> dict[str, Transport]:
+        out = {}
+        for node in nodes or IDS:
+            self.collectors[node] = Collector()
+            out[node] = self.new(node)
+            out[node].start(self.collectors[node])
+        return out
+
+    def close(self) -> None:
+        for transport in self.created:
+            transport.close()
+        if self.network is not None:
+            self.network.close()
+
+
+@pytest.fixture(params=["memory", "tcp"])
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    h = Harness(request.param)
+    yield h
+    h.close()
+    assert raft_threads() == []
+
+
+def _count(transport: Transport) -> int:
+    return transport.message_count()  # type: ignore[attr-defined]
+
+
+def test_is_a_transport(harness: Harness) -> None:
+    assert isinstance(harness.new("a"), Transport)
+
+
+def test_delivers_to_each_destination(harness: Harness) -> None:
+    t = harness.start()
+    t["a"].send([msg("a", "b", 1), msg("a", "c", 2), msg("a", "b", 3)])
+    t["c"].send([msg("c", "a", 4, kind=MessageKind.VOTE_RESPONSE, reject=True)])
+    got = harness.collectors
+    assert got["b"].wait_count(2) and got["c"].wait_count(1) and got["a"].wait_count(1)
+    assert [m.term for m in got["b"].messages] == [1, 3]
+    assert got["a"].messages[0] == msg("c", "a", 4, kind=MessageKind.VOTE_RESPONSE, reject=True)
+
+
+def test_counts_every_message_including_dropped(harness: Harness) -> None:
+    t = harness.start("a", "b")
+    harness.faults.set_faults(drop=1.0)
+    t["a"].send([msg("a", "b")] * 7)
+    t["a"].send([msg("a", "nobody")])
+    harness.faults.set_faults()
+    t["a"].send([msg("a", "b", 2)])
+    assert harness.collectors["b"].wait_count(1)
+    assert [m.term for m in harness.collectors["b"].messages] == [2]
+    assert _count(t["a"]) == 9
+
+
+def test_duplicate_fault_delivers_twice(harness: Harness) -> None:
+    t = harness.start("a", "b")
+    harness.faults.set_faults(duplicate=1.0)
+    t["a"].send([msg("a", "b", 1)])
+    assert harness.collectors["b"].wait_count(2)
+    assert [m.term for m in harness.collectors["b"].messages] == [1, 1]
+
+
+def test_isolated_node_neither_sends_nor_receives(harness: Harness) -> None:
+    t = harness.start()
+    harness.faults.isolate("c")
+    t["a"].send([msg("a", "c", 1)])
+    t["c"].send([msg("c", "b", 1)])
+    harness.faults.rejoin("c")
+    t["a"].send([msg("a", "c", 2)])
+    t["c"].send([msg("c", "b", 2)])
+    got = harness.collectors
+    assert got["c"].wait_count(1) and got["b"].wait_count(1)
+    # FIFO links: had term 1 been sent, it would have arrived before term 2.
+    assert [m.term for m in got["c"].messages] == [2]
+    assert [m.term for m in got["b"].messages] == [2]
+
+
+def test_start_twice_raises(harness: Harness) -> None:
+    t = harness.start("a")
+    with pytest.raises(RaftError, match="start"):
+        t["a"].start(Collector())
+
+
+def test_close_is_idempotent_and_later_sends_do_not_raise(harness: Harness) -> None:
+    t = harness.start("a", "b")
+    t["a"].close()
+    t["a"].close()
+    t["a"].send([msg("a", "b")])
+    t["b"].send([msg("b", "a")])  # to a closed node: dropped quietly
+    assert _count(t["a"]) == 1
+
+
+def test_no_handler_call_after_close_returns(harness: Harness) -> None:
+    t = harness.start("a")
+    closed = threading.Event()
+    first = threading.Event()
+    late: list[Message] = []
+
+    def handler(message: Message) -> None:
+        if closed.is_set():
+            late.append(message)
+        first.set()
+
+    target = harness.new("b")
+    target.start(handler)
+    stop = threading.Event()
+
+    def blast() -> None:
+        while not stop.is_set():
+            t["a"].send([msg("a", "b")] * 5)
+
+    sender = threading.Thread(target=blast, name="test-blaster")
+    sender.start()
+    try:
+        assert first.wait(10)
+        target.close()
+        closed.set()
+    finally:
+        stop.set()
+        sender.join()
+    assert late == []
+
+
+def test_restart_same_node_id(harness: Harness) -> None:
+    t = harness.start("a", "b")
+    t["b"].close()
+    reborn = harness.new("b")
+    got = Collector()
+    reborn.start(got)
+    for _ in range(200):  # the TCP sender may be backing off after b went away
+        t["a"].send([msg("a", "b", 5)])
+        if got.wait_count(1, timeout=0.05):
+            break
+    assert got.messages and got.messages[0].term == 5
