@@ -1,0 +1,69 @@
+"""Open the durable stores of one node: native when the compiled module imports, else Python.
+
+The runtime calls :func:`open_stores` when a node has a ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from engine.storage.base import LogStore, StableStore
+from engine.storage.filestore import FileLogStore, FileStableStore
+
+logger = logging.getLogger(__name__)
+
+
+def native_disabled() -> bool:
+    """True when ``RAFT_ENGINE_NO_NATIVE`` asks for the pure-Python stores."""
+    return os.environ.get("RAFT_ENGINE_NO_NATIVE", "") not in ("", "0")
+
+
+def open_stores(directory: str, *, fsync: bool = True) -> tuple[LogStore, StableStore]:
+    """Open (creating if needed) the log store and the stable store kept in ``directory``.
+
+    Picks :class:`~engine.storage.native.NativeLogStore` and
+    :class:`~engine.storage.native.NativeStableStore` when the compiled module
+    ``engine.storage._raftlog`` imports; otherwise (or when ``RAFT_ENGINE_NO_NATIVE=1``) the
+    pure-Python :class:`~engine.storage.filestore.FileLogStore` and
+    :class:`~engine.storage.filestore.FileStableStore`, with a logged warning.  Both read and
+    write the same files, so a directory can move between them.
+
+    The returned stores belong to the caller's storage thread (one thread at a time); close
+    both when the node stops.  The log store's ``recovery_report`` lists any torn tail that was
+    repaired (already logged as a warning).
+
+    Raises:
+        CorruptLogError: the log is corrupt before its tail; the node must not start.
+        StorageError: the directory cannot be created, read or repaired.
+    """
+    log_cls: type = FileLogStore
+    stable_cls: type = FileStableStore
+    if native_disabled():
+        logger.warning("RAFT_ENGINE_NO_NATIVE is set: using the pure-Python file store in %s",
+                       directory)
+    else:
+        try:
+            from engine.storage.native import NativeLogStore, NativeStableStore
+        except ImportError as exc:
+            logger.warning(
+                "native log store unavailable (%s); using the slower pure-Python file store "
+                "in %s (build it with `pip install .`)", exc, directory)
+        else:
+            log_cls, stable_cls = NativeLogStore, NativeStableStore
+    log = log_cls(directory, fsync=fsync)
+    try:
+        stable = stable_cls(directory, fsync=fsync)
+        commit = stable.load().commit
+    except BaseException:
+        log.close()
+        raise
+    if commit > log.last_index():
+        # Raft never commits past its own log, so entries that were once here are gone (for
+        # example a removed last segment, which looks exactly like a truncated suffix).  Not an
+        # error here: a runtime that saves the hard state before syncing the log can get here
+        # after a crash without any damage.
+        logger.warning(
+            "hard state in %s says commit=%d but the log ends at index %d: entries may be lost",
+            directory, commit, log.last_index())
+    return log, stable

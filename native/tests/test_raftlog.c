@@ -1,0 +1,650 @@
+/* C unit tests of raftlog: CRC32C (hardware vs table), append/read/reopen, segments, conflicts,
+ * torn tails, corruption, injected ENOSPC/EIO, and the hard state file.
+ *
+ * Usage: test_raftlog [case ...]   (no argument runs every case).  CTest runs one case per entry.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "raftlog.h"
+
+static int failures;
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
+            failures++;                                                               \
+            goto done;                                                                \
+        }                                                                             \
+    } while (0)
+
+#define CHECK_RC(log, expr, want)                                                          \
+    do {                                                                                   \
+        int rc_ = (expr);                                                                  \
+        if (rc_ != (want)) {                                                               \
+            fprintf(stderr, "%s:%d: %s returned %d, want %d (%s)\n", __FILE__, __LINE__,   \
+                    #expr, rc_, (want), (log) ? rl_errmsg(log) : "");                      \
+            failures++;                                                                    \
+            goto done;                                                                     \
+        }                                                                                  \
+    } while (0)
+
+#define CHECK_OK(log, expr) CHECK_RC(log, expr, RL_OK)
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+static char *make_dir(void) {
+    char tmpl[] = "/tmp/raftlog-test-XXXXXX";
+    char *d = mkdtemp(tmpl);
+    char *out;
+    if (!d) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    out = (char *)malloc(strlen(d) + 1);
+    strcpy(out, d);
+    return out;
+}
+
+static void remove_dir(char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[4096];
+    if (d) {
+        while ((e = readdir(d)) != NULL) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+    free(dir);
+}
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t rnd(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* Payload of entry `index`: deterministic, (index % 7) * 3 bytes long. */
+static uint32_t payload_len(uint64_t index) { return (uint32_t)(index % 7) * 3; }
+static uint8_t payload_byte(uint64_t index, uint32_t k) { return (uint8_t)(index * 31 + k); }
+
+/* Encodes entries [start, start + n) with the given term into *out (malloc'd). */
+static size_t encode(uint64_t start, size_t n, uint64_t term, uint8_t **out) {
+    uint64_t *idx = (uint64_t *)malloc(n * sizeof *idx), *terms = (uint64_t *)malloc(n * sizeof *terms);
+    uint32_t *lens = (uint32_t *)malloc(n * sizeof *lens);
+    uint8_t *kinds = (uint8_t *)malloc(n), *payload;
+    size_t k, total = 0, pos = 0, written;
+    for (k = 0; k < n; k++) total += payload_len(start + k);
+    payload = (uint8_t *)malloc(total + 1);
+    for (k = 0; k < n; k++) {
+        uint32_t j, len = payload_len(start + k);
+        idx[k] = start + k;
+        terms[k] = term;
+        kinds[k] = (uint8_t)(k % 3);
+        lens[k] = len;
+        for (j = 0; j < len; j++) payload[pos++] = payload_byte(start + k, j);
+    }
+    *out = (uint8_t *)malloc(25 * n + total);
+    written = rl_encode_parts(n, idx, terms, kinds, lens, payload, total, *out, 25 * n + total);
+    free(idx);
+    free(terms);
+    free(lens);
+    free(kinds);
+    free(payload);
+    return written;
+}
+
+static int append_range(rl_log *log, uint64_t start, size_t n, uint64_t term) {
+    uint8_t *buf;
+    size_t len = encode(start, n, term, &buf);
+    int rc = len ? rl_append_records(log, buf, len) : -1;
+    free(buf);
+    return rc;
+}
+
+/* 1 when entries [lo, hi) read back with the expected payloads and term. */
+static int verify_range(rl_log *log, uint64_t lo, uint64_t hi, uint64_t term) {
+    uint64_t size, k;
+    uint8_t *buf;
+    uint64_t *terms, *offs;
+    uint32_t *lens;
+    int ok = 1;
+    if (rl_read_size(log, lo, hi, &size) != RL_OK) return 0;
+    buf = (uint8_t *)malloc(size + 1);
+    terms = (uint64_t *)malloc((hi - lo + 1) * 8);
+    offs = (uint64_t *)malloc((hi - lo + 1) * 8);
+    lens = (uint32_t *)malloc((hi - lo + 1) * 4);
+    if (rl_read(log, lo, hi, buf, size, terms, NULL, offs, lens) != RL_OK) {
+        fprintf(stderr, "read failed: %s\n", rl_errmsg(log));
+        ok = 0;
+    }
+    for (k = 0; ok && k < hi - lo; k++) {
+        uint64_t index = lo + k, t;
+        uint32_t j;
+        if (terms[k] != term || lens[k] != payload_len(index)) ok = 0;
+        for (j = 0; ok && j < lens[k]; j++)
+            if (buf[offs[k] + j] != payload_byte(index, j)) ok = 0;
+        if (ok && (rl_term_at(log, index, &t) != RL_OK || t != term)) ok = 0;
+    }
+    free(buf);
+    free(terms);
+    free(offs);
+    free(lens);
+    return ok;
+}
+
+static rl_log *open_log(const char *dir, uint64_t segment_size) {
+    rl_options o;
+    rl_log *log = NULL;
+    char err[512];
+    o.segment_size = segment_size;
+    o.fsync = 1;
+    if (rl_open(dir, &o, &log, err, sizeof err) != RL_OK) {
+        fprintf(stderr, "rl_open(%s): %s\n", dir, err);
+        return NULL;
+    }
+    return log;
+}
+
+static int open_rc(const char *dir, char *err, size_t errlen) {
+    rl_options o;
+    rl_log *log = NULL;
+    int rc;
+    o.segment_size = 0;
+    o.fsync = 1;
+    rc = rl_open(dir, &o, &log, err, errlen);
+    rl_close(log);
+    return rc;
+}
+
+static char *seg_path(const char *dir, uint64_t first) {
+    static char path[4096];
+    snprintf(path, sizeof path, "%s/%020llu.seg", dir, (unsigned long long)first);
+    return path;
+}
+
+static long file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+static void poke(const char *path, long off, uint8_t xor_mask) {
+    int fd = open(path, O_RDWR);
+    uint8_t b;
+    if (fd < 0 || pread(fd, &b, 1, off) != 1) exit(3);
+    b ^= xor_mask;
+    if (pwrite(fd, &b, 1, off) != 1) exit(3);
+    close(fd);
+}
+
+/* ---- cases ------------------------------------------------------------------------------ */
+
+static void test_crc32c(void) {
+    uint8_t buf[4096 + 8];
+    uint8_t zeros[32], ones[32], inc[32];
+    size_t i, len, off;
+    memset(zeros, 0, 32);
+    memset(ones, 0xFF, 32);
+    for (i = 0; i < 32; i++) inc[i] = (uint8_t)i;
+    /* RFC 3720 (iSCSI) test vectors. */
+    CHECK(rl_crc32c_table(0, "123456789", 9) == 0xE3069283u);
+    CHECK(rl_crc32c_table(0, zeros, 32) == 0x8A9136AAu);
+    CHECK(rl_crc32c_table(0, ones, 32) == 0x62A8AB43u);
+    CHECK(rl_crc32c_table(0, inc, 32) == 0x46DD794Eu);
+    CHECK(rl_crc32c_hw(0, "123456789", 9) == 0xE3069283u);
+    CHECK(rl_crc32c(0, "", 0) == 0);
+    printf("hardware CRC32C available: %d\n", rl_crc32c_hw_available());
+    for (i = 0; i < sizeof buf; i++) buf[i] = (uint8_t)rnd();
+    for (len = 0; len <= 4096; len += (len < 80 ? 1 : 97))
+        for (off = 0; off < 8; off++) {
+            uint32_t t = rl_crc32c_table(0, buf + off, len), h = rl_crc32c_hw(0, buf + off, len);
+            CHECK(t == h);
+            /* Incremental use gives the same value as one call. */
+            CHECK(rl_crc32c(rl_crc32c(0, buf + off, len / 3), buf + off + len / 3, len - len / 3) == t);
+        }
+    rl_crc32c_force_table(1);
+    CHECK(rl_crc32c(0, "123456789", 9) == 0xE3069283u);
+    rl_crc32c_force_table(0);
+done:
+    rl_crc32c_force_table(0);
+}
+
+static void test_basic(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 0);
+    uint64_t t;
+    CHECK(log);
+    CHECK(rl_first_index(log) == 1 && rl_last_index(log) == 0);
+    CHECK_RC(log, rl_term_at(log, 1, &t), RL_ERR_RANGE);
+    CHECK_OK(log, append_range(log, 1, 100, 3));
+    CHECK(rl_last_index(log) == 100);
+    CHECK(verify_range(log, 1, 101, 3));
+    CHECK(verify_range(log, 40, 41, 3));
+    CHECK(verify_range(log, 50, 50, 3));
+    CHECK_RC(log, rl_read_size(log, 0, 5, &t), RL_ERR_RANGE);
+    CHECK_RC(log, rl_read_size(log, 5, 102, &t), RL_ERR_RANGE);
+    CHECK_OK(log, rl_sync(log));
+    CHECK_OK(log, rl_close(log));
+    log = open_log(dir, 0);
+    CHECK(log);
+    CHECK(rl_recovery_count(log) == 0);
+    CHECK(rl_first_index(log) == 1 && rl_last_index(log) == 100);
+    CHECK(verify_range(log, 1, 101, 3));
+done:
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_segments(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 256);
+    uint64_t i;
+    CHECK(log);
+    for (i = 1; i <= 200; i++) CHECK_OK(log, append_range(log, i, 1, 1 + i / 50));
+    CHECK(rl_segment_count(log) > 10);
+    for (i = 1; i <= 200; i++) CHECK(verify_range(log, i, i + 1, 1 + i / 50));
+    CHECK_OK(log, rl_close(log));
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_last_index(log) == 200);
+    for (i = 1; i <= 200; i++) CHECK(verify_range(log, i, i + 1, 1 + i / 50));
+    /* Compaction drops whole segments only, never past index + 1, never the last one. */
+    CHECK_OK(log, rl_compact_prefix(log, 120));
+    CHECK(rl_first_index(log) <= 121 && rl_first_index(log) > 100);
+    CHECK_OK(log, rl_compact_prefix(log, 1000));
+    CHECK(rl_segment_count(log) == 1 && rl_last_index(log) == 200);
+    /* Truncation back into the last segment, then into nothing. */
+    CHECK_OK(log, rl_truncate_suffix(log, 199));
+    CHECK(rl_last_index(log) == 198);
+    CHECK_OK(log, rl_truncate_suffix(log, 1));
+    CHECK(rl_last_index(log) + 1 == rl_first_index(log));
+    i = rl_first_index(log);
+    CHECK_OK(log, rl_close(log));
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_first_index(log) == i && rl_last_index(log) == i - 1);
+    CHECK_OK(log, append_range(log, i, 50, 9));
+    CHECK(verify_range(log, i, i + 50, 9));
+done:
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_conflict(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 200);
+    uint64_t t;
+    CHECK(log);
+    CHECK_OK(log, append_range(log, 1, 30, 1));
+    CHECK_OK(log, append_range(log, 10, 5, 2)); /* replaces 10..30 */
+    CHECK(rl_last_index(log) == 14);
+    CHECK_OK(log, rl_term_at(log, 9, &t));
+    CHECK(t == 1);
+    CHECK(verify_range(log, 10, 15, 2));
+    CHECK_RC(log, append_range(log, 16, 1, 2), RL_ERR_INVAL); /* gap */
+    CHECK_RC(log, append_range(log, 0, 1, 2), RL_ERR_INVAL);
+    CHECK_OK(log, rl_close(log));
+    log = open_log(dir, 200);
+    CHECK(log);
+    CHECK(rl_last_index(log) == 14 && verify_range(log, 1, 10, 1) && verify_range(log, 10, 15, 2));
+    CHECK_OK(log, rl_compact_prefix(log, 12));
+    if (rl_first_index(log) > 1)
+        CHECK_RC(log, append_range(log, rl_first_index(log) - 1, 1, 3), RL_ERR_INVAL);
+done:
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_torn_tail(void) {
+    /* Cut the file at every offset inside the last record: recovery keeps records 1..9. */
+    long full = 0, start = 0, cut;
+    for (cut = -1;; cut++) {
+        char *dir = make_dir();
+        rl_log *log = open_log(dir, 0);
+        rl_repair rep;
+        CHECK(log);
+        CHECK_OK(log, append_range(log, 1, 9, 1));
+        start = file_size(seg_path(dir, 1));
+        CHECK_OK(log, append_range(log, 10, 1, 1));
+        full = file_size(seg_path(dir, 1));
+        rl_close(log);
+        log = NULL;
+        if (cut < 0) cut = start; /* first iteration only computes the sizes */
+        if (cut >= full) {
+            remove_dir(dir);
+            break;
+        }
+        CHECK(truncate(seg_path(dir, 1), cut) == 0);
+        log = open_log(dir, 0);
+        CHECK(log);
+        CHECK(rl_last_index(log) == 9);
+        CHECK(verify_range(log, 1, 10, 1));
+        if (cut > start) {
+            CHECK(rl_recovery_count(log) == 1);
+            CHECK_OK(log, rl_recovery_get(log, 0, &rep));
+            CHECK(rep.offset == (uint64_t)start && rep.bytes == (uint64_t)(cut - start));
+            CHECK(strcmp(rep.file, "00000000000000000001.seg") == 0);
+        }
+        CHECK(file_size(seg_path(dir, 1)) == start);
+        CHECK_OK(log, append_range(log, 10, 3, 2));
+        CHECK(verify_range(log, 10, 13, 2));
+    done:
+        rl_close(log);
+        if (failures) {
+            remove_dir(dir);
+            return;
+        }
+        remove_dir(dir);
+    }
+}
+
+static void test_crc_flip(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 0);
+    char err[512];
+    long size;
+    CHECK(log);
+    CHECK_OK(log, append_range(log, 1, 10, 1));
+    rl_close(log);
+    log = NULL;
+    size = file_size(seg_path(dir, 1));
+    /* A bad record in the middle of the last segment, with good records after it: corruption. */
+    poke(seg_path(dir, 1), 32 + 30, 0x40);
+    CHECK(open_rc(dir, err, sizeof err) == RL_ERR_CORRUPT);
+    CHECK(strstr(err, "00000000000000000001.seg") && strstr(err, "offset"));
+    poke(seg_path(dir, 1), 32 + 30, 0x40);
+    CHECK(open_rc(dir, err, sizeof err) == RL_OK);
+    /* A flip in the final record: a torn tail, cut off. */
+    poke(seg_path(dir, 1), size - 1, 0x01);
+    log = open_log(dir, 0);
+    CHECK(log);
+    CHECK(rl_last_index(log) == 9 && rl_recovery_count(log) == 1);
+    rl_close(log);
+    log = NULL;
+    remove_dir(dir);
+    /* A flip in an earlier segment is always corruption. */
+    dir = make_dir();
+    log = open_log(dir, 128);
+    CHECK(log);
+    {
+        uint64_t i;
+        for (i = 1; i <= 30; i++) CHECK_OK(log, append_range(log, i, 1, 1));
+    }
+    CHECK(rl_segment_count(log) > 2);
+    rl_close(log);
+    log = NULL;
+    poke(seg_path(dir, 1), file_size(seg_path(dir, 1)) - 1, 0x01);
+    CHECK(open_rc(dir, err, sizeof err) == RL_ERR_CORRUPT);
+    CHECK(strstr(err, "not the last segment"));
+done:
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_missing_segment(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 128);
+    char err[512], second[4096];
+    uint64_t i;
+    CHECK(log);
+    for (i = 1; i <= 30; i++) CHECK_OK(log, append_range(log, i, 1, 1));
+    CHECK(rl_segment_count(log) >= 3);
+    /* Find the second segment's name through the index: its first index is 1 + count(seg 1). */
+    {
+        uint64_t f = 2;
+        while (file_size(seg_path(dir, f)) < 0) f++;
+        snprintf(second, sizeof second, "%s", seg_path(dir, f));
+    }
+    rl_close(log);
+    log = NULL;
+    CHECK(unlink(second) == 0);
+    CHECK(open_rc(dir, err, sizeof err) == RL_ERR_CORRUPT);
+    CHECK(strstr(err, "missing"));
+done:
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_zero_header(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 0);
+    char err[512];
+    uint8_t zeros[32];
+    int fd;
+    memset(zeros, 0, sizeof zeros);
+    CHECK(log);
+    CHECK_OK(log, append_range(log, 1, 5, 1));
+    rl_close(log);
+    log = NULL;
+    fd = open(seg_path(dir, 1), O_RDWR);
+    CHECK(fd >= 0 && pwrite(fd, zeros, 32, 0) == 32);
+    close(fd);
+    CHECK(open_rc(dir, err, sizeof err) == RL_ERR_CORRUPT);
+    CHECK(strstr(err, "offset 0"));
+    remove_dir(dir);
+    /* An empty last segment with a torn header is removed (its creation was torn). */
+    dir = make_dir();
+    log = open_log(dir, 0);
+    CHECK(log);
+    rl_close(log);
+    log = NULL;
+    CHECK(truncate(seg_path(dir, 1), 10) == 0);
+    log = open_log(dir, 0);
+    CHECK(log);
+    CHECK(rl_recovery_count(log) == 1 && rl_first_index(log) == 1 && rl_last_index(log) == 0);
+    CHECK_OK(log, append_range(log, 1, 2, 1));
+done:
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_enospc(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 0);
+    long before;
+    CHECK(log);
+    CHECK_OK(log, append_range(log, 1, 10, 1));
+    before = file_size(seg_path(dir, 1));
+    rl_fault_set(RL_FAULT_WRITE, 0, ENOSPC, 1);
+    CHECK_RC(log, append_range(log, 11, 10, 1), RL_ERR_IO);
+    CHECK(rl_errno(log) == ENOSPC);
+    CHECK(strstr(rl_errmsg(log), "00000000000000000001.seg"));
+    CHECK(rl_last_index(log) == 10 && file_size(seg_path(dir, 1)) == before);
+    /* A write that got half way: the partial bytes are cut off again. */
+    rl_fault_set(RL_FAULT_SHORT_WRITE, 0, ENOSPC, 1);
+    CHECK_RC(log, append_range(log, 11, 10, 1), RL_ERR_IO);
+    CHECK(rl_last_index(log) == 10 && file_size(seg_path(dir, 1)) == before);
+    /* Space is back: the store is usable. */
+    rl_fault_clear();
+    CHECK_OK(log, append_range(log, 11, 10, 1));
+    CHECK_OK(log, rl_sync(log));
+    CHECK(verify_range(log, 1, 21, 1));
+    /* Creating a segment fails: nothing changes. */
+    rl_close(log);
+    log = open_log(dir, 64);
+    CHECK(log);
+    rl_fault_set(RL_FAULT_OPEN, 0, ENOSPC, 1);
+    CHECK_RC(log, append_range(log, 21, 1, 1), RL_ERR_IO);
+    rl_fault_clear();
+    CHECK(rl_last_index(log) == 20 && rl_segment_count(log) == 1);
+    CHECK_OK(log, append_range(log, 21, 1, 1));
+    CHECK(rl_segment_count(log) == 2);
+    rl_close(log);
+    log = open_log(dir, 64);
+    CHECK(log);
+    CHECK(rl_last_index(log) == 21 && rl_recovery_count(log) == 0 && verify_range(log, 1, 22, 1));
+done:
+    rl_fault_clear();
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_fsync_failure(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 0);
+    CHECK(log);
+    CHECK_OK(log, append_range(log, 1, 10, 1));
+    rl_fault_set(RL_FAULT_FSYNC, 0, EIO, 1);
+    CHECK_RC(log, rl_sync(log), RL_ERR_IO);
+    CHECK(rl_errno(log) == EIO);
+    /* Poisoned: nothing more is written until the log is reopened. */
+    CHECK_RC(log, append_range(log, 11, 1, 1), RL_ERR_STATE);
+    CHECK_RC(log, rl_sync(log), RL_ERR_STATE);
+    CHECK(verify_range(log, 1, 11, 1));
+    rl_close(log);
+    log = open_log(dir, 0);
+    CHECK(log);
+    CHECK(rl_last_index(log) == 10);
+    CHECK_OK(log, append_range(log, 11, 1, 1));
+    CHECK_OK(log, rl_sync(log));
+done:
+    rl_fault_clear();
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_batch_validation(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 0);
+    uint8_t *buf = NULL, *buf2 = NULL;
+    size_t len, len2, count, bad;
+    char err[256];
+    CHECK(log);
+    len = encode(1, 5, 1, &buf);
+    CHECK_OK(NULL, rl_batch_scan(buf, len, &count, &bad, err, sizeof err));
+    CHECK(count == 5);
+    buf[len - 1] ^= 1;
+    CHECK(rl_batch_scan(buf, len, &count, &bad, err, sizeof err) == RL_ERR_BATCH);
+    CHECK(count == 4 && bad > 0);
+    CHECK_RC(log, rl_append_records(log, buf, len), RL_ERR_BATCH);
+    CHECK(rl_last_index(log) == 0);
+    buf[len - 1] ^= 1;
+    CHECK_RC(log, rl_append_records(log, buf, len - 1), RL_ERR_BATCH); /* cut short */
+    /* Two valid batches glued with a gap in the indexes. */
+    len2 = encode(7, 2, 1, &buf2);
+    buf = (uint8_t *)realloc(buf, len + len2);
+    memcpy(buf + len, buf2, len2);
+    CHECK_RC(log, rl_append_records(log, buf, len + len2), RL_ERR_INVAL);
+    CHECK(strstr(rl_errmsg(log), "contiguous"));
+    CHECK_OK(log, rl_append_records(log, buf, len));
+    CHECK(rl_last_index(log) == 5);
+done:
+    free(buf);
+    free(buf2);
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_recovery_large(void) {
+    /* 200,000 entries in batches over 4 MiB segments, reopened: the index is rebuilt. */
+    char *dir = make_dir();
+    rl_options o;
+    rl_log *log = NULL;
+    char err[512];
+    uint64_t i;
+    o.segment_size = 4 << 20;
+    o.fsync = 0;
+    CHECK_OK(NULL, rl_open(dir, &o, &log, err, sizeof err));
+    for (i = 1; i <= 200000; i += 1000) CHECK_OK(log, append_range(log, i, 1000, 7));
+    rl_close(log);
+    log = NULL;
+    CHECK_OK(NULL, rl_open(dir, &o, &log, err, sizeof err));
+    CHECK(rl_last_index(log) == 200000 && rl_segment_count(log) > 1);
+    CHECK(verify_range(log, 1, 200001, 7));
+done:
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_hardstate(void) {
+    char *dir = make_dir();
+    rl_hs *hs = NULL;
+    char err[256], vote[64], path[4096];
+    uint64_t term, commit;
+    int64_t vlen;
+    int found;
+    CHECK(rl_hs_open(dir, 1, &hs, err, sizeof err) == RL_OK);
+    CHECK(rl_hs_load(hs, &term, &commit, vote, sizeof vote, &vlen, &found) == RL_OK);
+    CHECK(!found && term == 0 && commit == 0 && vlen == -1);
+    CHECK(rl_hs_save(hs, 5, 17, "node-2", 6) == RL_OK);
+    CHECK(rl_hs_load(hs, &term, &commit, vote, sizeof vote, &vlen, &found) == RL_OK);
+    CHECK(found && term == 5 && commit == 17 && vlen == 6 && !memcmp(vote, "node-2", 6));
+    CHECK(rl_hs_save(hs, 6, 18, NULL, -1) == RL_OK);
+    CHECK(rl_hs_load(hs, &term, &commit, vote, sizeof vote, &vlen, &found) == RL_OK);
+    CHECK(found && term == 6 && commit == 18 && vlen == -1);
+    CHECK(rl_hs_save(hs, 7, 18, "", 0) == RL_OK); /* empty vote is not no vote */
+    CHECK(rl_hs_load(hs, &term, &commit, vote, sizeof vote, &vlen, &found) == RL_OK);
+    CHECK(vlen == 0);
+    /* A failed rename leaves the previous state. */
+    rl_fault_set(RL_FAULT_RENAME, 0, EIO, 1);
+    CHECK(rl_hs_save(hs, 8, 20, "x", 1) == RL_ERR_IO);
+    rl_fault_clear();
+    CHECK(rl_hs_load(hs, &term, &commit, vote, sizeof vote, &vlen, &found) == RL_OK);
+    CHECK(term == 7 && commit == 18);
+    snprintf(path, sizeof path, "%s/hardstate", dir);
+    poke(path, 16, 0x01);
+    CHECK(rl_hs_load(hs, &term, &commit, vote, sizeof vote, &vlen, &found) == RL_ERR_CORRUPT);
+    CHECK(strstr(rl_hs_errmsg(hs), "hardstate"));
+done:
+    rl_fault_clear();
+    rl_hs_close(hs);
+    remove_dir(dir);
+}
+
+/* ---- runner ----------------------------------------------------------------------------- */
+
+static const struct {
+    const char *name;
+    void (*fn)(void);
+} CASES[] = {
+    {"crc32c", test_crc32c},
+    {"basic", test_basic},
+    {"segments", test_segments},
+    {"conflict", test_conflict},
+    {"torn_tail", test_torn_tail},
+    {"crc_flip", test_crc_flip},
+    {"missing_segment", test_missing_segment},
+    {"zero_header", test_zero_header},
+    {"enospc", test_enospc},
+    {"fsync_failure", test_fsync_failure},
+    {"batch_validation", test_batch_validation},
+    {"recovery_large", test_recovery_large},
+    {"hardstate", test_hardstate},
+};
+
+int main(int argc, char **argv) {
+    size_t i, ncases = sizeof CASES / sizeof CASES[0];
+    int a, ran = 0;
+    for (i = 0; i < ncases; i++) {
+        int selected = argc < 2;
+        for (a = 1; a < argc; a++)
+            if (!strcmp(argv[a], CASES[i].name)) selected = 1;
+        if (!selected) continue;
+        {
+            int before = failures;
+            CASES[i].fn();
+            printf("%s %s\n", failures == before ? "PASS" : "FAIL", CASES[i].name);
+        }
+        ran++;
+    }
+    if (ran == 0) {
+        fprintf(stderr, "no such case\n");
+        return 2;
+    }
+    return failures ? 1 : 0;
+}
