@@ -18,6 +18,7 @@ transport threads
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import queue
@@ -119,6 +120,9 @@ class RaftNode:
         self._stop_error: BaseException | None = None
         self._observers: list[Callable[[], None]] = []
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Set by _halt() once the loop thread is gone, just before the final drain of the inbox;
+        # from then on a client event put on the inbox is failed by the thread that put it.
+        self._inbox_closed = False
         self._registry = ProposalRegistry()
         self._status = Status(node_id, "follower", 0, None, 0, 0, 0, running=False)
         # Owned by the loop thread:
@@ -166,8 +170,9 @@ class RaftNode:
             RaftError: already started or stopped; storage errors (CorruptLogError).
         """
         with self._lifecycle_lock:
-            if self._started:
-                raise RaftError(f"node {self._id} was already started")
+            if self._started or self._stopped:
+                state = "started" if self._started else "stopped"
+                raise RaftError(f"node {self._id} was already {state}")
             self._started = True
             self._open_stores()
             assert self._log_store is not None and self._stable_store is not None
@@ -242,6 +247,7 @@ class RaftNode:
         stopped = error or NodeStopped(f"node {self._id} stopped")
         self._registry.fail_after(-1, stopped)
         self._fail_reads(stopped)
+        self._inbox_closed = True
         self._fail_inbox(stopped)
         if self._owns_stores:
             for store in (self._log_store, self._stable_store):
@@ -252,6 +258,17 @@ class RaftNode:
                               self._status.last_log_index, running=False)
         self._notify_observers()
         logger.info("%s stopped (%s)", self._id, "graceful" if graceful else "crash")
+
+    def _post(self, event: tuple[Any, ...]) -> None:
+        """Put a client event (propose, read, call) on the inbox.
+
+        A client that passed the "running?" check may still lose the race with ``_halt()``: its
+        event could land after the final drain and never be settled.  Whoever sees the inbox
+        closed after putting drains it again (lock-free: both sides put/set first, then read).
+        """
+        self._inbox.put(event)
+        if self._inbox_closed:
+            self._fail_inbox(self._stop_error or NodeStopped(f"node {self._id} stopped"))
 
     def _fail_inbox(self, error: BaseException) -> None:
         while True:
@@ -285,7 +302,7 @@ class RaftNode:
         if status.role != "leader":
             return _failed(NotLeaderError(status.leader_id))
         future: Future = Future()
-        self._inbox.put((_PROPOSE, bytes(command), future))
+        self._post((_PROPOSE, bytes(command), future))
         return future
 
     def read(self, fn: Callable[[Any], T]) -> Future:
@@ -305,7 +322,7 @@ class RaftNode:
         if status.role != "leader":
             return _failed(NotLeaderError(status.leader_id))
         future: Future = Future()
-        self._inbox.put((_READ, fn, future))
+        self._post((_READ, fn, future))
         return future
 
     async def propose_async(self, command: bytes) -> object:
@@ -317,8 +334,13 @@ class RaftNode:
         return await asyncio.wrap_future(self.read(fn))
 
     def status(self) -> Status:
-        """A snapshot of this node (never blocks).  ``progress`` is filled on a leader."""
-        return self._status
+        """A snapshot of this node (never blocks); ``last_applied`` is read live."""
+        status = self._status
+        if status.running and self._applier is not None:
+            applied = self._applier.last_applied
+            if applied != status.last_applied:
+                return dataclasses.replace(status, last_applied=applied)
+        return status
 
     def campaign(self) -> Future:
         """Start an election now (tests, tools).  Resolves once the core has been told."""
@@ -339,7 +361,8 @@ class RaftNode:
         return self._applier.last_applied if self._applier is not None else 0
 
     def wait_applied(self, index: int, timeout: float | None = None) -> bool:
-        """Block until ``last_applied >= index`` (False on timeout or when not started)."""
+        """Block until ``last_applied >= index`` (False on timeout, when not started, or once the
+        node has stopped short of ``index``)."""
         if self._applier is None:
             return False
         return self._applier.wait_applied(index, timeout)
@@ -348,7 +371,7 @@ class RaftNode:
         if not self._started or self._stopped:
             return _failed(NodeStopped(f"node {self._id} is not running"))
         future: Future = Future()
-        self._inbox.put((_CALL, fn, future))
+        self._post((_CALL, fn, future))
         return future
 
     # -- the loop thread -----------------------------------------------------------------------
@@ -395,7 +418,7 @@ class RaftNode:
         futures: list[Future] = []
         reads: list[ReadWaiter] = []
         own_id = self._id
-        for event in events:
+        for position, event in enumerate(events):
             if type(event) is Message:
                 if event.dst == own_id:
                     raw.step(event)
@@ -420,6 +443,9 @@ class RaftNode:
                     settle(future, error=error)
                 for _, future in reads:
                     settle(future, error=error)
+                for later in events[position + 1:]:  # client events queued behind the stop
+                    if type(later) is not Message and later[0] in (_PROPOSE, _READ, _CALL):
+                        settle(later[-1], error=error)
                 return True
         if commands:
             try:

@@ -1,0 +1,634 @@
+"""Writing the results: pyperf JSON per family, results.json, REPORT.md and PNG plots.
+
+* ``<out>/<family>.json``: a pyperf BenchmarkSuite (``python -m pyperf show``/``compare_to``);
+  one benchmark per case (or per case and arm), values in seconds, lower is better.
+* ``<out>/results.json``: every summary number of the run, with the environment.
+* ``<out>/REPORT.md``: one Markdown table per figure, the targets, the environment.
+* ``<out>/*.png``: latency and throughput vs cluster size and vs drop rate (matplotlib is an
+  optional extra; without it the report says the plots were skipped).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from bench.scenarios import native_store_impl
+
+if TYPE_CHECKING:
+    from bench.suite import SuiteResult
+
+NOISE_NOTE = (
+    "Absolute numbers are noisy: the whole cluster (every node's loop, apply and transport "
+    "threads) and the load generator share one Python process, one GIL and, on the reference "
+    "machine, 2 shared virtual cores. Compare runs on the same machine with "
+    "`python -m pyperf compare_to old/<family>.json new/<family>.json`, and read ablations as "
+    "the same-run ratios they are.")
+
+
+# -- small formatting helpers -------------------------------------------------------------------
+
+def _num(x: Any, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    if digits == 0:
+        return f"{x:,.0f}"
+    return f"{x:,.{digits}f}"
+
+
+def _ratio(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    return f"{x:.2f}x"
+
+
+def _pct(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x * 100:.1f}%"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def one_line(r: dict[str, Any]) -> str:
+    """A short summary of one case result for the progress output."""
+    if r["status"] == "skipped":
+        return f"skipped: {r['skipped']}"
+    if r["status"] == "error":
+        return f"error: {r['error']}"
+    m = r["metrics"]
+    fam = r["family"]
+    if fam == "commit_latency":
+        return (f"p50={_num(m.get('p50_us'))}us p99={_num(m.get('p99_us'))}us "
+                f"max={_num(m.get('max_us'))}us ops={m.get('ops')}")
+    if fam == "throughput":
+        return f"{_num(m['commits_per_s'])} commits/s (errors {m['errors']})"
+    if fam in ("durability", "faults"):
+        lat = m["latency"]
+        return (f"{_num(m['throughput']['commits_per_s'])} commits/s, "
+                f"p50={_num(lat.get('p50_us'))}us p99={_num(lat.get('p99_us'))}us")
+    if fam == "churn":
+        return (f"crashes={m['crashes']} acked={m['acked']} lost={m['lost']} "
+                f"to_leader_p50={_num(m['time_to_leader_ms']['p50'])}ms "
+                f"p99={_num(m['latency'].get('p99_us'))}us "
+                f"availability={_pct(m['leader_availability'])}")
+    if fam == "ablation_fast_backup":
+        arms = m["arms"]
+        return "; ".join(f"{k}: {v['seconds']:.3f}s {_num(v['messages'])} msgs"
+                         for k, v in arms.items()) + f"; time ratio {_ratio(m['time_ratio'])}"
+    if fam == "ablation_prevote":
+        return "; ".join(
+            f"{sit}: " + ", ".join(f"{k.rsplit('=', 1)[1]} {v['elections_per_min']:.1f}/min"
+                                   for k, v in sm["arms"].items())
+            for sit, sm in m["situations"].items()) + " (spurious elections, off vs on)"
+    if fam.startswith("ablation_"):
+        return " | ".join(
+            f"{pair['situation']}: "
+            + "; ".join(f"{k}: {_num(v['commits_per_s'])}/s" for k, v in pair["arms"].items())
+            + f"; ratio {_ratio(pair['ratio'])}" for pair in m["pairs"])
+    if fam == "timeout_tuning":
+        return (f"recover p50={_num(m['recover_to_commit_ms']['p50'], 1)}ms, "
+                f"{m['under_drop']['elections_per_min']:.1f} elections/min under drop")
+    return json.dumps(m)[:120]
+
+
+# -- environment ------------------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5,
+                               check=False).stdout.strip()
+        return (head + (" (with uncommitted changes)" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _availability(suite: SuiteResult, key: str, value: str) -> str:
+    hits = [r for r in suite.results if r.case.params.get(key) == value]
+    if not hits:
+        return "not run"
+    if any(not r.error and not r.outcome.skipped for r in hits):
+        return "measured"
+    skipped = [r.outcome.skipped for r in hits if r.outcome.skipped]
+    if skipped:
+        return f"skipped: {skipped[0]}"
+    return f"error: {hits[0].error}"
+
+
+def _loadavg() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "-"
+
+
+def environment(suite: SuiteResult) -> dict[str, Any]:
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = os.cpu_count()
+    try:
+        import matplotlib
+        plots = f"matplotlib {matplotlib.__version__}"
+    except ImportError:
+        plots = "matplotlib not installed (plots skipped)"
+    import pyperf
+
+    import engine
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "command": suite.command,
+        "mode": suite.mode,
+        "seed": suite.seed,
+        "wall_s": round(suite.wall_s, 1),
+        "cpu": _cpu_model(),
+        "cpus": f"{os.cpu_count()} logical, {affinity} usable",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(),
+        "engine": f"{engine.__version__}, git {_git_commit()}",
+        "pyperf": pyperf.__version__,
+        "plots": plots,
+        "gil_switch_interval_s": sys.getswitchinterval(),
+        "load average (1 min) before / after": suite.load_before + " / " + _loadavg(),
+        "transport memory": _availability(suite, "transport", "memory"),
+        "transport tcp": _availability(suite, "transport", "tcp"),
+        "store native": _availability(suite, "store", "native"),
+        "native store implementation": native_store_impl(),
+    }
+
+
+# -- pyperf -----------------------------------------------------------------------------------
+
+def write_pyperf(suite: SuiteResult, out_dir: str) -> list[str]:
+    """One pyperf BenchmarkSuite file per family; returns the paths written."""
+    import pyperf
+    base = pyperf.Run([1.0], collect_metadata=True).get_metadata()
+    base.pop("mem_max_rss", None)
+    by_family: dict[str, list[Any]] = {}
+    for r in suite.results:
+        for s in r.outcome.series:
+            runs = []
+            for loops, values in s.runs:
+                values = [v for v in values if v > 0]
+                if not values:
+                    continue
+                meta = dict(base, name=s.name, unit="second", loops=int(max(1, loops)))
+                if s.description:
+                    meta["description"] = s.description
+                meta["bench_seed"] = suite.seed
+                meta["bench_mode"] = suite.mode
+                runs.append(pyperf.Run(values, metadata=meta, collect_metadata=False))
+            if runs:
+                by_family.setdefault(r.case.family, []).append(pyperf.Benchmark(runs))
+    paths = []
+    for family, benchmarks in by_family.items():
+        path = os.path.join(out_dir, f"{family}.json")
+        pyperf.BenchmarkSuite(benchmarks).dump(path, replace=True)
+        paths.append(path)
+    return paths
+
+
+# -- targets ----------------------------------------------------------------------------------
+
+def _ok(results: dict[str, dict[str, Any]], label: str) -> dict[str, Any] | None:
+    r = results.get(label)
+    return r["metrics"] if r and r["status"] == "ok" else None
+
+
+def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's performance targets, evaluated (reported, never asserted)."""
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, measured: str, met: bool | None) -> None:
+        rows.append({"target": name, "measured": measured,
+                     "status": "not measured" if met is None else "met" if met else "MISSED"})
+
+    t3 = _ok(results, "throughput n=3 memory 16B")
+    row("3 nodes, memory, 16 B: >= 50,000 commits/s",
+        f"{_num(t3['commits_per_s'])} commits/s" if t3 else "-",
+        t3["commits_per_s"] >= 50_000 if t3 else None)
+    l3 = _ok(results, "commit_latency n=3 memory 16B")
+    row("3 nodes, memory, 16 B: p50 commit latency < 1 ms",
+        f"{_num(l3['p50_us'])} us" if l3 else "-", l3["p50_us"] < 1000 if l3 else None)
+    for n, share in ((5, 0.70), (7, 0.50)):
+        tn = _ok(results, f"throughput n={n} memory 16B")
+        if t3 and tn and t3["commits_per_s"]:
+            ratio = tn["commits_per_s"] / t3["commits_per_s"]
+            row(f"{n} nodes keep >= {share:.0%} of 3-node throughput", f"{ratio:.0%}",
+                ratio >= share)
+        else:
+            row(f"{n} nodes keep >= {share:.0%} of 3-node throughput", "-", None)
+    f0 = _ok(results, "faults n=3 16B drop=0%")
+    f5 = _ok(results, "faults n=3 16B drop=5%")
+    if f0 and f5 and f0["throughput"]["commits_per_s"]:
+        ratio = f5["throughput"]["commits_per_s"] / f0["throughput"]["commits_per_s"]
+        row("5% drop keeps >= 50% of no-fault throughput", f"{ratio:.0%}", ratio >= 0.5)
+    else:
+        row("5% drop keeps >= 50% of no-fault throughput", "-", None)
+    churn = [r for r in results.values() if r["family"] == "churn" and r["status"] == "ok"]
+    if churn:
+        lost = sum(r["metrics"]["lost"] for r in churn)
+        acked = sum(r["metrics"]["acked"] for r in churn)
+        row("churn loses 0 acknowledged commits", f"{lost} lost of {_num(acked)} acked",
+            lost == 0)
+    else:
+        row("churn loses 0 acknowledged commits", "-", None)
+    return rows
+
+
+# -- REPORT.md --------------------------------------------------------------------------------
+
+def _section_latency(rs: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for r in rs:
+        p, m = r["params"], r["metrics"]
+        if r["status"] != "ok":
+            rows.append([p["n"], p["transport"], _size(p["payload"]), r["status"] + ": "
+                         + (r["skipped"] or r["error"] or ""), "", "", "", "", ""])
+            continue
+        rows.append([p["n"], p["transport"], _size(p["payload"]), _num(m["ops"]),
+                     _num(m["p50_us"]), _num(m["p90_us"]), _num(m["p99_us"]), _num(m["max_us"]),
+                     _num(m["mean_us"])])
+    return _table(["n", "transport", "payload", "ops", "p50 us", "p90 us", "p99 us", "max us",
+                   "mean us"], rows)
+
+
+def _size(payload: int) -> str:
+    return f"{payload // 1024} KiB" if payload >= 1024 and payload % 1024 == 0 else f"{payload} B"
+
+
+def _section_throughput(rs: list[dict[str, Any]]) -> list[str]:
+    base = {(r["params"]["transport"], r["params"]["payload"]): r["metrics"]["commits_per_s"]
+            for r in rs if r["status"] == "ok" and r["params"]["n"] == 3}
+    rows = []
+    for r in rs:
+        p, m = r["params"], r["metrics"]
+        if r["status"] != "ok":
+            rows.append([p["n"], p["transport"], _size(p["payload"]),
+                         r["status"] + ": " + (r["skipped"] or r["error"] or ""), "", "", "",
+                         ""])
+            continue
+        b = base.get((p["transport"], p["payload"]))
+        rows.append([p["n"], p["transport"], _size(p["payload"]), _num(m["commits_per_s"]),
+                     f"{_num(m['commits_per_s_min'])} - {_num(m['commits_per_s_max'])}",
+                     _num(m["commits"]), m["errors"],
+                     _ratio(m["commits_per_s"] / b) if b else "-"])
+    return _table(["n", "transport", "payload", "commits/s (median window)", "window range",
+                   "commits", "errors", "vs n=3"], rows)
+
+
+def _section_durability(rs: list[dict[str, Any]]) -> list[str]:
+    mem = next((r["metrics"]["throughput"]["commits_per_s"] for r in rs
+                if r["status"] == "ok" and r["params"]["store"] == "memory"), None)
+    rows = []
+    for r in rs:
+        p, m = r["params"], r["metrics"]
+        fsync = "-" if p["store"] == "memory" else ("on" if p["fsync"] else "off")
+        if r["status"] != "ok":
+            rows.append([p["store"], fsync, r["status"] + ": "
+                         + (r["skipped"] or r["error"] or ""), "", "", "", ""])
+            continue
+        tput = m["throughput"]["commits_per_s"]
+        rows.append([p["store"], fsync, _num(tput), _ratio(tput / mem) if mem else "-",
+                     _num(m["latency"]["p50_us"]), _num(m["latency"]["p99_us"]),
+                     m.get("store_impl", "-")])
+    return _table(["store", "fsync", "commits/s", "vs memory", "p50 us", "p99 us",
+                   "implementation"], rows)
+
+
+def _section_faults(rs: list[dict[str, Any]]) -> list[str]:
+    base = next((r["metrics"]["throughput"]["commits_per_s"] for r in rs
+                 if r["status"] == "ok" and not r["params"].get("drop")), None)
+    rows = []
+    for r in rs:
+        p, m = r["params"], r["metrics"]
+        if r["status"] != "ok":
+            rows.append([_pct(p.get("drop", 0)), r["status"] + ": " + (r["error"] or ""),
+                         "", "", "", "", "", ""])
+            continue
+        f = m["faults"]
+        delay = f"{f['delay'][0] * 1e3:g}-{f['delay'][1] * 1e3:g} ms" if f["drop"] else "-"
+        tput = m["throughput"]["commits_per_s"]
+        rows.append([_pct(f["drop"]), delay, "yes" if f["reorder"] else "no", _num(tput),
+                     _ratio(tput / base) if base else "-", _num(m["latency"]["p50_us"]),
+                     _num(m["latency"]["p99_us"]),
+                     f"{m['term_increases']} / {m['throughput']['errors']}"])
+    return _table(["drop", "delay", "reorder", "commits/s", "vs 0%", "p50 us", "p99 us",
+                   "term increases / failed proposals"], rows)
+
+
+def _section_churn(rs: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for r in rs:
+        p, m = r["params"], r["metrics"]
+        if r["status"] != "ok":
+            rows.append([p["n"], r["status"] + ": " + (r["error"] or "")] + [""] * 8)
+            continue
+        rows.append([p["n"], f"{m['seconds']:.1f}", m["crashes"],
+                     f"{_num(m['time_to_leader_ms']['p50'])} / "
+                     f"{_num(m['time_to_leader_ms']['max'])}",
+                     _num(m["acked"]), f"**{m['lost']}**", _num(m["latency"].get("p50_us")),
+                     _num(m["latency"].get("p99_us")), _pct(m["leader_availability"]),
+                     _pct(m["commit_availability"])])
+    return _table(["n", "seconds", "crashes", "time to new leader p50 / max ms", "acked commits",
+                   "lost", "p50 us", "p99 us", "leader availability",
+                   "commit availability (100 ms slots)"], rows)
+
+
+def _section_ablations(rs: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for r in rs:
+        m = r["metrics"]
+        name = r["family"].removeprefix("ablation_")
+        if r["status"] != "ok":
+            rows.append([name, r["status"] + ": " + (r["error"] or r["skipped"] or ""),
+                         "", "", ""])
+            continue
+        if r["family"] == "ablation_fast_backup":
+            (a, ma), (b, mb) = list(m["arms"].items())[:2]
+        if r["family"] == "ablation_fast_backup":
+            rows.append([f"fast_backup ({m['entries']:,} divergent entries, "
+                         f"{ma['leader_terms']} leader terms)", "convergence seconds",
+                         f"{a}: {ma['seconds']:.3f}", f"{b}: {mb['seconds']:.3f}",
+                         _ratio(m["time_ratio"]) + " (off/on)"])
+            rows.append(["", "messages during convergence", f"{a}: {_num(ma['messages'])}",
+                         f"{b}: {_num(mb['messages'])}",
+                         _ratio(m["message_ratio"]) + " (off/on)"])
+        elif r["family"] == "ablation_prevote":
+            timing = m["timing"] if isinstance(m["timing"], str) else (
+                f"hb {m['timing']['heartbeat_interval'] * 1e3:g} ms, election "
+                f"{m['timing']['election_timeout_min'] * 1e3:g}-"
+                f"{m['timing']['election_timeout_max'] * 1e3:g} ms")
+            for situation, sm in m["situations"].items():
+                (a, ma), (b, mb) = list(sm["arms"].items())
+                what = (f"pre_vote+check_quorum, {_pct(m['drop'])} drop"
+                        + (f", follower isolated {m['flaky'][1]:g} s every {m['flaky'][0]:g} s"
+                           if "flaky" in situation else "") + f", {timing} timeouts")
+                rows.append([what, "spurious elections / min (term increases)",
+                             f"off: {ma['elections_per_min']:.1f}",
+                             f"on: {mb['elections_per_min']:.1f}",
+                             _ratio(sm["ratio"]) + " (off/on)"])
+                rows.append(["", "leader changes / min; leaderless share",
+                             f"off: {ma['leader_changes_per_min']:.1f}; "
+                             f"{_pct(ma['leaderless_share'])}",
+                             f"on: {mb['leader_changes_per_min']:.1f}; "
+                             f"{_pct(mb['leaderless_share'])}", ""])
+                rows.append(["", "light client p99 us; failed proposals",
+                             f"off: {_num(ma['latency'].get('p99_us'))}; {ma['failed_ops']}",
+                             f"on: {_num(mb['latency'].get('p99_us'))}; {mb['failed_ops']}", ""])
+        else:
+            for pair in m["pairs"]:
+                (a, ma), (b, mb) = list(pair["arms"].items())[:2]
+                rows.append([f"{name} ({pair['situation']})", "commits/s (median window)",
+                             f"{a}: {_num(ma['commits_per_s'])}",
+                             f"{b}: {_num(mb['commits_per_s'])}",
+                             _ratio(pair["ratio"]) + f" ({b}/{a})"])
+    return _table(["ablation", "metric", "A", "B", "ratio"], rows)
+
+
+def _section_tuning(rs: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for r in rs:
+        p, m = r["params"], r["metrics"]
+        hb, lo, hi = p["point"]
+        if r["status"] != "ok":
+            rows.append([f"{hb * 1e3:g}", f"{lo * 1e3:g}-{hi * 1e3:g}",
+                         r["status"] + ": " + (r["error"] or "")] + [""] * 5)
+            continue
+        d = m["under_drop"]
+        rows.append([f"{hb * 1e3:g}", f"{lo * 1e3:g}-{hi * 1e3:g}", m["crashes"],
+                     f"{_num(m['recover_to_leader_ms']['p50'], 1)} / "
+                     f"{_num(m['recover_to_leader_ms']['max'], 1)}",
+                     f"{_num(m['recover_to_commit_ms']['p50'], 1)} / "
+                     f"{_num(m['recover_to_commit_ms']['max'], 1)}",
+                     f"{d['elections_per_min']:.1f}", f"{d['leader_changes_per_min']:.1f}",
+                     _pct(d["leaderless_share"])])
+    return _table(["heartbeat ms", "election timeout ms", "crashes",
+                   "crash -> new leader p50 / max ms", "crash -> first commit p50 / max ms",
+                   "elections/min under drop+delay", "leader changes/min",
+                   "leaderless share"],
+                  rows)
+
+
+SECTIONS = [
+    ("commit_latency", "Commit latency vs cluster size (one sequential client)",
+     _section_latency),
+    ("throughput", "Throughput at saturation vs cluster size", _section_throughput),
+    ("durability", "Durability: memory store vs native store (n=3, 16 B)", _section_durability),
+    ("faults", "Faults: drop rate with matching delay and reordering (n=3, 16 B)",
+     _section_faults),
+    ("churn", "Leader churn (crash the leader every 1-2 s, restart it)", _section_churn),
+    ("ablation", "Ablations (same-run ratios)", _section_ablations),
+    ("timeout_tuning", "Timeout tuning (n=3, defaults otherwise; recovery after a leader crash, "
+     "spurious elections under 5% drop with 0-20 ms delay and reordering)", _section_tuning),
+]
+
+
+def _section_peer(peer: dict[str, Any]) -> list[str]:
+    if peer.get("skipped"):
+        return [f"Skipped: {peer['skipped']}"]
+    rows = []
+    for row in peer["rows"]:
+        rows.append([row["n"], row["system"], row["transport"], _num(row.get("p50_us")),
+                     _num(row.get("p99_us")), _num(row.get("commits_per_s")),
+                     _ratio(row.get("throughput_ratio")), _ratio(row.get("p50_ratio"))])
+    lines = _table(["n", "system", "transport", "p50 us", "p99 us", "commits/s",
+                    "throughput ratio (engine / peer)", "p50 ratio (peer / engine)"], rows)
+    return [*lines, "", peer.get("note", "")]
+
+
+def render_markdown(suite: SuiteResult, data: dict[str, Any], plots: list[str],
+                    plot_note: str | None) -> str:
+    env = data["environment"]
+    lines = [f"# Benchmark report ({suite.mode})", "",
+             f"Command: `{env['command']}` (wall time {env['wall_s']:.1f} s, seed {suite.seed})",
+             "", NOISE_NOTE, "", "## Environment", ""]
+    lines += _table(["item", "value"], [[k, str(v).replace("|", "/")] for k, v in env.items()])
+    lines += ["", "## Targets (reported, not asserted)", ""]
+    lines += _table(["target", "measured", "status"],
+                    [[t["target"], t["measured"], t["status"]] for t in data["targets"]])
+    for number, (key, title, render) in enumerate(SECTIONS, 1):
+        rs = [r for r in data["cases"]
+              if r["family"] == key or (key == "ablation" and r["family"].startswith(key))]
+        if not rs:
+            continue
+        lines += ["", f"## Figure {number}: {title}", ""]
+        lines += render(rs)
+    if suite.peer is not None:
+        lines += ["", "## Peer comparison: PySyncObj", "", *_section_peer(suite.peer)]
+    lines += ["", "## Plots", ""]
+    if plots:
+        lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+    elif not plot_note:
+        lines.append("No plottable figure in this run (plots cover cluster size and drop rate).")
+    if plot_note:
+        lines.append(plot_note)
+    problems = [r for r in data["cases"] if r["status"] != "ok"]
+    if problems:
+        lines += ["", "## Skipped and failed cases", ""]
+        lines += [f"- `{r['label']}`: {r['status']}: {r['skipped'] or r['error']}"
+                  for r in problems]
+    lines += ["", "## Per-case wall time and CPU", "",
+              "CPU is this process's CPU time (all threads) over the case's wall time; a "
+              "GIL-bound cluster uses a little over 1 core. Much less, with a high load "
+              "average, means other processes took the cores and the numbers are low.", ""]
+    lines += _table(["case", "status", "wall s", "CPU cores used", "load avg before"],
+                    [[r["label"], r["status"], f"{r['wall_s']:.1f}",
+                      _num(r.get("cpu_cores_used"), 2), r.get("loadavg_1m_before", "-")]
+                     for r in data["cases"]])
+    lines += ["", "## How to read and reproduce", "",
+              "- Latency: seconds from `propose()` to its future resolving on the leader, one "
+              "client, after warm-up proposals; a retried proposal counts from its first try.",
+              "- Throughput: 1,000 proposals kept outstanding on the leader; commits counted "
+              "per window after a warm-up; the median window is reported.",
+              "- pyperf files hold seconds (per proposal, or per commit for throughput), lower "
+              "is better: `python -m pyperf show bench-results/throughput.json`.",
+              f"- Re-run: `{env['command']}`; one scenario: `python -m bench --scenario "
+              "churn`; profile: `python -m bench profile throughput --n 3`."]
+    return "\n".join(lines) + "\n"
+
+
+# -- plots ------------------------------------------------------------------------------------
+
+def write_plots(data: dict[str, Any], out_dir: str) -> tuple[list[str], str | None]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], ("Plots skipped: matplotlib is not installed "
+                    "(`pip install -e '.[bench]'` installs it).")
+    ok = [r for r in data["cases"] if r["status"] == "ok"]
+    paths = []
+
+    def save(fig: Any, name: str) -> None:
+        path = os.path.join(out_dir, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+
+    lat = [r for r in ok if r["family"] == "commit_latency"]
+    if lat:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in sorted({(r["params"]["transport"], r["params"]["payload"]) for r in lat}):
+            rs = sorted((r for r in lat
+                         if (r["params"]["transport"], r["params"]["payload"]) == key),
+                        key=lambda r: r["params"]["n"])
+            ns = [r["params"]["n"] for r in rs]
+            label = f"{key[0]} {_size(key[1])}"
+            ax.plot(ns, [r["metrics"]["p50_us"] for r in rs], "o-", label=f"p50 {label}")
+            ax.plot(ns, [r["metrics"]["p99_us"] for r in rs], "s--", label=f"p99 {label}")
+        ax.set_xlabel("cluster size")
+        ax.set_xticks(sorted({r["params"]["n"] for r in lat}))
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("commit latency (us)")
+        ax.set_title("Commit latency vs cluster size")
+        ax.legend(fontsize="small")
+        save(fig, "latency_vs_cluster_size.png")
+    tput = [r for r in ok if r["family"] == "throughput"]
+    if tput:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in sorted({(r["params"]["transport"], r["params"]["payload"]) for r in tput}):
+            rs = sorted((r for r in tput
+                         if (r["params"]["transport"], r["params"]["payload"]) == key),
+                        key=lambda r: r["params"]["n"])
+            ax.plot([r["params"]["n"] for r in rs],
+                    [r["metrics"]["commits_per_s"] for r in rs], "o-",
+                    label=f"{key[0]} {_size(key[1])}")
+        ax.axhline(50_000, color="grey", linestyle=":", label="target (n=3)")
+        ax.set_xlabel("cluster size")
+        ax.set_xticks(sorted({r["params"]["n"] for r in tput}))
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("commits/s")
+        ax.set_title("Throughput at saturation vs cluster size")
+        ax.legend(fontsize="small")
+        save(fig, "throughput_vs_cluster_size.png")
+    faults = sorted((r for r in ok if r["family"] == "faults"),
+                    key=lambda r: r["params"].get("drop", 0))
+    if faults:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
+        drops = [r["params"].get("drop", 0) * 100 for r in faults]
+        ax.plot(drops, [r["metrics"]["throughput"]["commits_per_s"] for r in faults], "o-")
+        ax.set_xlabel("drop rate (%)")
+        ax.set_ylabel("commits/s")
+        ax.set_ylim(bottom=0)
+        ax.set_xticks(drops)
+        ax.set_title("Throughput vs drop rate (n=3)")
+        ax2.plot(drops, [r["metrics"]["latency"]["p50_us"] for r in faults], "o-", label="p50")
+        ax2.plot(drops, [r["metrics"]["latency"]["p99_us"] for r in faults], "s--", label="p99")
+        ax2.set_yscale("log")
+        ax2.set_xlabel("drop rate (%), with matching delay and reordering")
+        ax2.set_ylabel("commit latency (us, log scale)")
+        ax2.set_xticks(drops)
+        ax2.set_title("Latency vs drop rate (n=3)")
+        ax2.legend(fontsize="small")
+        save(fig, "vs_drop_rate.png")
+    return paths, None
+
+
+# -- everything -------------------------------------------------------------------------------
+
+def write_all(suite: SuiteResult, out_dir: str) -> list[str]:
+    """Write the pyperf files, results.json, plots and REPORT.md; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    cases = [r.to_json() for r in suite.results]
+    data = {"environment": suite.environment, "cases": cases,
+            "targets": targets({c["label"]: c for c in cases}),
+            "peer": suite.peer}
+    written = write_pyperf(suite, out_dir)
+    try:
+        plots, note = write_plots(data, out_dir)
+    except Exception as exc:   # a plotting problem must not cost the tables
+        plots, note = [], f"Plots failed: {type(exc).__name__}: {exc}"
+    written += plots
+    path = os.path.join(out_dir, "results.json")
+    with open(path, "w") as f:
+        json.dump(_clean(data), f, indent=2, default=str, allow_nan=False)
+        f.write("\n")
+    written.append(path)
+    path = os.path.join(out_dir, "REPORT.md")
+    with open(path, "w") as f:
+        f.write(render_markdown(suite, data, plots, note))
+    written.append(path)
+    return written
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN and infinities become null, tuples lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set):
+        return [_clean(v) for v in obj]
+    return obj
