@@ -3,7 +3,7 @@
 from engine.core.messages import Message, MessageKind
 from engine.core.raft import Raft, RaftOptions, Role
 from engine.core.raw_node import CoreStatus, PeerProgress, RawNode
-from engine.core.ready import Ready, ReadState, SoftState
+from engine.core.ready import ReadState, Ready, SoftState
 
 __all__ = [
     "CoreStatus",

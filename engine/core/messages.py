@@ -9,8 +9,10 @@ kind                   fields used (besides kind, src, dst, term)
 APPEND                 index (prev log index), log_term (prev log term), entries, commit
 APPEND_RESPONSE        index (last index now matching, or the rejected prev index),
                        reject, reject_hint, conflict_term (rejections with fast backup)
-HEARTBEAT              commit (min of leader commit and the follower's match), context
-HEARTBEAT_RESPONSE     context (echoed, acknowledges ReadIndex rounds)
+HEARTBEAT              commit (min of leader commit and the follower's match), context,
+                       index (last index the leader has sent this follower)
+HEARTBEAT_RESPONSE     context (echoed, acknowledges ReadIndex rounds), reject (the follower
+                       lacks entries up to the heartbeat's index: an append was lost)
 VOTE / PRE_VOTE        index, log_term (candidate's last log index and term)
 VOTE_RESPONSE /        reject
 PRE_VOTE_RESPONSE

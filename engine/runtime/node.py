@@ -296,14 +296,7 @@ class RaftNode:
         """
         if not isinstance(command, bytes | bytearray | memoryview):
             raise TypeError(f"command must be bytes, not {type(command).__name__}")
-        if not self._started or self._stopped:
-            return _failed(self._stop_error or NodeStopped(f"node {self._id} is not running"))
-        status = self._status
-        if status.role != "leader":
-            return _failed(NotLeaderError(status.leader_id))
-        future: Future = Future()
-        self._post((_PROPOSE, bytes(command), future))
-        return future
+        return self._submit_to_leader(_PROPOSE, bytes(command))
 
     def read(self, fn: Callable[[Any], T]) -> Future:
         """Run ``fn(state_machine)`` at a linearizable point (ReadIndex) and resolve to its result.
@@ -316,13 +309,18 @@ class RaftNode:
             ReadTimeout: leadership was not confirmed within ``config.read_timeout``.
             NodeStopped: the node stopped first.
         """
+        return self._submit_to_leader(_READ, fn)
+
+    def _submit_to_leader(self, tag: int, payload: object) -> Future:
+        """Queue a leader-only request for the loop thread, or fail it at once when this node
+        is stopped or (as far as its last published status says) not the leader."""
         if not self._started or self._stopped:
             return _failed(self._stop_error or NodeStopped(f"node {self._id} is not running"))
         status = self._status
         if status.role != "leader":
             return _failed(NotLeaderError(status.leader_id))
         future: Future = Future()
-        self._post((_READ, fn, future))
+        self._post((tag, payload, future))
         return future
 
     async def propose_async(self, command: bytes) -> object:

@@ -91,17 +91,57 @@ class CoreNetwork:
     # -- driving -----------------------------------------------------------------------------
 
     def process_ready(self, node_id: NodeId) -> bool:
+        """Take one Ready from the node and handle all of it: send, persist, advance, apply."""
+        rd = self.take_ready(node_id)
+        if rd is None:
+            return False
+        self.persist_ready(node_id, rd)
+        return True
+
+    def take_ready(self, node_id: NodeId) -> Ready | None:
+        """First half of ``process_ready``: take the Ready, send its ``messages`` at once and
+        apply its committed entries, but do not persist it yet (a slow disk).  Pass the Ready
+        to :meth:`persist_ready` later, in order."""
         node = self.nodes[node_id]
         if not node.has_ready():
-            return False
+            return None
         rd = node.ready()
         self._post(rd.messages)
-        self.disks[node_id].persist(rd)
-        self._post([m for m in rd.messages_after_persist if m.dst != node_id])
-        node.advance(rd)
         self.applied[node_id].extend(rd.committed_entries)
         self.read_states[node_id].extend(rd.read_states)
-        return True
+        return rd
+
+    def persist_ready(self, node_id: NodeId, rd: Ready) -> None:
+        """Second half of ``process_ready``: the write is durable; send the after-persist
+        messages and step the self-addressed ones back in with ``advance``."""
+        self.disks[node_id].persist(rd)
+        self._post([m for m in rd.messages_after_persist if m.dst != node_id])
+        self.nodes[node_id].advance(rd)
+
+    def load(self, node_id: NodeId, terms: Sequence[int], *, term: int | None = None,
+             vote: NodeId | None = None, commit: int = 0) -> None:
+        """Replace a node's disk with a log whose entry ``k`` (1-based) has term ``terms[k-1]``
+        (data ``b"<index>/<term>"``) and restart it from that disk."""
+        entries = [Entry(i, t, 0, f"{i}/{t}".encode()) for i, t in enumerate(terms, start=1)]
+        hard_term = max(terms, default=0) if term is None else term
+        self.disks[node_id] = DurableState(HardState(hard_term, vote, commit), entries)
+        self.restart(node_id)
+
+    def log(self, node_id: NodeId) -> list[Entry]:
+        """The node's whole in-memory log (stable and unstable entries)."""
+        raft_log = self.nodes[node_id].raft.log
+        return raft_log.slice(raft_log.first_index(), raft_log.last_index() + 1)
+
+    def terms(self, node_id: NodeId) -> list[int]:
+        """The terms of the node's in-memory log, in index order."""
+        return [e.term for e in self.log(node_id)]
+
+    def take(self, pred: Callable[[Message], bool]) -> list[Message]:
+        """Remove and return the queued messages matching ``pred`` (to drop, reorder or
+        deliver them by hand)."""
+        taken = [m for m in self.queue if pred(m)]
+        self.queue = [m for m in self.queue if not pred(m)]
+        return taken
 
     def _post(self, messages: Iterable[Message]) -> None:
         for m in messages:

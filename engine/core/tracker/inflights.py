@@ -49,6 +49,11 @@ class Inflights:
         while last_indexes and last_indexes[0] <= index:
             last_indexes.popleft()
 
+    def free_first_one(self) -> None:
+        """Free the oldest slot: its message may have been lost (heartbeat-response recovery)."""
+        if self._last_indexes:
+            self._last_indexes.popleft()
+
     def reset(self) -> None:
         """Forget every message in flight."""
         self._last_indexes.clear()
