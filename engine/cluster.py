@@ -25,6 +25,7 @@ from engine.runtime.node import RaftNode
 from engine.statemachine import LogStateMachine, StateMachine
 from engine.storage.base import LogStore, StableStore
 from engine.storage.memory import MemoryLogStore, MemoryStableStore
+from engine.storage.snapshot import MemorySnapshotStore, SnapshotStore
 from engine.transport.faults import FaultPlan
 from engine.transport.memory import MemoryNetwork
 
@@ -80,20 +81,22 @@ class LocalCluster:
             self.faults = FaultPlan(seed=self._rng.randrange(2**32))
             ports = _free_ports(n)
             self.addresses = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, ports, strict=True)}
-        self._stores: dict[str, tuple[LogStore, StableStore]] = {}
+        self._stores: dict[str, tuple[LogStore, StableStore, SnapshotStore]] = {}
         self._tcp_counts_of_dead = 0
         self._changed = threading.Condition()
+        self._generation = 0  # guarded by self._changed; bumped by every node notification
         self._started = False
         self._stopped = False
         self.nodes: list[RaftNode] = [self._make_node(k) for k in range(n)]
 
     # -- nodes ---------------------------------------------------------------------------------
 
-    def _stores_for(self, node_id: str) -> tuple[LogStore, StableStore] | None:
+    def _stores_for(self, node_id: str) -> tuple[LogStore, StableStore, SnapshotStore] | None:
         if self._data_dir is not None:
             return None
         if node_id not in self._stores:
-            self._stores[node_id] = (MemoryLogStore(), MemoryStableStore())
+            self._stores[node_id] = (MemoryLogStore(), MemoryStableStore(),
+                                     MemorySnapshotStore())
         return self._stores[node_id]
 
     def _make_node(self, k: int) -> RaftNode:
@@ -113,12 +116,14 @@ class LocalCluster:
                         data_dir=data_dir, transport=transport,
                         log_store=stores[0] if stores else None,
                         stable_store=stores[1] if stores else None,
+                        snapshot_store=stores[2] if stores else None,
                         seed=self._rng.randrange(2**32))
         node.add_observer(self._notify)
         return node
 
     def _notify(self) -> None:
         with self._changed:
+            self._generation += 1
             self._changed.notify_all()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -203,15 +208,23 @@ class LocalCluster:
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Block until ``predicate()`` holds (re-checked whenever a node changes role or applies
-        entries, and at least every 50 ms); False on timeout."""
+        entries, and at least every 50 ms); False on timeout.
+
+        The predicate runs without any cluster lock held, so it may block on the nodes (a read,
+        say): node threads notify through ``_changed`` and must never wait on a predicate.
+        """
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(min(remaining, 0.05))
-        return True
+        while True:
+            with self._changed:
+                seen = self._generation
+            if predicate():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._changed:
+                if self._generation == seen:  # nothing changed while the predicate ran
+                    self._changed.wait(min(remaining, 0.05))
 
     def leader(self) -> RaftNode | None:
         """The running node that leads in the highest term any running node knows, or None."""

@@ -18,6 +18,9 @@ from dataclasses import dataclass, fields
 from engine.errors import ConfigError
 
 _BOOL_FIELDS = ("pre_vote", "check_quorum", "fast_backup", "fsync")
+_MAY_BE_ZERO = ("snapshot_threshold", "snapshot_trailing_entries")
+_INT_FIELDS = ("max_batch_entries", "max_batch_bytes", "max_inflight", "max_pending_proposals",
+               "snapshot_threshold", "snapshot_trailing_entries", "snapshot_chunk_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,17 @@ class Config:
     read_timeout: float = 5.0
     """Seconds a linearizable read may wait for leadership confirmation before ReadTimeout."""
 
+    snapshot_threshold: int = 50_000
+    """Take a snapshot (and compact the log) once this many entries were applied since the last
+    one; 0 turns automatic snapshots off (``RaftNode.snapshot()`` still works)."""
+
+    snapshot_trailing_entries: int = 5_000
+    """Entries kept in the log behind a snapshot, so a follower that lags by less than this
+    catches up from the log instead of receiving the whole snapshot.  0 keeps none."""
+
+    snapshot_chunk_bytes: int = 1 << 20
+    """Largest piece of a snapshot in one InstallSnapshot message."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -87,10 +101,12 @@ class Config:
                 raise ConfigError(f"{f.name}={value!r} must be a number")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name}={value!r} must be finite")
-            if value <= 0:
+            if f.name in _MAY_BE_ZERO:
+                if value < 0:
+                    raise ConfigError(f"{f.name}={value!r} must be >= 0")
+            elif value <= 0:
                 raise ConfigError(f"{f.name}={value!r} must be > 0")
-        for name in ("max_batch_entries", "max_batch_bytes", "max_inflight",
-                     "max_pending_proposals"):
+        for name in _INT_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int):
                 raise ConfigError(f"{name}={value!r} must be an integer")

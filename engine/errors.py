@@ -82,3 +82,10 @@ class FrameError(RaftError):
     Raised inside the transport, which drops the frame (or the connection), logs it, and keeps
     the node running.  Never reaches the Raft core.
     """
+
+
+class TransferError(RaftError):
+    """A leadership transfer did not complete (timed out, or another node took over).
+
+    The old leader accepts proposals again (if it still leads); nothing was lost.
+    """

@@ -26,4 +26,8 @@ class Status:
     last_applied: int
     last_log_index: int
     running: bool = True
+    snapshot_index: int = 0
+    """Last index covered by this node's newest snapshot (0: none)."""
+    log_entries: int = 0
+    """Entries held in the log after the compaction point."""
     progress: dict[str, PeerProgress] = field(default_factory=dict)

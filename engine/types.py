@@ -50,3 +50,13 @@ class HardState:
 
 
 EMPTY_HARD_STATE = HardState()
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """What a snapshot covers: every entry up to ``index`` (whose term is ``term``), and the
+    voters of the configuration in force at that point."""
+
+    index: Index
+    term: Term
+    voters: tuple[NodeId, ...] = ()

@@ -54,6 +54,20 @@ class RaftLog:
 
     # -- queries ---------------------------------------------------------------------------
 
+    @property
+    def snapshot_index(self) -> Index:
+        """Index of the last entry compacted into a snapshot (0 when none)."""
+        return self._snapshot_index
+
+    @property
+    def snapshot_term(self) -> Term:
+        """Term of the entry at :attr:`snapshot_index`."""
+        return self._snapshot_term
+
+    def __len__(self) -> int:
+        """Entries held in memory (after the compaction point)."""
+        return len(self._entries)
+
     def first_index(self) -> Index:
         """Index of the first entry held (snapshot index + 1)."""
         return self._offset
@@ -228,3 +242,45 @@ class RaftLog:
         entries = self.slice(self.applying + 1, hi + 1)
         self.applying = hi
         return entries
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def compact(self, index: Index) -> None:
+        """Drop entries up to ``index`` (they are covered by a durable snapshot).
+
+        Raises:
+            InvariantError: when ``index`` is not yet applied or not durable locally.
+        """
+        if index <= self._snapshot_index:
+            return
+        if index > self.applying or index > self.stable:
+            raise InvariantError(
+                f"compact to {index} beyond applying {self.applying} or stable {self.stable}")
+        term = self.term(index)
+        if term is None:
+            raise InvariantError(f"compact to {index}: no such entry")
+        del self._entries[:index - self._offset + 1]
+        self._snapshot_index, self._snapshot_term = index, term
+        self._offset = index + 1
+
+    def restore(self, index: Index, term: Term) -> bool:
+        """Install a snapshot covering entries up to (index, term) received from the leader.
+
+        Entries after it are kept when the log holds the snapshot's last entry (Figure 13,
+        step 6); otherwise the whole log is discarded.  Returns True when entries were kept.
+        """
+        keep = self.match_term(index, term) and index >= self._offset - 1
+        if keep:
+            del self._entries[:index - self._offset + 1]
+        else:
+            self._entries.clear()
+        self._snapshot_index, self._snapshot_term = index, term
+        self._offset = index + 1
+        self.committed = max(self.committed, index)
+        self.applying = max(self.applying, index)
+        if not keep:
+            self.stable = self.handed = index
+        else:
+            self.stable = max(self.stable, index)
+            self.handed = max(self.handed, index)
+        return keep

@@ -16,7 +16,20 @@ HEARTBEAT_RESPONSE     context (echoed, acknowledges ReadIndex rounds), reject (
 VOTE / PRE_VOTE        index, log_term (candidate's last log index and term)
 VOTE_RESPONSE /        reject
 PRE_VOTE_RESPONSE
+SNAPSHOT               index, log_term (the snapshot's last index and term), data (orjson
+                       list of the snapshot's voters).  Leader core -> its runtime: "send your
+                       latest snapshot to dst"; receiving runtime -> its core once the whole
+                       snapshot has arrived and verified: "install it".  Never on the wire.
+TIMEOUT_NOW            (none): the leader hands over; campaign at once, skipping pre-vote
+VOTE (transfer)        context=CAMPAIGN_TRANSFER after TIMEOUT_NOW
+SNAPSHOT_CHUNK         index, log_term (snapshot), context (byte offset of this chunk),
+                       commit (total size of the encoded snapshot), data (the chunk)
+SNAPSHOT_CHUNK_RESP.   index, log_term (snapshot), context (next byte offset wanted),
+                       reject (the receiver gave up on this snapshot: bad checksum)
 =====================  ===============================================================
+
+Snapshot chunks are a runtime sub-protocol (see ``engine/runtime/snapshots.py``): the core only
+decides that a follower needs a snapshot and installs one that has fully arrived.
 
 A message whose ``src == dst`` is local: the core sends it to itself through
 ``Ready.messages_after_persist`` to learn that its own write is durable (an APPEND_RESPONSE: the
@@ -44,6 +57,15 @@ class MessageKind(IntEnum):
     VOTE_RESPONSE = 6
     PRE_VOTE = 7
     PRE_VOTE_RESPONSE = 8
+    SNAPSHOT = 9
+    SNAPSHOT_CHUNK = 10
+    SNAPSHOT_CHUNK_RESPONSE = 11
+    TIMEOUT_NOW = 12
+
+
+#: ``Message.context`` of a VOTE sent because of a leadership transfer: voters grant it even
+#: inside CheckQuorum's leader lease (the leader asked for it).
+CAMPAIGN_TRANSFER = 1
 
 
 _RESPONSE_OF = {
@@ -73,3 +95,4 @@ class Message:
     reject_hint: Index = 0
     conflict_term: Term = 0
     context: int = 0
+    data: bytes = b""

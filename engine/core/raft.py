@@ -22,13 +22,13 @@ from operator import itemgetter
 from typing import Any
 
 from engine.core.log import RaftLog
-from engine.core.messages import Message, MessageKind, vote_response_kind
+from engine.core.messages import CAMPAIGN_TRANSFER, Message, MessageKind, vote_response_kind
 from engine.core.quorum import VoteResult, committed_index, quorum_size, vote_result
 from engine.core.read_only import ReadOnly
 from engine.core.ready import ReadState, Ready, SoftState
 from engine.core.tracker import Progress, ProgressState
-from engine.errors import ConfigError, InvariantError, NotLeaderError
-from engine.types import Entry, EntryKind, HardState, Index, NodeId, Term
+from engine.errors import ConfigError, InvariantError, NotLeaderError, ProposalDropped
+from engine.types import Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ VOTE = MessageKind.VOTE
 VOTE_RESPONSE = MessageKind.VOTE_RESPONSE
 PRE_VOTE = MessageKind.PRE_VOTE
 PRE_VOTE_RESPONSE = MessageKind.PRE_VOTE_RESPONSE
+SNAPSHOT = MessageKind.SNAPSHOT
+TIMEOUT_NOW = MessageKind.TIMEOUT_NOW
 
 # Responses whose meaning depends on this node's durable state (a granted vote, acknowledged
 # entries, a term just adopted): they wait in Ready.messages_after_persist.
@@ -108,8 +110,10 @@ class Raft:
 
     def __init__(self, node_id: NodeId, voters: Sequence[NodeId], *, rng: random.Random,
                  options: RaftOptions | None = None, hard_state: HardState | None = None,
-                 entries: Sequence[Entry] = (), applied: Index = 0) -> None:
-        """Create a node from its durable state (``hard_state`` and the stable ``entries``).
+                 entries: Sequence[Entry] = (), applied: Index = 0,
+                 snapshot: SnapshotMeta | None = None) -> None:
+        """Create a node from its durable state: ``hard_state``, the newest ``snapshot`` and the
+        stable ``entries`` that follow it.
 
         Raises:
             ConfigError: when ``node_id`` is not among ``voters`` or ids repeat.
@@ -126,11 +130,22 @@ class Raft:
         hard_state = hard_state or HardState()
         self.term: Term = hard_state.term
         self.vote: NodeId | None = hard_state.vote
-        self.log = RaftLog(entries, committed=hard_state.commit, applied=applied)
+        #: The newest durable snapshot (what the leader sends to followers that need it).
+        self.snapshot: SnapshotMeta | None = snapshot
+        if snapshot is not None:
+            self.log = RaftLog(entries, snapshot_index=snapshot.index,
+                               snapshot_term=snapshot.term, committed=hard_state.commit,
+                               applied=max(applied, snapshot.index))
+        else:
+            self.log = RaftLog(entries, committed=hard_state.commit, applied=applied)
+        self._installed_snapshot: SnapshotMeta | None = None  # for the next Ready
+        self._compact_index: Index = 0  # for the next Ready
         self.leader_id: NodeId | None = None
         self.role = Role.FOLLOWER
         self.progress: dict[NodeId, Progress] = {}
         self.votes: dict[NodeId, bool] = {}
+        #: Leader only: the node leadership is being handed to (proposals are refused meanwhile).
+        self.lead_transferee: NodeId | None = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = 0
@@ -160,6 +175,7 @@ class Raft:
         self.votes = {}
         self.read_only.clear()
         self._pending_read_contexts.clear()
+        self.lead_transferee = None
 
     def become_follower(self, term: Term, leader_id: NodeId | None) -> None:
         """Follow ``leader_id`` (None when unknown) in ``term``."""
@@ -238,6 +254,10 @@ class Raft:
         self.election_elapsed += 1
         if self.election_elapsed >= self.options.election_ticks_min:
             self.election_elapsed = 0
+            if self.lead_transferee is not None:
+                logger.info("%s: leadership transfer to %s timed out", self.id,
+                            self.lead_transferee)
+                self.lead_transferee = None
             if self.options.check_quorum:
                 if not self._quorum_active():
                     logger.info("%s steps down at term %d: no quorum heard (CheckQuorum)",
@@ -266,7 +286,7 @@ class Raft:
         else:
             self._campaign(VOTE)
 
-    def _campaign(self, kind: MessageKind) -> None:
+    def _campaign(self, kind: MessageKind, *, transfer: bool = False) -> None:
         if kind is PRE_VOTE:
             self.become_pre_candidate()
             vote_term = self.term + 1
@@ -282,7 +302,8 @@ class Raft:
             self._send(VOTE_RESPONSE, self.id, term=vote_term)
         last_index, last_term = self.log.last_index(), self.log.last_term()
         for peer in self.peers:
-            self._send(kind, peer, term=vote_term, index=last_index, log_term=last_term)
+            self._send(kind, peer, term=vote_term, index=last_index, log_term=last_term,
+                       context=CAMPAIGN_TRANSFER if transfer else 0)
 
     def _tally(self) -> VoteResult:
         """Count votes; on a decision, act on it.  Returns the result."""
@@ -319,19 +340,20 @@ class Raft:
             self._on_persisted(m.index, m.log_term)
             return
         if m.term > self.term:
-            if (m.kind is VOTE or m.kind is PRE_VOTE) and self._in_leader_lease():
+            if ((m.kind is VOTE or m.kind is PRE_VOTE) and self._in_leader_lease()
+                    and not (m.kind is VOTE and m.context == CAMPAIGN_TRANSFER)):
                 # CheckQuorum's lease: we heard from a live leader recently, so this candidate
                 # is disruptive (a rejoining node, say).  Ignore it.
                 return
             if m.kind is PRE_VOTE or (m.kind is PRE_VOTE_RESPONSE and not m.reject):
                 pass  # pre-votes never change the term: that is their whole point
-            elif m.kind is APPEND or m.kind is HEARTBEAT:
+            elif m.kind is APPEND or m.kind is HEARTBEAT or m.kind is SNAPSHOT:
                 self.become_follower(m.term, m.src)
             else:
                 self.become_follower(m.term, None)
         elif m.term < self.term:
             if ((self.options.check_quorum or self.options.pre_vote)
-                    and (m.kind is APPEND or m.kind is HEARTBEAT)):
+                    and (m.kind is APPEND or m.kind is HEARTBEAT or m.kind is SNAPSHOT)):
                 # A stale leader (e.g. back from a partition) learns our term and steps down.
                 # Without this it could keep a PreVote/CheckQuorum cluster from electing.
                 self._send(APPEND_RESPONSE, m.src, term=self.term)
@@ -356,9 +378,16 @@ class Raft:
             self.election_elapsed = 0
             self.leader_id = m.src
             self._handle_heartbeat(m)
+        elif m.kind is SNAPSHOT:
+            self.election_elapsed = 0
+            self.leader_id = m.src
+            self._handle_snapshot(m)
+        elif m.kind is TIMEOUT_NOW:
+            logger.info("%s campaigns at once: %s hands over leadership", self.id, m.src)
+            self._campaign(VOTE, transfer=True)
 
     def _step_candidate(self, m: Message) -> None:
-        if m.kind is APPEND or m.kind is HEARTBEAT:
+        if m.kind is APPEND or m.kind is HEARTBEAT or m.kind is SNAPSHOT:
             self.become_follower(m.term, m.src)
             self._step_follower(m)
         elif (m.kind is VOTE_RESPONSE and self.role is Role.CANDIDATE) or (
@@ -399,6 +428,63 @@ class Raft:
         # means an append was lost: say so, and the leader falls back to probing.
         self._send(HEARTBEAT_RESPONSE, m.src, context=m.context, reject=m.index > last)
 
+    def _handle_snapshot(self, m: Message) -> None:
+        """Install a snapshot that the runtime has received in full and verified (Figure 13)."""
+        log = self.log
+        if m.index <= log.committed:
+            self._send(APPEND_RESPONSE, m.src, index=log.committed)
+            return
+        voters = tuple(m.data.decode().split("\n")) if m.data else self.voters
+        meta = SnapshotMeta(m.index, m.log_term, voters)
+        log.restore(m.index, m.log_term)
+        self.snapshot = meta
+        self._installed_snapshot = meta
+        logger.info("%s installed snapshot %d/%d from %s", self.id, m.log_term, m.index, m.src)
+        self._send(APPEND_RESPONSE, m.src, index=log.last_index())
+
+    # -- snapshots taken locally -------------------------------------------------------------
+
+    def compact(self, snapshot: SnapshotMeta, compact_index: Index) -> None:
+        """A snapshot covering ``snapshot`` is durable: remember it (it is what followers that
+        fall behind the log will be sent) and drop log entries up to ``compact_index``
+        (``<= snapshot.index``; keeping a tail lets slightly lagging followers catch up from the
+        log instead of a snapshot).
+
+        Raises:
+            InvariantError: the snapshot is ahead of what was applied, or compact_index is ahead
+                of the snapshot.
+        """
+        if compact_index > snapshot.index:
+            raise InvariantError(f"compact_index {compact_index} > snapshot {snapshot.index}")
+        if snapshot.index > self.log.applying:
+            raise InvariantError(f"snapshot {snapshot.index} ahead of applied {self.log.applying}")
+        if self.snapshot is None or snapshot.index > self.snapshot.index:
+            self.snapshot = snapshot
+        if compact_index > self.log.snapshot_index:
+            self.log.compact(compact_index)
+            self._compact_index = compact_index
+
+    def report_snapshot(self, peer: NodeId, *, ok: bool) -> None:
+        """The runtime finished (ok) or gave up (not ok) sending a snapshot to ``peer``."""
+        pr = self.progress.get(peer) if self.role is Role.LEADER else None
+        if pr is None or pr.state is not ProgressState.SNAPSHOT:
+            return
+        pending = pr.pending_snapshot
+        pr.become_probe()
+        if ok:
+            pr.next = max(pr.next, pending + 1)
+        # Wait for the next heartbeat response (or the follower's ack) before trying again.
+        pr.probe_sent = True
+
+    def _send_snapshot(self, peer: NodeId, pr: Progress) -> None:
+        snapshot = self.snapshot
+        if snapshot is None:
+            raise InvariantError(f"{peer} needs compacted entries but there is no snapshot")
+        pr.become_snapshot(snapshot.index)
+        self._send(SNAPSHOT, peer, index=snapshot.index, log_term=snapshot.term,
+                   data="\n".join(snapshot.voters).encode())
+        logger.info("%s sends snapshot %d/%d to %s", self.id, snapshot.term, snapshot.index, peer)
+
     # -- leader side of replication ----------------------------------------------------------
 
     def propose(self, commands: Sequence[bytes]) -> tuple[Index, Term]:
@@ -412,6 +498,8 @@ class Raft:
         """
         if self.role is not Role.LEADER:
             raise NotLeaderError(self.leader_id)
+        if self.lead_transferee is not None:
+            raise ProposalDropped(f"leadership is being transferred to {self.lead_transferee}")
         first = self.log.last_index() + 1
         if commands:
             # tuple.__new__(Entry, fields) builds each Entry in C; calling the NamedTuple class
@@ -438,7 +526,8 @@ class Raft:
             next_index = pr.next
             prev_term = log.term(next_index - 1)
             if prev_term is None:
-                raise InvariantError(f"no term for index {next_index - 1} (snapshot needed)")
+                self._send_snapshot(peer, pr)
+                return
             entries = log.slice(next_index, next_index + options.max_batch_entries)
             if not entries and not allow_empty:
                 return
@@ -479,12 +568,16 @@ class Raft:
             return
         was_paused = pr.is_paused()
         if pr.maybe_update(m.index):
+            if pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
+                pr.become_probe()
             if pr.state is ProgressState.PROBE:
                 pr.become_replicate()
             # Followers learn the new commit index from the next append or heartbeat; an empty
             # append per commit would double the message count for no client-visible gain.
             self._maybe_commit()
             self._send_appends(m.src, allow_empty=False)
+            if m.src == self.lead_transferee and pr.match == self.log.last_index():
+                self._send(TIMEOUT_NOW, m.src)
         elif was_paused:
             self._send_appends(m.src, allow_empty=False)
 
@@ -550,6 +643,32 @@ class Raft:
     def _committed_in_term_before(self) -> bool:
         return self.log.term(self.log.committed) == self.term
 
+    # -- leadership transfer -----------------------------------------------------------------
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Hand leadership to ``target`` (thesis section 3.10): stop accepting proposals, bring
+        the target's log up to date, then tell it to campaign at once (TIMEOUT_NOW).  Abandoned
+        after an election timeout if the target has not taken over.
+
+        Raises:
+            NotLeaderError: when this node is not the leader.
+            ValueError: when ``target`` is not another voter.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader_id)
+        if target == self.id or target not in self.voters:
+            raise ValueError(f"cannot transfer leadership to {target!r}: not another voter "
+                             f"of {list(self.voters)}")
+        if self.lead_transferee == target:
+            return
+        self.lead_transferee = target
+        self.election_elapsed = 0  # the transfer must finish within one election timeout
+        pr = self.progress[target]
+        if pr.match == self.log.last_index():
+            self._send(TIMEOUT_NOW, target)
+        else:
+            self._send_appends(target, allow_empty=True)
+
     # -- reads -------------------------------------------------------------------------------
 
     def read_index(self, context: int) -> None:
@@ -600,6 +719,7 @@ class Raft:
         return bool(
             self._msgs or self._msgs_after_persist or self._read_states
             or log.handed < log.last_index() or log.has_committed_to_apply()
+            or self._installed_snapshot is not None or self._compact_index
             or self.term != self._prev_hard_state.term or self.vote != self._prev_hard_state.vote
             or log.committed != self._prev_hard_state.commit
             or self.role.value != self._prev_soft_state.role
@@ -616,6 +736,8 @@ class Raft:
         if ss != self._prev_soft_state:
             rd.soft_state = ss
             self._prev_soft_state = ss
+        rd.snapshot, self._installed_snapshot = self._installed_snapshot, None
+        rd.compact_index, self._compact_index = self._compact_index, 0
         rd.entries = self.log.take_unpersisted()
         rd.messages, self._msgs = self._msgs, []
         rd.messages_after_persist, self._msgs_after_persist = self._msgs_after_persist, []

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from engine.core.messages import Message
 from engine.core.raft import Raft, RaftOptions
 from engine.core.ready import Ready
-from engine.types import Entry, HardState, Index, NodeId, Term
+from engine.types import Entry, HardState, Index, NodeId, SnapshotMeta, Term
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,8 @@ class CoreStatus:
     stable_index: Index
     last_log_index: Index
     last_log_term: Term
+    snapshot_index: Index
+    log_entries: int
     progress: dict[NodeId, PeerProgress] = field(default_factory=dict)
 
 
@@ -49,7 +51,8 @@ class RawNode:
 
     def __init__(self, node_id: NodeId, voters: Sequence[NodeId], *, rng: random.Random,
                  options: RaftOptions | None = None, hard_state: HardState | None = None,
-                 entries: Sequence[Entry] = (), applied: Index = 0) -> None:
+                 entries: Sequence[Entry] = (), applied: Index = 0,
+                 snapshot: SnapshotMeta | None = None) -> None:
         """See :class:`engine.core.raft.Raft`; ``entries`` and ``hard_state`` are what the
         node's durable stores hold.
 
@@ -57,7 +60,7 @@ class RawNode:
             ConfigError: when ``node_id`` is not a voter.
         """
         self.raft = Raft(node_id, voters, rng=rng, options=options, hard_state=hard_state,
-                         entries=entries, applied=applied)
+                         entries=entries, applied=applied, snapshot=snapshot)
 
     @property
     def id(self) -> NodeId:
@@ -92,6 +95,23 @@ class RawNode:
         """
         self.raft.read_index(context)
 
+    def compact(self, snapshot: SnapshotMeta, compact_index: Index) -> None:
+        """A snapshot is durable; drop log entries up to ``compact_index`` (see Raft.compact)."""
+        self.raft.compact(snapshot, compact_index)
+
+    def report_snapshot(self, peer: NodeId, *, ok: bool) -> None:
+        """The driver finished (``ok``) or abandoned sending the snapshot to ``peer``."""
+        self.raft.report_snapshot(peer, ok=ok)
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Hand leadership to ``target`` (see Raft.transfer_leadership).
+
+        Raises:
+            NotLeaderError: not the leader.
+            ValueError: ``target`` is not another voter.
+        """
+        self.raft.transfer_leadership(target)
+
     def has_ready(self) -> bool:
         """True when :meth:`ready` has work."""
         return self.raft.has_ready()
@@ -116,7 +136,8 @@ class RawNode:
             id=r.id, role=r.role.value, term=r.term, vote=r.vote, leader_id=r.leader_id,
             commit_index=r.log.committed, applying_index=r.log.applying,
             stable_index=r.log.stable, last_log_index=r.log.last_index(),
-            last_log_term=r.log.last_term(),
+            last_log_term=r.log.last_term(), snapshot_index=r.log.snapshot_index,
+            log_entries=len(r.log),
             progress={peer: PeerProgress(pr.match, pr.next, pr.state.value, len(pr.inflights),
                                          pr.recent_active)
                       for peer, pr in r.progress.items()})

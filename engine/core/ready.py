@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.core.messages import Message
-from engine.types import Entry, HardState, Index, NodeId
+from engine.types import Entry, HardState, Index, NodeId, SnapshotMeta
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,15 @@ class SoftState:
 @dataclass(slots=True)
 class Ready:
     """One batch of work for the driver (see the module docstring for the ordering rule)."""
+
+    snapshot: SnapshotMeta | None = None
+    """A snapshot received from the leader that the core has installed: BEFORE anything else in
+    this Ready, make the log store match it (keep entries after it if the store holds the
+    snapshot's last entry with its term, else drop them all), and queue the state machine's
+    restore ahead of later committed entries."""
+
+    compact_index: Index = 0
+    """When non-zero: the log store may drop entries up to this index (a snapshot covers them)."""
 
     hard_state: HardState | None = None
     """Term, vote and commit to persist BEFORE sending messages_after_persist; None if unchanged."""
@@ -70,7 +79,8 @@ class Ready:
 
     def must_persist(self) -> bool:
         """True when this Ready carries durable state to write."""
-        return self.hard_state is not None or bool(self.entries)
+        return (self.hard_state is not None or bool(self.entries) or self.snapshot is not None
+                or bool(self.compact_index))
 
     def must_sync(self) -> bool:
         """True when the write must be flushed to the device before acknowledgements leave."""

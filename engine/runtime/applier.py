@@ -12,25 +12,44 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import NodeStopped
 from engine.runtime.proposals import ProposalRegistry, settle
 from engine.runtime.workers import join_thread, start_thread
 from engine.statemachine import StateMachine
-from engine.types import Entry, EntryKind, Index
+from engine.types import Entry, EntryKind, Index, SnapshotMeta
 
 logger = logging.getLogger(__name__)
 
 ReadWaiter = tuple[Callable[[Any], Any], Future]
+SnapshotTaken = Callable[[SnapshotMeta, bytes, "Future | None"], None]
 _STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Restore:
+    meta: SnapshotMeta
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _TakeSnapshot:
+    future: Future | None
 
 
 class Applier:
     """Applies committed entries in order, resolves proposal futures, serves released reads."""
 
     def __init__(self, node_id: str, state_machine: StateMachine, registry: ProposalRegistry,
-                 on_progress: Callable[[], None] | None = None, applied: Index = 0) -> None:
+                 on_progress: Callable[[], None] | None = None, applied: Index = 0,
+                 applied_term: int = 0, voters: tuple[str, ...] = (),
+                 snapshot_threshold: int = 0,
+                 on_snapshot: SnapshotTaken | None = None) -> None:
+        """``on_snapshot(meta, data, future)`` receives each snapshot taken (automatically every
+        ``snapshot_threshold`` applied entries when non-zero, or on request); it is called on
+        the apply thread and must hand the slow work (encoding, writing) to another thread."""
         self._node_id = node_id
         self._state_machine = state_machine
         self._registry = registry
@@ -39,6 +58,15 @@ class Applier:
         self._parked_reads: list[tuple[Index, list[ReadWaiter]]] = []
         self._applied_cond = threading.Condition()
         self.last_applied: Index = applied
+        self._last_applied_term = applied_term  # apply thread only
+        self._voters = voters
+        self._snapshot_threshold = snapshot_threshold
+        self._on_snapshot = on_snapshot
+        self._last_snapshot_index = applied  # apply thread only
+        # Set by the apply thread when it hands a snapshot off, cleared by snapshot_saved() from
+        # the thread that made it durable: one writer each way, a plain bool under the GIL.
+        self._snapshot_in_flight = False
+        self._stopped = False  # guarded by self._applied_cond; releases wait_applied() callers
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -53,19 +81,36 @@ class Applier:
         """Run each waiter's function once ``index`` is applied."""
         self._queue.put((index, waiters))
 
+    def submit_restore(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Replace the state machine with a snapshot (ordered with the entries around it)."""
+        self._queue.put(_Restore(meta, data))
+
+    def request_snapshot(self, future: Future | None) -> None:
+        """Take a snapshot at the next consistent point; ``future`` gets its index once saved."""
+        self._queue.put(_TakeSnapshot(future))
+
+    def snapshot_saved(self) -> None:
+        """The snapshot handed off last is durable; automatic snapshots may resume."""
+        self._snapshot_in_flight = False
+
     def stop(self) -> None:
         """Stop after the work already queued; parked reads fail with NodeStopped."""
         self._queue.put(_STOP)
         join_thread(self._thread)
+        with self._applied_cond:
+            self._stopped = True
+            self._applied_cond.notify_all()
         for _, waiters in self._parked_reads:
             for _, future in waiters:
                 settle(future, error=NodeStopped("node stopped before the read was served"))
         self._parked_reads.clear()
 
     def wait_applied(self, index: Index, timeout: float | None = None) -> bool:
-        """Block until ``last_applied >= index``; False on timeout."""
+        """Block until ``last_applied >= index``; False on timeout or once stopped short of it."""
         with self._applied_cond:
-            return self._applied_cond.wait_for(lambda: self.last_applied >= index, timeout)
+            self._applied_cond.wait_for(lambda: self.last_applied >= index or self._stopped,
+                                        timeout)
+            return self.last_applied >= index
 
     # -- the thread ------------------------------------------------------------------------------
 
@@ -82,7 +127,22 @@ class Applier:
                 else:
                     self._parked_reads.append((index, waiters))
                 continue
-            self._apply(item)
+            if isinstance(item, _TakeSnapshot):
+                self._take_snapshot(item.future)
+                continue
+            if isinstance(item, _Restore):
+                self._state_machine.restore(item.data)
+                self.last_applied = item.meta.index
+                self._last_applied_term = item.meta.term
+                self._last_snapshot_index = item.meta.index
+                logger.info("%s: state machine restored from snapshot %d", self._node_id,
+                            item.meta.index)
+            else:
+                self._apply(item)
+                if (self._snapshot_threshold and not self._snapshot_in_flight
+                        and self.last_applied - self._last_snapshot_index
+                        >= self._snapshot_threshold):
+                    self._take_snapshot(None)
             if self._parked_reads:
                 ready = [w for i, w in self._parked_reads if i <= self.last_applied]
                 self._parked_reads = [(i, w) for i, w in self._parked_reads
@@ -111,7 +171,19 @@ class Applier:
                 results.append(None)
                 errors.append(None)
         self.last_applied = entries[-1].index
+        self._last_applied_term = entries[-1].term
         self._registry.resolve(entries, results, errors)
+
+    def _take_snapshot(self, future: Future | None) -> None:
+        if self._on_snapshot is None or self.last_applied == 0:
+            if future is not None:
+                settle(future, self._last_snapshot_index)
+            return
+        data = self._state_machine.snapshot()
+        meta = SnapshotMeta(self.last_applied, self._last_applied_term, self._voters)
+        self._last_snapshot_index = meta.index
+        self._snapshot_in_flight = True
+        self._on_snapshot(meta, data, future)
 
     def _serve(self, waiters: list[ReadWaiter]) -> None:
         for fn, future in waiters:

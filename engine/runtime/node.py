@@ -30,24 +30,34 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from engine.config import Config
-from engine.core import Message, RaftOptions, RawNode, Ready
+from engine.core import Message, MessageKind, RaftOptions, RawNode, Ready
 from engine.errors import (
     ConfigError,
+    CorruptLogError,
     NodeStopped,
     NotLeaderError,
     ProposalDropped,
     RaftError,
     ReadTimeout,
+    TransferError,
 )
 from engine.runtime.applier import Applier, ReadWaiter
 from engine.runtime.persister import Persister
 from engine.runtime.proposals import ProposalRegistry, settle
+from engine.runtime.snapshots import SnapshotReceiver, SnapshotSender
 from engine.runtime.workers import join_thread, start_thread
 from engine.statemachine import StateMachine
 from engine.status import Status
 from engine.storage.base import LogStore, StableStore
 from engine.storage.memory import MemoryLogStore, MemoryStableStore
+from engine.storage.snapshot import (
+    MemorySnapshotStore,
+    SnapshotStore,
+    decode_snapshot,
+    encode_snapshot,
+)
 from engine.transport.base import Transport
+from engine.types import SnapshotMeta
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +69,11 @@ _READ = 2
 _PERSISTED = 3
 _STOP = 4
 _CALL = 5
+_SNAPSHOT_SAVED = 6
+
+_SNAPSHOT = MessageKind.SNAPSHOT
+_SNAPSHOT_CHUNK = MessageKind.SNAPSHOT_CHUNK
+_SNAPSHOT_CHUNK_RESPONSE = MessageKind.SNAPSHOT_CHUNK_RESPONSE
 
 _MAX_EVENTS_PER_ROUND = 10_000
 
@@ -79,7 +94,8 @@ class RaftNode:
     def __init__(self, node_id: str, peers: Mapping[str, str], state_machine: StateMachine, *,
                  config: Config | None = None, data_dir: str | None = None,
                  transport: Transport | None = None, log_store: LogStore | None = None,
-                 stable_store: StableStore | None = None, seed: int | None = None) -> None:
+                 stable_store: StableStore | None = None,
+                 snapshot_store: SnapshotStore | None = None, seed: int | None = None) -> None:
         """Create a stopped node.
 
         Args:
@@ -91,8 +107,8 @@ class RaftNode:
                 them in memory (they die with the process).
             transport: how messages travel; None = a TCP transport listening on
                 ``peers[node_id]``.
-            log_store / stable_store: explicit stores (tests and LocalCluster); override
-                ``data_dir``.
+            log_store / stable_store / snapshot_store: explicit stores (tests and
+                LocalCluster); override ``data_dir``.
             seed: seeds the election-timeout randomness (None: from os.urandom).
 
         Raises:
@@ -113,6 +129,7 @@ class RaftNode:
         self._transport_arg = transport
         self._log_store_arg = log_store
         self._stable_store_arg = stable_store
+        self._snapshot_store_arg = snapshot_store
         self._seed = seed
         self._lifecycle_lock = threading.Lock()
         self._started = False
@@ -138,6 +155,21 @@ class RaftNode:
         self._persister: Persister | None = None
         self._applier: Applier | None = None
         self._loop_thread: threading.Thread | None = None
+        # Snapshots.  The store is shared by the snapshot thread (local snapshots), the storage
+        # writer (snapshots received from the leader) and start(): all calls hold the lock, as
+        # does every access to _incoming_snapshots (loop thread inserts, storage writer pops).
+        self._snapshot_store: SnapshotStore | None = None
+        self._snapshot_lock = threading.Lock()
+        self._incoming_snapshots: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+        self._snapshot_jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._snapshot_thread: threading.Thread | None = None
+        # Owned by the loop thread: the newest durable snapshot (meta, encoded bytes), which is
+        # what followers that fell behind the log are sent; and the chunk protocol endpoints.
+        self._latest_snapshot: tuple[SnapshotMeta, bytes] | None = None
+        self._snapshot_sender: SnapshotSender | None = None
+        self._snapshot_receiver = SnapshotReceiver(node_id, decode_snapshot)
+        # Owned by the loop thread: the pending leadership transfer (target, future).
+        self._transfer: tuple[str, Future] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -177,40 +209,90 @@ class RaftNode:
             self._open_stores()
             assert self._log_store is not None and self._stable_store is not None
             hard_state = self._stable_store.load()
+            snapshot, entries = self._recover_log()
             first, last = self._log_store.first_index(), self._log_store.last_index()
-            if first != 1 and last >= first:
-                raise RaftError(f"log starts at {first}: compacted logs need snapshots")
-            entries = self._log_store.entries(first, last + 1) if last >= first else []
             rng = random.Random(self._seed)
             self._raw = RawNode(self._id, sorted(self._peers), rng=rng,
                                 options=RaftOptions.from_config(self._config),
-                                hard_state=hard_state, entries=entries)
-            self._applier = Applier(self._id, self._state_machine, self._registry,
-                                    on_progress=self._notify_observers)
+                                hard_state=hard_state, entries=entries,
+                                snapshot=snapshot)
+            self._applier = Applier(
+                self._id, self._state_machine, self._registry,
+                on_progress=self._notify_observers,
+                applied=snapshot.index if snapshot else 0,
+                applied_term=snapshot.term if snapshot else 0,
+                voters=tuple(sorted(self._peers)),
+                snapshot_threshold=self._config.snapshot_threshold,
+                on_snapshot=self._on_snapshot_taken)
             self._transport = self._transport_arg or self._default_transport()
+            self._snapshot_sender = SnapshotSender(
+                self._id, self._transport.send, chunk_bytes=self._config.snapshot_chunk_bytes,
+                stall_ticks=2 * self._config.heartbeat_ticks)
             self._persister = Persister(
                 self._id, self._log_store, self._stable_store,
                 threaded=not isinstance(self._log_store, MemoryLogStore),
                 send=self._transport.send, on_persisted=self._on_persisted,
-                on_error=self._on_storage_error)
+                on_error=self._on_storage_error, install_snapshot=self._store_received_snapshot)
             self._publish_status()
             self._applier.start()
+            self._snapshot_thread = start_thread(f"raft-{self._id}-snapshot",
+                                                 self._snapshot_writer)
             self._loop_thread = start_thread(f"raft-{self._id}-loop", self._loop)
             self._transport.start(self._inbox.put)
             logger.info("%s started: term=%d log=[%d, %d] commit=%d", self._id,
                         hard_state.term, first, last, hard_state.commit)
 
     def _open_stores(self) -> None:
-        if self._log_store_arg is not None or self._stable_store_arg is not None:
+        if (self._log_store_arg is not None or self._stable_store_arg is not None
+                or self._snapshot_store_arg is not None):
             self._log_store = self._log_store_arg or MemoryLogStore()
             self._stable_store = self._stable_store_arg or MemoryStableStore()
+            self._snapshot_store = self._snapshot_store_arg or MemorySnapshotStore()
         elif self._data_dir is not None:
-            from engine.storage.open import open_stores
+            from engine.storage.open import open_snapshot_store, open_stores
             self._log_store, self._stable_store = open_stores(self._data_dir,
                                                               fsync=self._config.fsync)
+            self._snapshot_store = open_snapshot_store(self._data_dir, fsync=self._config.fsync)
             self._owns_stores = True
         else:
             self._log_store, self._stable_store = MemoryLogStore(), MemoryStableStore()
+            self._snapshot_store = MemorySnapshotStore()
+
+    def _recover_log(self) -> tuple[SnapshotMeta | None, list[Any]]:
+        """Restore the state machine from the newest valid snapshot and return it with the log
+        entries that follow it (the ones to replay).
+
+        Raises:
+            CorruptLogError: the log has a gap after the snapshot.
+        """
+        assert self._log_store is not None and self._snapshot_store is not None
+        store = self._log_store
+        with self._snapshot_lock:
+            latest = self._snapshot_store.latest()
+        first, last = store.first_index(), store.last_index()
+        if latest is None:
+            if first != 1 and last >= first:
+                raise CorruptLogError(f"{self._id}: the log starts at {first} but there is no "
+                                      "snapshot covering the entries before it")
+            return None, store.entries(first, last + 1) if last >= first else []
+        meta, data = latest
+        self._state_machine.restore(data)
+        self._latest_snapshot = (meta, encode_snapshot(meta, data))
+        if first <= meta.index <= last and store.term_at(meta.index) != meta.term:
+            logger.warning("%s: log disagrees with snapshot %d/%d; discarding the log",
+                           self._id, meta.term, meta.index)
+            store.reset(meta.index + 1)
+            store.sync()
+        elif first > meta.index + 1:
+            raise CorruptLogError(f"{self._id}: the log starts at {first}, after the newest "
+                                  f"valid snapshot at {meta.index}: entries are missing")
+        elif last < meta.index:
+            store.reset(meta.index + 1)
+            store.sync()
+        lo, hi = max(store.first_index(), meta.index + 1), store.last_index() + 1
+        logger.info("%s: restored snapshot %d/%d, replaying %d entries", self._id, meta.term,
+                    meta.index, max(0, hi - lo))
+        return meta, store.entries(lo, hi) if hi > lo else []
 
     def _default_transport(self) -> Transport:
         from engine.transport.tcp import TcpTransport
@@ -244,13 +326,19 @@ class RaftNode:
             self._persister.stop(flush=graceful and error is None)
         if self._applier is not None:
             self._applier.stop()
+        self._snapshot_jobs.put(None)
+        join_thread(self._snapshot_thread)
         stopped = error or NodeStopped(f"node {self._id} stopped")
+        self._fail_snapshot_jobs(stopped)
         self._registry.fail_after(-1, stopped)
         self._fail_reads(stopped)
+        if self._transfer is not None:
+            settle(self._transfer[1], error=stopped)
+            self._transfer = None
         self._inbox_closed = True
         self._fail_inbox(stopped)
         if self._owns_stores:
-            for store in (self._log_store, self._stable_store):
+            for store in (self._log_store, self._stable_store, self._snapshot_store):
                 if store is not None:
                     store.close()
         self._status = Status(self._id, "follower", self._status.term, None,
@@ -278,6 +366,8 @@ class RaftNode:
                 return
             if isinstance(event, tuple) and event[0] in (_PROPOSE, _READ, _CALL):
                 settle(event[-1], error=error)
+            elif isinstance(event, tuple) and event[0] == _SNAPSHOT_SAVED and event[3]:
+                settle(event[3], error=error)
 
     def _on_storage_error(self, error: BaseException) -> None:
         threading.Thread(target=self._halt, kwargs={"graceful": False, "error": error},
@@ -353,6 +443,51 @@ class RaftNode:
         """
         return self._call(lambda raw: raw.status().progress).result(timeout)
 
+    def snapshot(self) -> Future:
+        """Take a snapshot now; resolves to its index once it is durable (and the log has been
+        compacted behind it).  Works on any running node.
+
+        Raises (through the future):
+            NodeStopped: the node is not running or stopped first.
+            StorageError: the snapshot could not be written.
+        """
+        if not self._started or self._stopped or self._applier is None:
+            return _failed(self._stop_error or NodeStopped(f"node {self._id} is not running"))
+        future: Future = Future()
+        self._applier.request_snapshot(future)
+        return future
+
+    def transfer_leadership(self, target_id: str) -> Future:
+        """Hand leadership to ``target_id``; resolves to it once it leads.
+
+        The leader stops accepting proposals (they fail with ProposalDropped), brings the target
+        up to date, and tells it to campaign at once.
+
+        Raises (through the future):
+            NotLeaderError: this node is not the leader.
+            ValueError: ``target_id`` is not another member.
+            TransferError: the target did not take over within an election timeout (this
+                node then accepts proposals again) or another node took over.
+            NodeStopped: the node stopped first.
+        """
+        def start(raw: RawNode) -> None:
+            raw.transfer_leadership(target_id)
+            if self._transfer is not None:
+                settle(self._transfer[1], error=TransferError(
+                    f"superseded by a transfer to {target_id}"))
+            self._transfer = (target_id, future)
+
+        future: Future = Future()
+        started = self._call(start)
+
+        def on_started(done: Future) -> None:
+            error = done.exception()
+            if error is not None:
+                settle(future, error=error)
+
+        started.add_done_callback(on_started)
+        return future
+
     @property
     def last_applied(self) -> int:
         """Index of the last entry applied to the state machine."""
@@ -371,6 +506,96 @@ class RaftNode:
         future: Future = Future()
         self._post((_CALL, fn, future))
         return future
+
+    # -- snapshots -------------------------------------------------------------------------------
+
+    def _on_snapshot_taken(self, meta: SnapshotMeta, data: bytes, future: Future | None) -> None:
+        """Apply thread: a consistent snapshot was taken; write it on the snapshot thread."""
+        self._snapshot_jobs.put((meta, data, future))
+
+    def _snapshot_writer(self) -> None:
+        """The ``raft-<id>-snapshot`` thread: encode and store snapshots off the hot path."""
+        assert self._snapshot_store is not None and self._applier is not None
+        while True:
+            job = self._snapshot_jobs.get()
+            if job is None:
+                return
+            meta, data, future = job
+            try:
+                encoded = encode_snapshot(meta, data)
+                with self._snapshot_lock:
+                    self._snapshot_store.save(meta, data)
+            except Exception as exc:
+                logger.error("%s: writing snapshot %d failed: %s", self._id, meta.index, exc)
+                if future is not None:
+                    settle(future, error=exc)
+            else:
+                logger.info("%s: snapshot %d/%d saved (%d bytes)", self._id, meta.term,
+                            meta.index, len(encoded))
+                self._inbox.put((_SNAPSHOT_SAVED, meta, encoded, future))
+            finally:
+                self._applier.snapshot_saved()
+
+    def _fail_snapshot_jobs(self, error: BaseException) -> None:
+        while True:
+            try:
+                job = self._snapshot_jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job[2] is not None:
+                settle(job[2], error=error)
+
+    def _store_received_snapshot(self, meta: SnapshotMeta) -> None:
+        """Storage thread: make a snapshot received from the leader durable."""
+        assert self._snapshot_store is not None
+        with self._snapshot_lock:
+            data, _ = self._incoming_snapshots.pop((meta.index, meta.term))
+            self._snapshot_store.save(meta, data)
+
+    def _handle_snapshot_message(self, raw: RawNode, m: Message) -> None:
+        """Loop thread: the chunk sub-protocol of InstallSnapshot (engine.runtime.snapshots)."""
+        assert self._transport is not None and self._snapshot_sender is not None
+        if m.kind is _SNAPSHOT_CHUNK_RESPONSE:
+            finished = self._snapshot_sender.on_response(m)
+            if finished is not None:
+                raw.report_snapshot(finished[0], ok=finished[1])
+            return
+        if m.term < raw.raft.term:
+            return  # a deposed leader's transfer
+        response, done = self._snapshot_receiver.on_chunk(m)
+        self._transport.send([response])
+        if done is not None:
+            meta, data, encoded = done
+            with self._snapshot_lock:
+                self._incoming_snapshots[(meta.index, meta.term)] = (data, encoded)
+            raw.step(Message(kind=_SNAPSHOT, src=m.src, dst=self._id, term=m.term,
+                             index=meta.index, log_term=meta.term,
+                             data="\n".join(meta.voters).encode()))
+
+    def _on_snapshot_saved(self, raw: RawNode, meta: SnapshotMeta, encoded: bytes,
+                           future: Future | None) -> None:
+        latest = self._latest_snapshot
+        if latest is None or meta.index > latest[0].index:
+            self._latest_snapshot = (meta, encoded)
+            # Keep the log back to the previous snapshot too: if the newest snapshot file is
+            # ever found corrupt, the older one plus the log still rebuild the state.
+            previous = latest[0].index if latest is not None else 0
+            compact_to = min(previous, max(0, meta.index - self._config.snapshot_trailing_entries))
+            raw.compact(meta, compact_to)
+        if future is not None:
+            settle(future, meta.index)
+
+    def _send_snapshots(self, raw: RawNode, messages: list[Message]) -> None:
+        """Loop thread: the core asked to send the latest snapshot to these followers."""
+        assert self._snapshot_sender is not None
+        latest = self._latest_snapshot
+        for m in messages:
+            if latest is None or latest[0].index != m.index:
+                logger.warning("%s: no encoded snapshot %d to send to %s", self._id, m.index,
+                               m.dst)
+                raw.report_snapshot(m.dst, ok=False)
+                continue
+            self._snapshot_sender.start(m.dst, m.term, latest[0], latest[1])
 
     # -- the loop thread -----------------------------------------------------------------------
 
@@ -399,6 +624,11 @@ class RaftNode:
                 now = time.monotonic()
                 if now >= next_tick:
                     raw.tick()
+                    if self._transfer is not None:
+                        self._check_transfer(raw)
+                    if self._snapshot_sender:
+                        for peer in self._snapshot_sender.tick():
+                            raw.report_snapshot(peer, ok=False)
                     next_tick += tick_interval
                     if next_tick < now:  # fell far behind (a GC pause, say): do not burst
                         next_tick = now + tick_interval
@@ -418,7 +648,11 @@ class RaftNode:
         own_id = self._id
         for position, event in enumerate(events):
             if type(event) is Message:
-                if event.dst == own_id:
+                if event.dst != own_id:
+                    continue
+                if event.kind is _SNAPSHOT_CHUNK or event.kind is _SNAPSHOT_CHUNK_RESPONSE:
+                    self._handle_snapshot_message(raw, event)
+                elif event.kind is not _SNAPSHOT:  # SNAPSHOT is local-only, never from a peer
                     raw.step(event)
                 continue
             tag = event[0]
@@ -430,7 +664,13 @@ class RaftNode:
                     raw.advance(rd)
             elif tag == _READ:
                 reads.append((event[1], event[2]))
+            elif tag == _SNAPSHOT_SAVED:
+                self._on_snapshot_saved(raw, event[1], event[2], event[3])
             elif tag == _CALL:
+                # Proposals queued before the call go into the core first (a transfer that
+                # starts now must not refuse them).
+                self._propose_batch(raw, commands, futures)
+                commands, futures = [], []
                 try:
                     settle(event[2], event[1](raw))
                 except Exception as exc:
@@ -445,14 +685,7 @@ class RaftNode:
                     if type(later) is not Message and later[0] in (_PROPOSE, _READ, _CALL):
                         settle(later[-1], error=error)
                 return True
-        if commands:
-            try:
-                first, term = raw.propose(commands)
-            except NotLeaderError as exc:
-                for future in futures:
-                    settle(future, error=exc)
-            else:
-                self._registry.register(first, term, futures)
+        self._propose_batch(raw, commands, futures)
         if reads:
             context = next(self._read_ids)
             try:
@@ -464,6 +697,18 @@ class RaftNode:
                 self._pending_reads[context] = (time.monotonic() + self._config.read_timeout,
                                                 reads)
         return False
+
+    def _propose_batch(self, raw: RawNode, commands: list[bytes], futures: list[Future]) -> None:
+        """Propose ``commands`` as one batch and register their futures."""
+        if not commands:
+            return
+        try:
+            first, term = raw.propose(commands)
+        except (NotLeaderError, ProposalDropped) as exc:
+            for future in futures:
+                settle(future, error=exc)
+        else:
+            self._registry.register(first, term, futures)
 
     def _drive(self, raw: RawNode) -> None:
         """Hand out Readys until the core has nothing more to do."""
@@ -477,8 +722,18 @@ class RaftNode:
             if rd.soft_state is not None:
                 changed = True
                 self._on_soft_state(rd)
-            if rd.messages:
-                transport.send(rd.messages)
+            messages = rd.messages
+            if messages:
+                if any(m.kind is _SNAPSHOT for m in messages):
+                    self._send_snapshots(raw, [m for m in messages if m.kind is _SNAPSHOT])
+                    messages = [m for m in messages if m.kind is not _SNAPSHOT]
+                transport.send(messages)
+            if rd.snapshot is not None:
+                meta = rd.snapshot
+                with self._snapshot_lock:
+                    data, encoded = self._incoming_snapshots[(meta.index, meta.term)]
+                self._latest_snapshot = (meta, encoded)
+                applier.submit_restore(meta, data)
             if rd.must_persist() or rd.messages_after_persist:
                 persister.submit(rd)
             if rd.committed_entries:
@@ -499,9 +754,28 @@ class RaftNode:
         else:
             self._inbox.put((_PERSISTED, readys))
 
+    def _check_transfer(self, raw: RawNode) -> None:
+        """Loop thread: settle the pending leadership transfer when its outcome is known."""
+        assert self._transfer is not None
+        target, future = self._transfer
+        r = raw.raft
+        if r.leader_id == target and r.role.value != "leader":
+            self._transfer = None
+            settle(future, target)
+        elif r.role.value == "leader" and r.lead_transferee != target:
+            self._transfer = None
+            settle(future, error=TransferError(
+                f"{target} did not take over within an election timeout"))
+        elif r.role.value != "leader" and r.leader_id not in (None, target):
+            self._transfer = None
+            settle(future, error=TransferError(f"{r.leader_id} took over instead of {target}"))
+
     def _on_soft_state(self, rd: Ready) -> None:
         soft = rd.soft_state
         assert soft is not None
+        if self._transfer is not None:
+            assert self._raw is not None
+            self._check_transfer(self._raw)
         was_leader = self._role == "leader"
         self._role = soft.role
         if was_leader and soft.role != "leader":
@@ -510,6 +784,8 @@ class RaftNode:
             dropped = self._registry.fail_after(commit, ProposalDropped(
                 f"{self._id} lost leadership at term {soft.term} before the entry committed"))
             self._fail_reads(NotLeaderError(soft.leader_id))
+            if self._snapshot_sender is not None:
+                self._snapshot_sender.cancel_all()
             logger.info("%s lost leadership (term %d): %d proposals dropped", self._id,
                         soft.term, dropped)
 
@@ -536,7 +812,9 @@ class RaftNode:
         if role == "pre-candidate":
             role = "follower"
         self._status = Status(self._id, role, r.term, r.leader_id, r.log.committed,
-                              self.last_applied, r.log.last_index(), running=True)
+                              self.last_applied, r.log.last_index(), running=True,
+                              snapshot_index=r.snapshot.index if r.snapshot else 0,
+                              log_entries=len(r.log))
 
     def _notify_observers(self) -> None:
         for callback in self._observers:

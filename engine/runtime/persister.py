@@ -26,6 +26,7 @@ from engine.core import Message, Ready
 from engine.errors import StorageError
 from engine.runtime.workers import join_thread, start_thread
 from engine.storage.base import LogStore, StableStore
+from engine.types import SnapshotMeta
 
 logger = logging.getLogger(__name__)
 _STOP = object()
@@ -37,13 +38,17 @@ class Persister:
     def __init__(self, node_id: str, log_store: LogStore, stable_store: StableStore, *,
                  threaded: bool, send: Callable[[list[Message]], None],
                  on_persisted: Callable[[list[Ready]], None],
-                 on_error: Callable[[BaseException], None]) -> None:
+                 on_error: Callable[[BaseException], None],
+                 install_snapshot: Callable[[SnapshotMeta], None] | None = None) -> None:
+        """``install_snapshot(meta)`` makes a snapshot received from the leader durable (it runs
+        on the thread that owns the stores, before the log store is trimmed to match it)."""
         self._node_id = node_id
         self._log_store = log_store
         self._stable_store = stable_store
         self._send = send
         self._on_persisted = on_persisted
         self._on_error = on_error
+        self._install_snapshot = install_snapshot
         self._saved_hard_state = stable_store.load()
         self._latest_hard_state = self._saved_hard_state
         self._threaded = threaded
@@ -99,13 +104,30 @@ class Persister:
             if stop:
                 return
 
+    def _apply_snapshot(self, meta: SnapshotMeta) -> None:
+        """Store the installed snapshot, then keep the log's suffix after it if the log holds
+        the snapshot's last entry, else drop the whole log (Figure 13, steps 6-7)."""
+        if self._install_snapshot is not None:
+            self._install_snapshot(meta)
+        store = self._log_store
+        if store.first_index() <= meta.index <= store.last_index() and \
+                store.term_at(meta.index) == meta.term:
+            store.compact_prefix(meta.index)
+        else:
+            store.reset(meta.index + 1)
+
     def _write_group(self, group: list[Ready]) -> None:
         try:
             wrote_entries = False
             for rd in group:
+                if rd.snapshot is not None:
+                    self._apply_snapshot(rd.snapshot)
+                    wrote_entries = True
                 if rd.entries:
                     self._log_store.append(rd.entries)
                     wrote_entries = True
+                if rd.compact_index:
+                    self._log_store.compact_prefix(rd.compact_index)
                 if rd.hard_state is not None:
                     self._latest_hard_state = rd.hard_state
             if wrote_entries:

@@ -19,7 +19,8 @@ suffix never reappears behind newer entries.  A failed fsync poisons the store (
 :class:`StorageError` until it is reopened): after a failed fsync the kernel may have dropped the
 dirty pages, and retrying would report success for data that is gone.
 
-Recovery rules (same as native): see :class:`FileLogStore`.
+Recovery rules (same as native): see :class:`FileLogStore`.  A directory whose only segment is
+a bare header starting at N (what ``reset(N)`` leaves) is an empty log at N.
 """
 
 from __future__ import annotations
@@ -256,6 +257,10 @@ class FileLogStore:
     write: it is truncated away and reported in :attr:`recovery_report` (and logged as a
     warning).  A bad record followed by a valid one, a bad record or header in an earlier segment,
     or a gap between segments raises :class:`CorruptLogError` naming the file and offset.
+
+    A last segment holding only a header starting at N is an empty log at N (after
+    :meth:`reset`).  A zero-length last segment is a torn creation: it is removed and recreated
+    empty at the index its name says (reported as a repair).
 
     Threading: one thread at a time (the runtime's storage thread); no locks.  Extra methods
     beyond the protocol: :meth:`append_encoded`, :meth:`entries_encoded`.
@@ -706,14 +711,20 @@ class FileLogStore:
             seg.dirty = False
 
     def compact_prefix(self, index: Index) -> None:
-        """Remove whole segments whose entries all have index ``<= index``; the last one stays.
+        """Remove whole segments whose entries all have index ``<= index``.
+
+        The segment holding the last entry stays (and the newest one always does), so a
+        non-empty log stays non-empty.  Durable on return when fsync is on.
 
         Raises:
             StorageError: a file could not be removed.
         """
         self._check_writable()
+        # A segment may go when the next one starts at or before both index + 1 and the last
+        # index (a recovered or failed roll can leave the newest segment empty).
+        bound = min(index + 1, self.last_index())
         drop = 0
-        while drop + 1 < len(self._segs) and self._segs[drop + 1].first <= index + 1:
+        while drop + 1 < len(self._segs) and self._segs[drop + 1].first <= bound:
             drop += 1
         if not drop:
             return
@@ -732,6 +743,84 @@ class FileLogStore:
                 _fsync_dir(self._dirfd)
             except OSError as exc:
                 raise self._poison(exc, f"fsync of {self.directory}") from exc
+
+    def reset(self, next_index: Index) -> None:
+        """Drop every entry; afterwards ``first_index() == next_index`` and
+        ``last_index() == next_index - 1``.
+
+        Same steps and crash behaviour as ``rl_reset`` (raftlog.h): remove every segment but the
+        oldest, newest first; cut the oldest to 0 bytes; rename it to ``<next_index>.seg``;
+        write its header -- each step flushed before the next when fsync is on, so the reset is
+        durable on return.  A crash leaves a prefix of the old log or a zero-length only
+        segment, which recovery recreates empty at the index its name says.
+
+        Raises:
+            ValueError: ``next_index`` is not an int in ``[1, 2**64)``.
+            StorageError: a file operation failed.  Before the oldest segment was cut the log
+                is a shorter prefix of the old one and still usable; after it the store
+                refuses writes until reopened (reopening completes or undoes the cut).
+        """
+        self._check_writable()
+        if not isinstance(next_index, int) or not 1 <= next_index < 1 << 64:
+            raise ValueError(f"next_index={next_index!r} must be an int in [1, 2**64)")
+        seg = self._segs[0]
+        if (len(self._segs) == 1 and seg.first == next_index and not seg.offsets
+                and seg.size == SEGMENT_HEADER_SIZE):
+            return  # already there
+        # 1. Every segment but the oldest, newest first: each step is a suffix truncation.
+        dir_changed = False
+        while len(self._segs) > 1:
+            seg = self._segs[-1]
+            try:
+                os.unlink(seg.path)
+            except OSError as exc:
+                raise storage_error(exc, f"cannot remove {seg.path}") from exc
+            os.close(seg.fd)
+            self._segs.pop()
+            dir_changed = True
+        if self._fsync and dir_changed:
+            try:
+                _fsync_dir(self._dirfd)
+            except OSError as exc:
+                raise self._poison(exc, f"fsync of {self.directory}") from exc
+        seg = self._segs[0]
+        # 2. Cut it to nothing: a zero-length only segment is a torn creation to recovery, which
+        # recreates it empty at the first index its name says.
+        try:
+            os.ftruncate(seg.fd, 0)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot truncate {seg.path} to reset the log") from exc
+        del seg.offsets[:]
+        del seg.terms[:]
+        seg.size = 0
+        seg.dirty = False
+        try:
+            if self._fsync:
+                os.fdatasync(seg.fd)
+        except OSError as exc:
+            raise self._poison(exc, f"fdatasync of {seg.path}") from exc
+        # 3. Rename it to next_index's name, durably, before the header names the new index.
+        if seg.first != next_index:
+            name = segment_name(next_index)
+            path = os.path.join(self.directory, name)
+            try:
+                os.rename(seg.path, path)
+            except OSError as exc:
+                raise self._poison(exc, f"rename of {seg.path} to {path}") from exc
+            seg.name, seg.path, seg.first = name, path, next_index
+            if self._fsync:
+                try:
+                    _fsync_dir(self._dirfd)
+                except OSError as exc:
+                    raise self._poison(exc, f"fsync of {self.directory}") from exc
+        # 4. The header.
+        try:
+            _pwrite_all(seg.fd, encode_segment_header(next_index), 0)
+            seg.size = SEGMENT_HEADER_SIZE
+            if self._fsync:
+                os.fdatasync(seg.fd)
+        except OSError as exc:
+            raise self._poison(exc, f"header write of {seg.path}") from exc
 
     def sync(self) -> None:
         """Make every earlier write durable (fdatasync of the segments written since).

@@ -68,10 +68,28 @@ class MemoryLogStore:
             del self._entries[index - self._first:]
 
     def compact_prefix(self, index: Index) -> None:
+        """Remove the entries with index ``<= min(index, last_index() - 1)``.
+
+        Like the disk stores (which keep the segment holding the last entry), the last entry
+        always stays; :meth:`reset` drops everything.
+        """
         with self._lock:
-            drop = min(max(0, index - self._first + 1), len(self._entries))
-            del self._entries[:drop]
-            self._first += drop
+            drop = min(max(0, index - self._first + 1), len(self._entries) - 1)
+            if drop > 0:
+                del self._entries[:drop]
+                self._first += drop
+
+    def reset(self, next_index: Index) -> None:
+        """Drop every entry; the log restarts empty at ``next_index``.
+
+        Raises:
+            ValueError: ``next_index`` is not an int in ``[1, 2**64)``.
+        """
+        if not isinstance(next_index, int) or not 1 <= next_index < 1 << 64:
+            raise ValueError(f"next_index={next_index!r} must be an int in [1, 2**64)")
+        with self._lock:
+            self._entries = []
+            self._first = next_index
 
     def sync(self) -> None:
         """Nothing to flush: every write is already 'durable'."""

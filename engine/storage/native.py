@@ -308,7 +308,9 @@ class NativeLogStore:
         self._last = lib.rl_last_index(log)
 
     def compact_prefix(self, index: Index) -> None:
-        """Remove whole segments whose entries all have index ``<= index``; the last one stays.
+        """Remove whole segments whose entries all have index ``<= index``.
+
+        The segment holding the last entry stays, so a non-empty log stays non-empty.
 
         Raises:
             StorageError: a file could not be removed.
@@ -316,11 +318,33 @@ class NativeLogStore:
         log = self._handle()
         if index < self._first:
             return
-        # Past the last entry it is the same as at it (the last segment always stays).
+        # Past the last entry it is the same as at it (the last entry always stays).
         rc = lib.rl_compact_prefix(log, min(index, self._last))
         if rc:
             raise self._fail(rc)
         self._first = lib.rl_first_index(log)
+
+    def reset(self, next_index: Index) -> None:
+        """Drop every entry; afterwards ``first_index() == next_index`` and
+        ``last_index() == next_index - 1``.
+
+        Leaves one header-only segment ``<next_index>.seg``; durable on return when fsync is
+        on (see ``rl_reset`` in raftlog.h for the steps and what a crash leaves).
+
+        Raises:
+            ValueError: ``next_index`` is not an int in ``[1, 2**64)``.
+            StorageError: a file operation failed.  Before the oldest segment was cut the log
+                is a shorter prefix of the old one and still usable; after it the store
+                refuses writes until reopened (reopening completes or undoes the cut).
+        """
+        log = self._handle()
+        if _u64(next_index, "next_index") == 0:
+            raise ValueError("log indexes start at 1, cannot reset to 0")
+        rc = lib.rl_reset(log, next_index)
+        if rc:
+            raise self._fail(rc)
+        self._first = lib.rl_first_index(log)
+        self._last = lib.rl_last_index(log)
 
     def sync(self) -> None:
         """Make every earlier write durable (fdatasync; the GIL is released meanwhile).

@@ -1,6 +1,7 @@
 """Open the durable stores of one node: native when the compiled module imports, else Python.
 
-The runtime calls :func:`open_stores` when a node has a ``data_dir``.
+The runtime calls :func:`open_stores` when a node has a ``data_dir``, and
+:func:`open_snapshot_store` for its snapshots.
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 import logging
 import os
 
-from engine.storage.base import LogStore, StableStore
+from engine.storage.base import LogStore, SnapshotStore, StableStore
 from engine.storage.filestore import FileLogStore, FileStableStore
+from engine.storage.snapshot import FileSnapshotStore
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +69,22 @@ def open_stores(directory: str, *, fsync: bool = True) -> tuple[LogStore, Stable
             "hard state in %s says commit=%d but the log ends at index %d: entries may be lost",
             directory, commit, log.last_index())
     return log, stable
+
+
+SNAPSHOT_SUBDIR = "snapshots"
+
+
+def open_snapshot_store(directory: str, *, fsync: bool = True, keep: int = 2) -> SnapshotStore:
+    """Open (creating if needed) the snapshot store of the node whose data dir is ``directory``.
+
+    The snapshots live in ``<directory>/snapshots`` (:class:`FileSnapshotStore`, pure Python:
+    snapshots are few and large, so there is nothing for C to speed up but the CRC, which
+    ``engine.codec.crc32c`` already runs natively when the compiled module exists).  The log
+    stores ignore that subdirectory.  Leftover temporary files of an interrupted save are
+    deleted.
+
+    Raises:
+        StorageError: the directory cannot be created or listed.
+    """
+    return FileSnapshotStore(os.path.join(os.fspath(directory), SNAPSHOT_SUBDIR), fsync=fsync,
+                             keep=keep)

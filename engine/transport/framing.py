@@ -17,7 +17,8 @@ record with its own CRC32C)::
     44     8     reject_hint
     52     8     conflict_term
     60     8     context
-    68     1     flags          bit 0: reject; other bits must be 0
+    68     1     flags          bit 0: reject; bit 1: the payload is raw ``data`` (snapshot
+                                chunks), not entry records; other bits must be 0
     69     2     src_len        utf-8 bytes of src (1..MAX_ID_BYTES)
     71     2     dst_len        utf-8 bytes of dst (1..MAX_ID_BYTES)
     73     4     entry_count    number of entry records
@@ -56,7 +57,8 @@ DEFAULT_MAX_FRAME_SIZE = 64 << 20
 """Largest accepted frame, prefix included (bytes); bounds the memory a peer can make us use."""
 
 _FLAG_REJECT = 0x01
-_KNOWN_FLAGS = _FLAG_REJECT
+_FLAG_DATA = 0x02
+_KNOWN_FLAGS = _FLAG_REJECT | _FLAG_DATA
 _U64 = (1 << 64) - 1
 _KINDS = {int(kind): kind for kind in MessageKind}
 _INT_FIELDS = ("term", "log_term", "index", "commit", "reject_hint", "conflict_term", "context")
@@ -76,10 +78,17 @@ def encode_message(msg: Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -
         raise FrameError(f"cannot encode {msg.kind!r}: src/dst must be 1..{MAX_ID_BYTES} utf-8 "
                          f"bytes, got {len(src)} and {len(dst)}")
     entries = msg.entries
-    try:
-        payload = encode_entries(entries) if entries else b""
-    except CodecError as exc:
-        raise FrameError(f"cannot encode {msg.kind.name}: {exc}") from None
+    flags = _FLAG_REJECT if msg.reject else 0
+    if msg.data:
+        if entries:
+            raise FrameError(f"cannot encode {msg.kind.name}: both entries and data")
+        payload = bytes(msg.data)
+        flags |= _FLAG_DATA
+    else:
+        try:
+            payload = encode_entries(entries) if entries else b""
+        except CodecError as exc:
+            raise FrameError(f"cannot encode {msg.kind.name}: {exc}") from None
     length = HEADER_SIZE - _PREFIX + len(src) + len(dst) + len(payload)
     if length + _PREFIX > max_frame_size:
         raise FrameError(f"cannot encode {msg.kind.name}: frame of {length + _PREFIX} bytes "
@@ -87,7 +96,7 @@ def encode_message(msg: Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -
     try:
         header = HEADER.pack(
             length, 0, MAGIC, VERSION, msg.kind, msg.term, msg.log_term, msg.index, msg.commit,
-            msg.reject_hint, msg.conflict_term, msg.context, _FLAG_REJECT if msg.reject else 0,
+            msg.reject_hint, msg.conflict_term, msg.context, flags,
             len(src), len(dst), len(entries), len(payload))
     except struct.error:
         bad = [name for name in _INT_FIELDS
@@ -134,9 +143,16 @@ def _decode_frame(view: memoryview, start: int, length: int) -> Message:
         dst = str(view[pos + src_len:ids_end], "utf-8")
     except UnicodeDecodeError as exc:
         raise FrameError(f"{kind.name} frame: node id is not valid utf-8 ({exc.reason})") from None
-    if entries_len:
+    data = b""
+    if flags & _FLAG_DATA:
+        if entry_count:
+            raise FrameError(f"{kind.name} frame from {src!r}: data frame claims "
+                             f"{entry_count} entries")
+        data = bytes(view[ids_end:ids_end + entries_len])
+        entries: tuple = ()
+    elif entries_len:
         try:
-            entries: tuple = tuple(decode_entries(view[ids_end:ids_end + entries_len]))
+            entries = tuple(decode_entries(view[ids_end:ids_end + entries_len]))
         except CodecError as exc:
             raise FrameError(f"{kind.name} frame from {src!r}: bad entries: {exc}") from None
     else:
@@ -146,7 +162,8 @@ def _decode_frame(view: memoryview, start: int, length: int) -> Message:
                          f"payload holds {len(entries)}")
     return Message(kind=kind, src=src, dst=dst, term=term, log_term=log_term, index=index,
                    entries=entries, commit=commit, reject=bool(flags & _FLAG_REJECT),
-                   reject_hint=reject_hint, conflict_term=conflict_term, context=context)
+                   reject_hint=reject_hint, conflict_term=conflict_term, context=context,
+                   data=data)
 
 
 def decode_message(buf: bytes | bytearray | memoryview,

@@ -22,15 +22,18 @@
  *
  * Durability.  Appends go to the page cache; rl_sync() fdatasyncs the segments written since the
  * last sync.  Structural changes (creating a segment, removing segments, truncating a suffix,
- * repairing a torn tail) are made durable at once when fsync is on, so that after a crash the
- * segments always chain (each starts where the previous one ends) and no stale suffix can
- * reappear behind newer entries.  With fsync off nothing is flushed; writes are still ordered.
+ * resetting the log, repairing a torn tail) are made durable at once when fsync is on, so that
+ * after a crash the segments always chain (each starts where the previous one ends) and no stale
+ * suffix can reappear behind newer entries.  With fsync off nothing is flushed; writes are still
+ * ordered.
  *
  * Recovery (rl_open).  Every segment is scanned and every CRC checked; the offset index is rebuilt
  * in memory.  In the LAST segment a torn tail -- a record cut short, or a bad record that no valid
  * record follows -- is truncated and reported (rl_recovery_*).  Anything else that is bad (a bad
  * record followed by a valid one, a bad record or header in an earlier segment, a gap between
- * segments) fails with RL_ERR_CORRUPT and a message naming the file and the offset.
+ * segments) fails with RL_ERR_CORRUPT and a message naming the file and the offset.  A directory
+ * whose only segment holds just a header starting at N is an empty log: first index N, last N - 1
+ * (what rl_reset leaves).
  *
  * Errors.  Functions return RL_OK (0) or an rl_status code; the log handle then holds a message
  * (rl_errmsg) naming the file and offset, and the errno of the failed system call (rl_errno).
@@ -142,8 +145,26 @@ int rl_term_at(const rl_log *log, uint64_t index, uint64_t *term);
 /* Remove every entry with index >= index (no-op past the end; clamped to first_index). */
 int rl_truncate_suffix(rl_log *log, uint64_t index);
 
-/* Remove whole segments whose entries all have index <= index.  The active segment stays. */
+/* Remove whole segments whose entries all have index <= index, never the segment holding the
+ * last entry: a non-empty log stays non-empty and rl_last_index does not change.  Afterwards
+ * rl_first_index is at most index + 1 (and at most the last index); it may be lower, as only
+ * whole segments go.  Removals are durable on return when fsync is on. */
 int rl_compact_prefix(rl_log *log, uint64_t index);
+
+/* Drop every entry and restart the log at next_index (>= 1, else RL_ERR_INVAL): afterwards
+ * rl_first_index == next_index and rl_last_index == next_index - 1, and the next append must
+ * start at next_index.  For a follower that installs a snapshot ahead of its log.  On disk the
+ * directory then holds one segment, <next_index>.seg, with only its header.
+ *
+ * Steps (each flushed before the next when fsync is on, so the result is durable on return):
+ * remove every segment but the oldest, newest first; cut the oldest to 0 bytes; rename it to
+ * <next_index>.seg; write its header.  A crash leaves a prefix of the old log (every segment
+ * removal is a suffix truncation), or a zero-length only segment, which recovery removes and
+ * recreates empty at the index its name says: the old first index (the log is then empty there)
+ * or next_index (the reset is complete).  A failure before the oldest segment is cut returns
+ * RL_ERR_IO with a shorter log still usable; a failure after it poisons the handle
+ * (RL_ERR_STATE afterwards; reopening completes or undoes the cut as just described). */
+int rl_reset(rl_log *log, uint64_t next_index);
 
 /* What recovery repaired when this handle was opened. */
 size_t rl_recovery_count(const rl_log *log);

@@ -174,10 +174,14 @@ int rl_truncate_suffix(rl_log *log, uint64_t index) {
 
 int rl_compact_prefix(rl_log *log, uint64_t index) {
     size_t drop = 0, i;
+    uint64_t last = rl_last_index(log), bound;
     int rc = check_writable(log);
     if (rc) return rc;
-    /* A segment may go when the next one starts at or before index + 1; the last one stays. */
-    while (drop + 1 < log->nsegs && log->segs[drop + 1].first <= index + 1) drop++;
+    /* A segment may go when the next one starts at or before index + 1, and at or before the
+     * last index, so that the segment holding the last entry stays (and the last one always
+     * does: a recovered or failed roll can leave it empty). */
+    bound = index < last ? index + 1 : last;
+    while (drop + 1 < log->nsegs && log->segs[drop + 1].first <= bound) drop++;
     for (i = 0; i < drop; i++) {
         char *path = rl__join(log->dir, log->segs[i].name);
         if (!path) {
@@ -198,6 +202,77 @@ int rl_compact_prefix(rl_log *log, uint64_t index) {
         if (log->fsync && rl__fsync(log->dirfd) < 0) return poison(log, errno, "fsync", ".");
     }
     return rc;
+}
+
+int rl_reset(rl_log *log, uint64_t next_index) {
+    rl_segment *s;
+    char name[RL_SEGMENT_NAME_LEN + 1];
+    char *from = NULL, *to = NULL;
+    uint8_t hdr[RL_SEGMENT_HEADER];
+    int rc = check_writable(log), dir_changed = 0, e;
+    if (rc) return rc;
+    if (next_index == 0) return rl__fail(log, RL_ERR_INVAL, 0, "log indexes start at 1, cannot reset to 0");
+    s = &log->segs[0];
+    if (log->nsegs == 1 && s->first == next_index && s->count == 0 && s->size == RL_SEGMENT_HEADER)
+        return RL_OK; /* already there */
+    /* 1. Every segment but the oldest, newest first: each step is a suffix truncation. */
+    while (log->nsegs > 1) {
+        if ((rc = drop_last_segment(log)) != RL_OK) return rc;
+        dir_changed = 1;
+    }
+    if (log->fsync && dir_changed && rl__fsync(log->dirfd) < 0) return poison(log, errno, "fsync", ".");
+    s = &log->segs[0];
+    rl__segment_name(name, next_index);
+    if (s->first != next_index) {
+        from = rl__join(log->dir, s->name);
+        to = rl__join(log->dir, name);
+        if (!from || !to) {
+            free(from);
+            free(to);
+            return rl__fail(log, RL_ERR_NOMEM, ENOMEM, "out of memory");
+        }
+    }
+    /* 2. Cut the oldest to nothing: a zero-length only segment is a torn creation to recovery,
+     * which recreates it empty at the first index its name says. */
+    if (rl__ftruncate(s->fd, 0) < 0) {
+        e = errno;
+        free(from);
+        free(to);
+        return rl__fail(log, RL_ERR_IO, e, "cannot truncate %s/%s to reset the log: %s", log->dir,
+                        s->name, strerror(e));
+    }
+    s->count = 0;
+    s->size = 0;
+    s->dirty = 0;
+    if (log->fsync && rl__fdatasync(s->fd) < 0) {
+        e = errno;
+        free(from);
+        free(to);
+        return poison(log, e, "fdatasync", s->name);
+    }
+    /* 3. Rename it to next_index's name (durable before the header names the new index). */
+    if (from) {
+        if (rl__rename(from, to) < 0) {
+            e = errno;
+            log->poisoned = 1;
+            rl__fail(log, RL_ERR_IO, e, "cannot rename %s to %s to reset the log: %s; the log must "
+                     "be reopened", from, to, strerror(e));
+            free(from);
+            free(to);
+            return RL_ERR_IO;
+        }
+        free(from);
+        free(to);
+        memcpy(s->name, name, sizeof name);
+        s->first = next_index;
+        if (log->fsync && rl__fsync(log->dirfd) < 0) return poison(log, errno, "fsync", ".");
+    }
+    /* 4. The header. */
+    rl__encode_segment_header(hdr, next_index);
+    if (rl__pwrite_all(s->fd, hdr, sizeof hdr, 0) < 0) return poison(log, errno, "header write", s->name);
+    s->size = RL_SEGMENT_HEADER;
+    if (log->fsync && rl__fdatasync(s->fd) < 0) return poison(log, errno, "fdatasync", s->name);
+    return RL_OK;
 }
 
 /* The common tail of both append paths: `data` holds n checked records, indexes start..start+n-1. */

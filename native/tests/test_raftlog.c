@@ -606,6 +606,167 @@ done:
     remove_dir(dir);
 }
 
+static int count_segments(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    if (!d) return -1;
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (len == 24 && !strcmp(e->d_name + 20, ".seg")) n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/* After reset: exactly one segment, <next>.seg, header only. */
+static int is_reset_to(rl_log *log, const char *dir, uint64_t next) {
+    uint64_t t;
+    return rl_first_index(log) == next && rl_last_index(log) == next - 1 &&
+           rl_segment_count(log) == 1 && count_segments(dir) == 1 &&
+           file_size(seg_path(dir, next)) == 32 && rl_term_at(log, next, &t) == RL_ERR_RANGE &&
+           rl_term_at(log, next - 1, &t) == RL_ERR_RANGE;
+}
+
+static void test_reset(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 256);
+    uint64_t i, first, size;
+    CHECK(log);
+    for (i = 1; i <= 60; i++) CHECK_OK(log, append_range(log, i, 1, 1));
+    CHECK(rl_segment_count(log) > 3);
+    CHECK_OK(log, rl_compact_prefix(log, 20));
+    first = rl_first_index(log);
+    CHECK(first > 1 && first <= 21);
+    CHECK_RC(log, rl_reset(log, 0), RL_ERR_INVAL);
+    CHECK(rl_last_index(log) == 60);
+    /* Ahead of the log: the oldest segment is renamed. */
+    CHECK_OK(log, rl_reset(log, 1000));
+    CHECK(is_reset_to(log, dir, 1000));
+    CHECK_RC(log, append_range(log, 1001, 1, 2), RL_ERR_INVAL); /* gap */
+    CHECK_RC(log, append_range(log, 999, 1, 2), RL_ERR_INVAL);  /* before first */
+    CHECK_RC(log, rl_read_size(log, 999, 1000, &size), RL_ERR_RANGE);
+    CHECK_OK(log, rl_read_size(log, 1000, 1000, &size));
+    for (i = 1000; i < 1030; i++) CHECK_OK(log, append_range(log, i, 1, 2));
+    CHECK(rl_segment_count(log) > 1 && verify_range(log, 1000, 1030, 2));
+    CHECK_OK(log, rl_close(log));
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_recovery_count(log) == 0 && rl_first_index(log) == 1000 && rl_last_index(log) == 1029);
+    CHECK(verify_range(log, 1000, 1030, 2));
+    /* Inside the log, at a segment's first index (a name that exists), then below the log. */
+    i = rl_first_index(log) + 1;
+    while (file_size(seg_path(dir, i)) < 0) i++;
+    CHECK_OK(log, rl_reset(log, i));
+    CHECK(is_reset_to(log, dir, i));
+    CHECK_OK(log, rl_reset(log, 5));
+    CHECK(is_reset_to(log, dir, 5));
+    /* At the first index of the only segment: cut in place; again: nothing to do. */
+    CHECK_OK(log, append_range(log, 5, 3, 3));
+    CHECK_OK(log, rl_reset(log, 5));
+    CHECK(is_reset_to(log, dir, 5));
+    CHECK_OK(log, rl_reset(log, 5));
+    CHECK(is_reset_to(log, dir, 5));
+    /* An empty log ignores truncation and compaction. */
+    CHECK_OK(log, rl_truncate_suffix(log, 0));
+    CHECK_OK(log, rl_compact_prefix(log, 100));
+    CHECK(is_reset_to(log, dir, 5));
+    CHECK_OK(log, rl_sync(log));
+    CHECK_OK(log, rl_close(log));
+    /* A directory whose only segment is empty at N reopens as an empty log at N. */
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_recovery_count(log) == 0 && is_reset_to(log, dir, 5));
+    CHECK_OK(log, append_range(log, 5, 2, 4));
+    CHECK(verify_range(log, 5, 7, 4));
+done:
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_reset_faults(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 256);
+    rl_repair rep;
+    uint64_t i, first_end;
+    CHECK(log);
+    for (i = 1; i <= 40; i++) CHECK_OK(log, append_range(log, i, 1, 1));
+    CHECK(rl_segment_count(log) > 2);
+    /* Cutting the oldest fails: newer segments are gone, the oldest still holds its entries. */
+    rl_fault_set(RL_FAULT_TRUNCATE, 0, EIO, 1);
+    CHECK_RC(log, rl_reset(log, 100), RL_ERR_IO);
+    rl_fault_clear();
+    CHECK(rl_errno(log) == EIO && rl_segment_count(log) == 1 && count_segments(dir) == 1);
+    first_end = rl_last_index(log);
+    CHECK(rl_first_index(log) == 1 && first_end >= 1 && first_end < 40);
+    CHECK(verify_range(log, 1, first_end + 1, 1));
+    CHECK_OK(log, append_range(log, first_end + 1, 2, 1)); /* still usable */
+    CHECK_OK(log, rl_close(log));
+    /* The rename fails: poisoned; reopening finds a zero-length segment under the old name. */
+    log = open_log(dir, 256);
+    CHECK(log);
+    rl_fault_set(RL_FAULT_RENAME, 0, EIO, 1);
+    CHECK_RC(log, rl_reset(log, 100), RL_ERR_IO);
+    rl_fault_clear();
+    CHECK(rl_first_index(log) == 1 && rl_last_index(log) == 0);
+    CHECK_RC(log, append_range(log, 1, 1, 1), RL_ERR_STATE);
+    CHECK_RC(log, rl_reset(log, 100), RL_ERR_STATE);
+    rl_close(log);
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_recovery_count(log) == 1 && rl_recovery_get(log, 0, &rep) == RL_OK && rep.removed);
+    CHECK(is_reset_to(log, dir, 1));
+    CHECK_OK(log, append_range(log, 1, 20, 1));
+    /* The header write fails: poisoned; reopening completes the reset. */
+    rl_fault_set(RL_FAULT_WRITE, 0, ENOSPC, 1);
+    CHECK_RC(log, rl_reset(log, 100), RL_ERR_IO);
+    rl_fault_clear();
+    CHECK(rl_errno(log) == ENOSPC);
+    CHECK_RC(log, rl_sync(log), RL_ERR_STATE);
+    rl_close(log);
+    CHECK(file_size(seg_path(dir, 100)) == 0);
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_recovery_count(log) == 1 && is_reset_to(log, dir, 100));
+    /* A failed fsync after the cut poisons too. */
+    CHECK_OK(log, append_range(log, 100, 5, 1));
+    rl_fault_set(RL_FAULT_FSYNC, 0, EIO, 1);
+    CHECK_RC(log, rl_reset(log, 200), RL_ERR_IO);
+    rl_fault_clear();
+    CHECK_RC(log, rl_reset(log, 200), RL_ERR_STATE);
+done:
+    rl_fault_clear();
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_compact_keeps_last(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 128);
+    uint64_t i;
+    CHECK(log);
+    for (i = 1; i <= 30; i++) CHECK_OK(log, append_range(log, i, 1, 1));
+    CHECK(rl_segment_count(log) > 2);
+    CHECK_OK(log, rl_compact_prefix(log, 1000));
+    CHECK(rl_last_index(log) == 30 && rl_first_index(log) <= 30 && rl_segment_count(log) == 1);
+    CHECK(verify_range(log, rl_first_index(log), 31, 1));
+    /* A roll whose records fail to go in leaves an empty newest segment: the one before it
+     * (holding the last entry) still stays. */
+    i = rl_last_index(log);
+    rl_fault_set(RL_FAULT_WRITE, 1, ENOSPC, 1); /* the new segment's header, then the records */
+    CHECK_RC(log, append_range(log, i + 1, 20, 1), RL_ERR_IO);
+    rl_fault_clear();
+    CHECK(rl_last_index(log) == i && rl_segment_count(log) == 2);
+    CHECK(file_size(seg_path(dir, i + 1)) == 32);
+    CHECK_OK(log, rl_compact_prefix(log, 1000));
+    CHECK(rl_last_index(log) == i && rl_first_index(log) <= i);
+    CHECK(verify_range(log, rl_first_index(log), i + 1, 1));
+done:
+    rl_fault_clear();
+    rl_close(log);
+    remove_dir(dir);
+}
+
 /* ---- runner ----------------------------------------------------------------------------- */
 
 static const struct {
@@ -625,6 +786,9 @@ static const struct {
     {"batch_validation", test_batch_validation},
     {"recovery_large", test_recovery_large},
     {"hardstate", test_hardstate},
+    {"reset", test_reset},
+    {"reset_faults", test_reset_faults},
+    {"compact_keeps_last", test_compact_keeps_last},
 };
 
 int main(int argc, char **argv) {

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from engine.core import Message, MessageKind, RaftOptions, RawNode, Ready
-from engine.types import Entry, HardState, NodeId
+from engine.types import Entry, HardState, NodeId, SnapshotMeta
 
 
 @dataclass
@@ -21,16 +21,37 @@ class DurableState:
 
     hard_state: HardState = field(default_factory=HardState)
     entries: list[Entry] = field(default_factory=list)
+    snapshot: SnapshotMeta | None = None
+    #: the applied entries a snapshot stands for (the simulated state machine image)
+    snapshot_state: list[Entry] = field(default_factory=list)
 
-    def persist(self, rd: Ready) -> None:
+    @property
+    def first(self) -> int:
+        """Index of ``entries[0]``."""
+        return self.snapshot.index + 1 if self.snapshot else 1
+
+    def persist(self, rd: Ready, snapshot_state: list[Entry] | None = None) -> None:
+        if rd.snapshot is not None:
+            meta = rd.snapshot
+            keep = [e for e in self.entries if e.index > meta.index]
+            at = [e for e in self.entries if e.index == meta.index]
+            self.entries = keep if at and at[0].term == meta.term else []
+            self.snapshot = meta
+            self.snapshot_state = list(snapshot_state or [])
         if rd.entries:
             start = rd.entries[0].index
-            del self.entries[start - 1:]
-            if len(self.entries) != start - 1:
+            del self.entries[start - self.first:]
+            if len(self.entries) != start - self.first:
                 raise AssertionError(f"durable gap: have {len(self.entries)}, write at {start}")
             self.entries.extend(rd.entries)
         if rd.hard_state is not None:
             self.hard_state = rd.hard_state
+
+    def compact(self, meta: SnapshotMeta, state: list[Entry]) -> None:
+        """A local snapshot covering ``state`` (the applied entries up to meta.index)."""
+        self.entries = [e for e in self.entries if e.index > meta.index]
+        self.snapshot = meta
+        self.snapshot_state = list(state)
 
 
 class CoreNetwork:
@@ -55,6 +76,7 @@ class CoreNetwork:
         self.cut: set[tuple[NodeId, NodeId]] = set()
         self.sent: list[Message] = []
         self.read_states: dict[NodeId, list] = {i: [] for i in self.ids}
+        self.snapshot_states: dict[tuple[int, int], list[Entry]] = {}
         for i in self.ids:
             self._boot(i)
 
@@ -62,8 +84,18 @@ class CoreNetwork:
         disk = self.disks[node_id]
         self.nodes[node_id] = RawNode(
             node_id, self.ids, rng=random.Random(self.rng.random()), options=self.options,
-            hard_state=disk.hard_state, entries=list(disk.entries))
-        self.applied[node_id] = []
+            hard_state=disk.hard_state, entries=list(disk.entries), snapshot=disk.snapshot)
+        self.applied[node_id] = list(disk.snapshot_state)
+
+    def take_snapshot(self, node_id: NodeId) -> SnapshotMeta:
+        """Snapshot what ``node_id`` applied and compact its log (durably) behind it."""
+        applied = self.applied[node_id]
+        last = applied[-1]
+        meta = SnapshotMeta(last.index, last.term, tuple(self.ids))
+        self.disks[node_id].compact(meta, applied)
+        self.snapshot_states[(meta.index, meta.term)] = list(applied)
+        self.nodes[node_id].compact(meta, meta.index)
+        return meta
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -107,6 +139,9 @@ class CoreNetwork:
             return None
         rd = node.ready()
         self._post(rd.messages)
+        if rd.snapshot is not None:
+            self.applied[node_id] = list(
+                self.snapshot_states[(rd.snapshot.index, rd.snapshot.term)])
         self.applied[node_id].extend(rd.committed_entries)
         self.read_states[node_id].extend(rd.read_states)
         return rd
@@ -114,7 +149,10 @@ class CoreNetwork:
     def persist_ready(self, node_id: NodeId, rd: Ready) -> None:
         """Second half of ``process_ready``: the write is durable; send the after-persist
         messages and step the self-addressed ones back in with ``advance``."""
-        self.disks[node_id].persist(rd)
+        state = None
+        if rd.snapshot is not None:
+            state = self.snapshot_states[(rd.snapshot.index, rd.snapshot.term)]
+        self.disks[node_id].persist(rd, state)
         self._post([m for m in rd.messages_after_persist if m.dst != node_id])
         self.nodes[node_id].advance(rd)
 
@@ -150,9 +188,15 @@ class CoreNetwork:
                 self.queue.append(m)
 
     def deliver(self, m: Message) -> None:
+        """Step ``m`` into its destination.  A SNAPSHOT message stands for a whole completed
+        chunk transfer: the sender is told it succeeded (or failed, when the link is cut)."""
         if (m.src, m.dst) in self.cut:
+            if m.kind is MessageKind.SNAPSHOT:
+                self.nodes[m.src].report_snapshot(m.dst, ok=False)
             return
         self.nodes[m.dst].step(m)
+        if m.kind is MessageKind.SNAPSHOT:
+            self.nodes[m.src].report_snapshot(m.dst, ok=True)
 
     def stabilize(self, max_rounds: int = 100_000,
                   keep: Callable[[Message], bool] | None = None) -> None:

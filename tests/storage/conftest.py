@@ -8,6 +8,7 @@ the same directory (the memory store returns the same object, as a restarted nod
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,28 @@ def copy_dir(src: Path, dst: Path) -> None:
     """Replace ``dst`` with a copy of ``src``."""
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A 512 KiB tmpfs, unmounted afterwards."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot run mount ({exc}); RLIMIT_FSIZE and fault tests cover full disks")
+    if result.returncode != 0:
+        pytest.skip(
+            f"cannot mount a tmpfs ({result.stderr.strip()}); RLIMIT_FSIZE and fault-injection "
+            "tests cover full disks"
+        )
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)

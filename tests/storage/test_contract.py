@@ -157,12 +157,98 @@ def test_compact_prefix(log_factory):
     first = store.first_index()
     assert 1 <= first <= 101
     check_log(store, make_entries(first, 300))
-    store.compact_prefix(10_000)  # past the end
-    assert store.first_index() <= 300
-    last = store.last_index()
-    assert last == 299 or store.first_index() == last + 1
-    store.append(make_entries(last + 1, last + 5))
-    check_log(store, make_entries(store.first_index(), last + 5))
+    store.compact_prefix(10_000)  # past the end: the last entry always stays
+    assert store.last_index() == 299
+    assert store.first_index() <= 299
+    if log_factory.impl == "memory":
+        assert store.first_index() == 299
+    check_log(store, make_entries(store.first_index(), 300))
+    store.append(make_entries(300, 305))
+    check_log(store, make_entries(store.first_index(), 305))
+
+
+def test_compact_prefix_keeps_the_last_entry(log_factory):
+    store = log_factory()
+    store.compact_prefix(5)  # empty: nothing to do
+    assert (store.first_index(), store.last_index()) == (1, 0)
+    store.append(make_entries(1, 2))
+    store.compact_prefix(1)
+    check_log(store, make_entries(1, 2))
+    store.append(make_entries(2, 120))
+    for index in (119, 200, 2**63):
+        store.compact_prefix(index)
+        assert store.last_index() == 119 and store.first_index() <= 119
+    store.truncate_suffix(store.first_index())  # only truncation (or reset) empties it
+    first = store.first_index()
+    assert store.last_index() == first - 1
+    store.compact_prefix(10_000)
+    assert (store.first_index(), store.last_index()) == (first, first - 1)
+
+
+@pytest.mark.parametrize("where", ["ahead", "inside", "at-first", "behind", "one"])
+def test_reset(log_factory, where):
+    store = log_factory()
+    store.append(make_entries(1, 200, term=2))
+    store.compact_prefix(60)
+    first = store.first_index()
+    next_index = {"ahead": 1000, "inside": 150, "at-first": first, "behind": first // 2 + 1,
+                  "one": 1}[where]
+    store.reset(next_index)
+    assert store.first_index() == next_index
+    assert store.last_index() == next_index - 1
+    assert store.entries(next_index, next_index) == []
+    for index in (next_index - 1, next_index, 150):
+        with pytest.raises(IndexError):
+            store.term_at(index)
+    with pytest.raises(IndexError):
+        store.entries(next_index - 1, next_index)
+    with pytest.raises(ValueError):
+        store.append(make_entries(next_index + 1, next_index + 3))  # a gap
+    if next_index > 1:
+        with pytest.raises(ValueError):
+            store.append(make_entries(next_index - 1, next_index + 1))  # before the first index
+    # An empty log ignores truncation and compaction.
+    store.truncate_suffix(0)
+    store.compact_prefix(next_index + 100)
+    assert (store.first_index(), store.last_index()) == (next_index, next_index - 1)
+    entries = make_entries(next_index, next_index + 80, term=5)
+    for k in range(0, 80, 8):  # small appends: the disk stores roll segments
+        store.append(entries[k:k + 8])
+    check_log(store, entries)
+    store.sync()
+    store.close()
+    again = log_factory()
+    check_log(again, entries)
+
+
+def test_reset_survives_reopen_and_repeats(log_factory):
+    store = log_factory()
+    store.append(make_entries(1, 50))
+    store.reset(77)
+    store.reset(77)  # again: nothing to do
+    store.sync()
+    store.close()
+    again = log_factory()
+    assert (again.first_index(), again.last_index()) == (77, 76)
+    if log_factory.impl != "memory":
+        assert again.recovery_report == ()
+    again.append(make_entries(77, 80, term=3))
+    again.reset(78)
+    again.append(make_entries(78, 79, term=4))
+    check_log(again, make_entries(78, 79, term=4))
+
+
+def test_reset_rejects_bad_indexes(log_factory):
+    store = log_factory()
+    store.append(make_entries(1, 10))
+    for bad in (0, -1, 2**64, 1.5, "3"):
+        with pytest.raises(ValueError):
+            store.reset(bad)
+    check_log(store, make_entries(1, 10))
+    store.reset(2**63)  # large but fine
+    assert store.first_index() == 2**63
+    store.append([Entry(2**63, 1, 0, b"x")])
+    assert store.term_at(2**63) == 1
 
 
 def test_sync_and_close_are_safe(log_factory):

@@ -34,31 +34,6 @@ def big_entries(lo: int, n: int, size: int = 1024) -> list[Entry]:
     return [Entry(i, 1, 0, bytes([i & 0xFF]) * size) for i in range(lo, lo + n)]
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path):
-    """A 512 KiB tmpfs, unmounted afterwards."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    try:
-        result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot run mount ({exc}); RLIMIT_FSIZE and fault tests cover full disks")
-    if result.returncode != 0:
-        pytest.skip(
-            f"cannot mount a tmpfs ({result.stderr.strip()}); RLIMIT_FSIZE and fault-injection "
-            "tests cover full disks"
-        )
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
-
-
 @pytest.mark.parametrize("impl", DISK_IMPLS)
 def test_tmpfs_full(impl, small_fs):
     directory = small_fs / "log"

@@ -1,6 +1,7 @@
-"""Stateful property test: a disk log store agrees with a list model under any sequence of
-append / append_encoded / truncate / compact / sync / close+reopen, for the native and the
-pure-Python store.  Tiny segments make rolls, multi-segment reads and compaction frequent.
+"""Stateful property test: a log store agrees with a list model under any sequence of
+append / append_encoded / truncate / compact / reset / sync / close+reopen, for the native and
+the pure-Python store (and the memory store, without the encoded path).  Tiny segments make
+rolls, multi-segment reads and compaction frequent.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from engine.codec import encode_entries
+from engine.storage.memory import MemoryLogStore
 from engine.types import Entry
 
 from .conftest import native_mod, open_log
@@ -35,10 +37,16 @@ class LogModel(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="raftlog-sm-")
         self.segment_size = 160
-        self.store = open_log(self.impl, self.dir, segment_size=self.segment_size)
+        self.memory = MemoryLogStore()
+        self.store = self._open()
         self.first = 1
         self.log: list[Entry] = []
         self.term = 1
+
+    def _open(self):
+        if self.impl == "memory":
+            return self.memory
+        return open_log(self.impl, self.dir, segment_size=self.segment_size)
 
     @property
     def last(self) -> int:
@@ -66,6 +74,7 @@ class LogModel(RuleBasedStateMachine):
         self.store.append(batch)
         self._apply(batch)
 
+    @precondition(lambda self: self.impl != "memory")
     @rule(data=st.data())
     def append_encoded(self, data: st.DataObject) -> None:
         batch = self._batch(data)
@@ -83,9 +92,23 @@ class LogModel(RuleBasedStateMachine):
         index = data.draw(st.integers(self.first - 1, self.last + 1), label="index")
         self.store.compact_prefix(index)
         new_first = self.store.first_index()
-        assert self.first <= new_first <= max(index + 1, self.first)
+        # Never past index + 1, and never the last entry.
+        bound = max(self.first, min(index + 1, self.last)) if self.log else self.first
+        assert self.first <= new_first <= bound
+        if self.impl == "memory":
+            assert new_first == bound
         del self.log[:new_first - self.first]
         self.first = new_first
+
+    @rule(data=st.data())
+    def reset(self, data: st.DataObject) -> None:
+        next_index = data.draw(st.one_of(
+            st.integers(1, self.last + 3),  # inside, at or just past the log
+            st.integers(self.last + 4, self.last + 200),  # ahead (a snapshot far ahead)
+        ), label="next_index")
+        self.store.reset(next_index)
+        self.first = next_index
+        self.log = []
 
     @rule()
     def sync(self) -> None:
@@ -94,8 +117,8 @@ class LogModel(RuleBasedStateMachine):
     @rule()
     def reopen(self) -> None:
         self.store.close()
-        self.store = open_log(self.impl, self.dir, segment_size=self.segment_size)
-        assert self.store.recovery_report == ()
+        self.store = self._open()
+        assert getattr(self.store, "recovery_report", ()) == ()
 
     @precondition(lambda self: self.log)
     @rule(data=st.data())
@@ -125,6 +148,10 @@ class NativeLogModel(LogModel):
     impl = "native"
 
 
+class MemoryLogModel(LogModel):
+    impl = "memory"
+
+
 TestFileLogModel = FileLogModel.TestCase
 TestFileLogModel.settings = SETTINGS
 
@@ -132,3 +159,6 @@ TestNativeLogModel = pytest.mark.skipif(native_mod is None, reason="native modul
     NativeLogModel.TestCase
 )
 TestNativeLogModel.settings = SETTINGS
+
+TestMemoryLogModel = MemoryLogModel.TestCase
+TestMemoryLogModel.settings = settings(SETTINGS, max_examples=40)

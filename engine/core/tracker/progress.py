@@ -13,7 +13,8 @@ class Progress:
     Invariant: ``match < next``.  ``match`` only grows while one leader term lasts.
     """
 
-    __slots__ = ("inflights", "match", "next", "probe_sent", "recent_active", "state")
+    __slots__ = ("inflights", "match", "next", "pending_snapshot", "probe_sent", "recent_active",
+                 "state")
 
     def __init__(self, next_index: Index, max_inflight: int, match: Index = 0) -> None:
         self.match: Index = match  #: highest index known to be replicated on the peer
@@ -22,6 +23,7 @@ class Progress:
         self.probe_sent = False  #: PROBE only: an append is out and unanswered
         self.recent_active = False  #: heard from within the current CheckQuorum period
         self.inflights = Inflights(max_inflight)
+        self.pending_snapshot: Index = 0  #: SNAPSHOT only: index of the snapshot being sent
 
     def __repr__(self) -> str:
         return (f"Progress(state={self.state.value}, match={self.match}, next={self.next}, "
@@ -40,6 +42,13 @@ class Progress:
         """Start streaming: the log is known to match up to ``match``."""
         self.state = ProgressState.REPLICATE
         self.next = self.match + 1
+        self.probe_sent = False
+        self.inflights.reset()
+
+    def become_snapshot(self, snapshot_index: Index) -> None:
+        """Stop appending: the peer needs the snapshot ending at ``snapshot_index``."""
+        self.state = ProgressState.SNAPSHOT
+        self.pending_snapshot = snapshot_index
         self.probe_sent = False
         self.inflights.reset()
 

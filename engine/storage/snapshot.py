@@ -1,0 +1,551 @@
+"""Snapshots: their one binary format, and the stores that keep them.
+
+A snapshot is the state machine's bytes at a log index, plus the index, the term of the entry at
+that index and the voters of the configuration there (:class:`SnapshotMeta`, defined in
+:mod:`engine.types` and re-exported here with the :class:`SnapshotStore` protocol).  The
+encoded form (:func:`encode_snapshot` / :func:`decode_snapshot`) is at once the file on disk and
+what a leader streams to a follower in InstallSnapshot chunks: the follower joins the chunks and
+hands them to ``save_encoded``, which checks them before storing them unchanged.
+
+Format (little-endian, all integers unsigned)::
+
+    offset size  field
+    0      8     magic        b"RAFTSNP\\0"
+    8      4     version      1
+    12     4     crc32c       CRC32C of every byte after this field, [16, end)
+    16     8     index        log index of the last entry the snapshot includes
+    24     8     term         term of that entry
+    32     4     voters_len   bytes of the voters block
+    36     8     data_len     bytes of the state machine data
+    44     v     voters       per voter: 4-byte length, then that many bytes of UTF-8
+    44+v   d     data
+
+The length of the whole is exactly ``44 + voters_len + data_len``; anything else (cut short,
+trailing bytes) is corrupt.
+
+Files of :class:`FileSnapshotStore`, in its own directory (``<data dir>/snapshots``, see
+:func:`engine.storage.open.open_snapshot_store`)::
+
+    snapshot-<term:016x>-<index:016x>.snap   one snapshot each
+    snapshot-*.tmp                           a save in progress; deleted when the store opens
+
+"Newest" means the highest ``(index, term)``: snapshots of one history only move forward, and a
+higher index is a later state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import struct
+import tempfile
+import threading
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from engine import codec
+from engine.errors import StorageError
+from engine.storage.base import SnapshotStore
+from engine.storage.filestore import _pwrite_all, storage_error
+from engine.types import SnapshotMeta
+
+__all__ = [
+    "CorruptSnapshotError",
+    "FileSnapshotStore",
+    "MemorySnapshotStore",
+    "SnapshotMeta",
+    "SnapshotStore",
+    "decode_snapshot",
+    "encode_snapshot",
+    "snapshot_file_name",
+]
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_MAGIC = b"RAFTSNP\0"
+SNAPSHOT_VERSION = 1
+SNAPSHOT_HEADER = struct.Struct("<8sIIQQIQ")  # magic, version, crc, index, term, voters, data
+SNAPSHOT_HEADER_SIZE = SNAPSHOT_HEADER.size  # 44
+CRC_START = 16  # the CRC covers [CRC_START, end)
+_VOTER_LEN = struct.Struct("<I")
+_U64 = 1 << 64
+_NAME = re.compile(r"^snapshot-([0-9a-f]{16})-([0-9a-f]{16})\.snap$")
+_TMP = re.compile(r"^snapshot-.*\.tmp$")
+_CHUNK = 1 << 20
+
+
+class CorruptSnapshotError(StorageError):
+    """Bytes that are not a valid encoded snapshot (cut short, bad magic, version or CRC).
+
+    ``reason`` says what is wrong (the message also names the file, when there is one).  Raised
+    by :func:`decode_snapshot` and ``save_encoded`` (nothing was stored); stores skip such files
+    in ``latest()`` with a logged warning.
+    """
+
+    def __init__(self, reason: str, where: str | None = None) -> None:
+        self.reason = reason
+        self.where = where
+        super().__init__(f"corrupt snapshot {where}: {reason}" if where else
+                         f"corrupt snapshot: {reason}")
+
+
+# --- the format -----------------------------------------------------------------------------
+
+
+def _encode_voters(voters: Iterable[str]) -> bytes:
+    parts = []
+    for voter in voters:
+        try:
+            raw = voter.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"voter {voter!r} is not encodable as UTF-8: {exc}") from None
+        parts.append(_VOTER_LEN.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def _decode_voters(block: memoryview | bytes) -> tuple[str, ...]:
+    voters = []
+    at, end = 0, len(block)
+    while at < end:
+        if end - at < _VOTER_LEN.size:
+            raise CorruptSnapshotError(f"voter length cut short at offset {44 + at}")
+        (n,) = _VOTER_LEN.unpack_from(block, at)
+        at += _VOTER_LEN.size
+        if n > end - at:
+            raise CorruptSnapshotError(
+                f"voter at offset {44 + at - 4} claims {n} bytes past the voters block")
+        try:
+            voters.append(bytes(block[at:at + n]).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise CorruptSnapshotError(f"voter at offset {44 + at - 4} is not UTF-8") from None
+        at += n
+    return tuple(voters)
+
+
+def _header(meta: SnapshotMeta, voters: bytes, data_len: int, crc: int) -> bytes:
+    return SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, crc, meta.index, meta.term,
+                                len(voters), data_len)
+
+
+def _check_meta(meta: SnapshotMeta) -> bytes:
+    """The encoded voters of a meta that fits the format.
+
+    Raises:
+        TypeError: ``meta`` is not a SnapshotMeta.
+        ValueError: ``index``/``term`` not an int in ``[0, 2**64)``, ``voters`` not a tuple or
+            list of strings, or a voter not encodable as UTF-8.
+    """
+    if not isinstance(meta, SnapshotMeta):
+        raise TypeError(f"meta must be a SnapshotMeta, not {type(meta).__name__}")
+    for name in ("index", "term"):
+        value = getattr(meta, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < _U64:
+            raise ValueError(f"SnapshotMeta.{name}={value!r} must be an int in [0, 2**64)")
+    if not isinstance(meta.voters, tuple | list) or not all(
+            isinstance(v, str) for v in meta.voters):
+        raise ValueError(f"SnapshotMeta.voters={meta.voters!r} must be a tuple of strings")
+    voters = _encode_voters(meta.voters)
+    if len(voters) >= 1 << 32:
+        raise ValueError("the voters do not fit in 4 GiB")
+    return voters
+
+
+def _encode_parts(meta: SnapshotMeta, data: bytes | bytearray | memoryview) -> list:
+    """``[header, voters, data]``: the encoded snapshot in pieces (data is not copied)."""
+    voters = _check_meta(meta)
+    view = memoryview(data).cast("B")
+    body = _header(meta, voters, len(view), 0)[CRC_START:]
+    crc = codec.crc32c(view, codec.crc32c(voters, codec.crc32c(body)))
+    return [_header(meta, voters, len(view), crc), voters, view]
+
+
+def encode_snapshot(meta: SnapshotMeta, data: bytes | bytearray | memoryview) -> bytes:
+    """The encoded snapshot (the file contents and the InstallSnapshot stream).
+
+    Raises:
+        TypeError: ``meta`` is not a SnapshotMeta or ``data`` is not bytes-like.
+        ValueError: a field does not fit the format (see the module docstring).
+    """
+    return b"".join(_encode_parts(meta, data))
+
+
+def _check_header(head: bytes | memoryview, total: int) -> tuple[int, int, int, int, int]:
+    """``(crc, index, term, voters_len, data_len)`` of a header whose whole is ``total`` bytes.
+
+    Raises:
+        CorruptSnapshotError: cut short, bad magic or version, lengths that disagree.
+    """
+    if total < SNAPSHOT_HEADER_SIZE or len(head) < SNAPSHOT_HEADER_SIZE:
+        raise CorruptSnapshotError(
+            f"{min(total, len(head))} bytes, shorter than the {SNAPSHOT_HEADER_SIZE}-byte header")
+    magic, version, crc, index, term, vlen, dlen = SNAPSHOT_HEADER.unpack_from(head)
+    if magic != SNAPSHOT_MAGIC:
+        raise CorruptSnapshotError("bad magic at offset 0")
+    if version != SNAPSHOT_VERSION:
+        raise CorruptSnapshotError(f"unsupported format version {version} at offset 8")
+    want = SNAPSHOT_HEADER_SIZE + vlen + dlen
+    if want != total:
+        raise CorruptSnapshotError(
+            f"{total} bytes, but the header (voters {vlen}, data {dlen} bytes) says {want}")
+    return crc, index, term, vlen, dlen
+
+
+def _verify(view: memoryview) -> tuple[SnapshotMeta, int]:
+    """The meta of a whole encoded snapshot and the offset of its data; every check done."""
+    crc, index, term, vlen, _ = _check_header(view, len(view))
+    got = codec.crc32c(view[CRC_START:])
+    if got != crc:
+        raise CorruptSnapshotError(f"CRC mismatch (stored {crc:#010x}, computed {got:#010x})")
+    start = SNAPSHOT_HEADER_SIZE + vlen
+    voters = _decode_voters(view[SNAPSHOT_HEADER_SIZE:start])
+    return SnapshotMeta(index, term, voters), start
+
+
+def decode_snapshot(buf: bytes | bytearray | memoryview) -> tuple[SnapshotMeta, bytes]:
+    """Check and split an encoded snapshot.
+
+    Raises:
+        CorruptSnapshotError: anything wrong with the bytes (``.reason`` says what); never
+            returns data that does not match its CRC.
+        TypeError: ``buf`` is not bytes-like.
+    """
+    view = memoryview(buf).cast("B")
+    meta, start = _verify(view)
+    return meta, bytes(view[start:])
+
+
+def snapshot_file_name(meta: SnapshotMeta) -> str:
+    """``snapshot-<term:016x>-<index:016x>.snap``."""
+    return f"snapshot-{meta.term:016x}-{meta.index:016x}.snap"
+
+
+def _parse_name(name: str) -> tuple[int, int] | None:
+    """``(index, term)`` of a snapshot file name, else None."""
+    m = _NAME.match(name)
+    return (int(m.group(2), 16), int(m.group(1), 16)) if m else None
+
+
+def _newer(a: SnapshotMeta, b: SnapshotMeta) -> bool:
+    return (a.index, a.term) > (b.index, b.term)
+
+
+# --- stores ---------------------------------------------------------------------------------
+
+
+class MemorySnapshotStore:
+    """A :class:`~engine.storage.base.SnapshotStore` in memory, for tests and ``data_dir=None``.
+
+    Keeps only the newest snapshot.  Like the memory log store it models a disk whose writes are
+    durable at once, and :meth:`close` keeps the snapshot, so a node restarted with the same
+    object (as ``LocalCluster`` does with its memory stores) finds it.  Every method takes one
+    lock, so any thread may call it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: tuple[SnapshotMeta, bytes] | None = None  # guarded by self._lock
+
+    def _put(self, meta: SnapshotMeta, data: bytes) -> None:
+        with self._lock:
+            if self._latest is not None and _newer(self._latest[0], meta):
+                logger.warning("saved snapshot at index %d term %d is older than the stored "
+                               "one at index %d; latest() keeps returning that one",
+                               meta.index, meta.term, self._latest[0].index)
+                return
+            self._latest = (meta, data)
+
+    def save(self, meta: SnapshotMeta, data: bytes | bytearray | memoryview) -> None:
+        """Store a snapshot (replaces an older one).
+
+        Raises:
+            TypeError, ValueError: as :func:`encode_snapshot`.
+        """
+        _check_meta(meta)  # the same errors as the file store
+        self._put(meta, bytes(memoryview(data).cast("B")))
+
+    def save_encoded(self, buf: bytes | bytearray | memoryview) -> SnapshotMeta:
+        """Check an encoded snapshot (e.g. the joined InstallSnapshot chunks) and store it.
+
+        Raises:
+            CorruptSnapshotError: the bytes are not a valid snapshot; nothing was stored.
+        """
+        meta, data = decode_snapshot(buf)
+        self._put(meta, data)
+        return meta
+
+    def latest(self) -> tuple[SnapshotMeta, bytes] | None:
+        """The newest snapshot, or None."""
+        with self._lock:
+            return self._latest
+
+    def open_latest(self) -> tuple[SnapshotMeta, BinaryIO] | None:
+        """The newest snapshot's meta and its encoded bytes as a binary stream, or None."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        return latest[0], io.BytesIO(encode_snapshot(*latest))
+
+    def close(self) -> None:
+        """Nothing to release; the snapshot stays for a restarted node."""
+
+
+class FileSnapshotStore:
+    """A :class:`~engine.storage.base.SnapshotStore` of files in ``directory`` (format: module
+    docstring).
+
+    ``save`` writes a temporary file in the same directory, fsyncs it, renames it to its final
+    name and fsyncs the directory; it then deletes all but the newest ``keep`` snapshots (those
+    deletions are not flushed: an old snapshot that comes back after a crash is harmless).  With
+    ``fsync=False`` nothing is flushed.  Leftover temporary files are deleted when the store
+    opens.
+
+    ``latest`` reads newest first and skips, with a logged warning, a file that fails any
+    check (CRC, length, header, or a header that disagrees with the file name), so a damaged
+    newest snapshot falls back to the one before.  That older snapshot only helps if the log
+    still holds the entries after it: compact the log no further than the oldest kept
+    snapshot, or treat ``log.first_index() > meta.index + 1`` as needing a snapshot from the
+    leader.  Corrupt files are left in place (for inspection) until pruned by later saves.
+
+    Threading: saves are serialized by a lock; reads take no lock and work on an open file
+    descriptor, so a prune during a read (or during streaming from :meth:`open_latest`) does not
+    disturb it.
+
+    Raises (constructor):
+        ValueError: ``keep < 1``.
+        StorageError: the directory cannot be created or listed.
+    """
+
+    def __init__(self, directory: str, *, fsync: bool = True, keep: int = 2) -> None:
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep={keep!r} must be an int >= 1")
+        self.directory = os.fspath(directory)
+        self._fsync = bool(fsync)
+        self._keep = keep
+        self._lock = threading.Lock()
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            self._dirfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot open snapshot directory {self.directory}") from exc
+        try:
+            names = os.listdir(self.directory)
+        except OSError as exc:
+            self.close()
+            raise storage_error(exc, f"cannot list {self.directory}") from exc
+        for name in names:
+            if _TMP.match(name):
+                path = os.path.join(self.directory, name)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    logger.warning("cannot remove the leftover snapshot temp file %s: %s",
+                                   path, exc)
+                else:
+                    logger.info("removed the leftover snapshot temp file %s", path)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._dirfd < 0:
+            raise StorageError(f"snapshot store {self.directory} is closed")
+
+    def _candidates(self) -> list[tuple[tuple[int, int], str]]:
+        """``((index, term), name)`` of every snapshot file, newest first."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot list {self.directory}") from exc
+        found = [(key, name) for name in names if (key := _parse_name(name)) is not None]
+        found.sort(reverse=True)
+        return found
+
+    def _write(self, meta: SnapshotMeta, parts: list) -> None:
+        """Store the encoded snapshot given in pieces under its name, then prune."""
+        with self._lock:
+            self._check_open()
+            final = os.path.join(self.directory, snapshot_file_name(meta))
+            try:
+                fd, tmp = tempfile.mkstemp(prefix="snapshot-", suffix=".tmp", dir=self.directory)
+            except OSError as exc:
+                raise storage_error(exc, f"cannot create a snapshot file in {self.directory}"
+                                    ) from exc
+            try:
+                try:
+                    at = 0
+                    for part in parts:
+                        _pwrite_all(fd, part, at)
+                        at += len(part)
+                    if self._fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, final)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise storage_error(exc, f"cannot save snapshot {final}") from exc
+            if self._fsync:
+                try:
+                    os.fsync(self._dirfd)
+                except OSError as exc:
+                    raise storage_error(
+                        exc, f"fsync of {self.directory} after saving {final} (it may not be "
+                        "durable)") from exc
+            self._prune(meta)
+
+    def _prune(self, saved: SnapshotMeta) -> None:
+        candidates = self._candidates()
+        key = (saved.index, saved.term)
+        if candidates and candidates[0][0] != key:
+            pruned = key not in {k for k, _ in candidates[:self._keep]}
+            logger.warning(
+                "saved snapshot at index %d term %d is older than %s in %s; latest() returns "
+                "that one%s", saved.index, saved.term, candidates[0][1], self.directory,
+                " and the new one was pruned at once" if pruned else "")
+        for _, name in candidates[self._keep:]:
+            path = os.path.join(self.directory, name)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.warning("cannot remove old snapshot %s: %s", path, exc)
+
+    def _open_valid(self, name: str, key: tuple[int, int], whole: bool
+                    ) -> tuple[SnapshotMeta, BinaryIO, bytes | None] | None:
+        """Open and check one snapshot file: ``(meta, file, data or None)``, or None when it
+        is gone or corrupt (warned).  ``whole`` reads it all into memory and returns the data.
+        """
+        path = os.path.join(self.directory, name)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - returned open to the caller
+        except FileNotFoundError:
+            return None  # pruned meanwhile
+        except OSError as exc:
+            raise storage_error(exc, f"cannot open {path}") from exc
+        try:
+            meta, data = self._check_file(f, path, whole)
+            if (meta.index, meta.term) != key:
+                raise CorruptSnapshotError(
+                    f"the header says index {meta.index} term {meta.term}, the name says "
+                    f"index {key[0]} term {key[1]}", path)
+        except CorruptSnapshotError as exc:
+            f.close()
+            logger.warning("skipping %s; using an older snapshot if there is one", exc)
+            return None
+        except BaseException:
+            f.close()
+            raise
+        return meta, f, data
+
+    @staticmethod
+    def _check_file(f: BinaryIO, path: str, whole: bool) -> tuple[SnapshotMeta, bytes | None]:
+        try:
+            if whole:
+                buf = f.read()
+                try:
+                    meta, data = decode_snapshot(buf)
+                except CorruptSnapshotError as exc:
+                    raise CorruptSnapshotError(exc.reason, path) from None
+                return meta, data
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(SNAPSHOT_HEADER_SIZE)
+            try:
+                crc, index, term, vlen, _ = _check_header(head, size)
+            except CorruptSnapshotError as exc:
+                raise CorruptSnapshotError(exc.reason, path) from None
+            voters_raw = f.read(vlen)
+            got = codec.crc32c(voters_raw, codec.crc32c(head[CRC_START:]))
+            left = size - SNAPSHOT_HEADER_SIZE - vlen
+            while left > 0:
+                chunk = f.read(min(_CHUNK, left))
+                if not chunk:
+                    raise CorruptSnapshotError("file shrank while being read", path)
+                got = codec.crc32c(chunk, got)
+                left -= len(chunk)
+            if got != crc:
+                raise CorruptSnapshotError(
+                    f"CRC mismatch (stored {crc:#010x}, computed {got:#010x})", path)
+            try:
+                voters = _decode_voters(voters_raw)
+            except CorruptSnapshotError as exc:
+                raise CorruptSnapshotError(exc.reason, path) from None
+            f.seek(0)
+            return SnapshotMeta(index, term, voters), None
+        except OSError as exc:
+            raise storage_error(exc, f"cannot read {path}") from exc
+
+    # --- SnapshotStore ---------------------------------------------------------------------
+
+    def save(self, meta: SnapshotMeta, data: bytes | bytearray | memoryview) -> None:
+        """Store a snapshot; durable when this returns (if fsync is on).
+
+        Raises:
+            TypeError, ValueError: as :func:`encode_snapshot`.
+            StorageError: the write failed (e.g. disk full, with ``.errno``); the previous
+                snapshots are untouched and no temporary file is left.
+        """
+        self._write(meta, _encode_parts(meta, data))
+
+    def save_encoded(self, buf: bytes | bytearray | memoryview) -> SnapshotMeta:
+        """Check an encoded snapshot (e.g. the joined InstallSnapshot chunks), then store it
+        byte for byte; durable when this returns (if fsync is on).  Returns its meta.
+
+        Raises:
+            CorruptSnapshotError: the bytes are not a valid snapshot; nothing was stored.
+            StorageError: the write failed; as :meth:`save`.
+        """
+        view = memoryview(buf).cast("B")
+        meta, _ = _verify(view)
+        self._write(meta, [view])
+        return meta
+
+    def latest(self) -> tuple[SnapshotMeta, bytes] | None:
+        """The newest valid snapshot and its data, or None when there is none.
+
+        Raises:
+            StorageError: a snapshot file exists but cannot be read (an I/O error, not
+                corruption: that is skipped with a warning).
+        """
+        self._check_open()
+        for key, name in self._candidates():
+            got = self._open_valid(name, key, whole=True)
+            if got is not None:
+                meta, f, data = got
+                f.close()
+                assert data is not None
+                return meta, data
+        return None
+
+    def open_latest(self) -> tuple[SnapshotMeta, BinaryIO] | None:
+        """The newest valid snapshot's meta and its file, open for reading the encoded bytes
+        from the start (to stream them to a follower); the caller closes it.  None when there
+        is no valid snapshot.  The file was checked end to end first, in 1 MiB reads.
+
+        Raises:
+            StorageError: as :meth:`latest`.
+        """
+        self._check_open()
+        for key, name in self._candidates():
+            got = self._open_valid(name, key, whole=False)
+            if got is not None:
+                return got[0], got[1]
+        return None
+
+    def close(self) -> None:
+        """Release the directory handle.  Idempotent."""
+        if getattr(self, "_dirfd", -1) >= 0:
+            os.close(self._dirfd)
+            self._dirfd = -1
+
+    def __enter__(self) -> FileSnapshotStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,486 @@
+"""Snapshot format and stores (engine/storage/snapshot.py).
+
+Round trips, "newest wins", pruning, corrupt files skipped with a warning (never wrong data),
+leftover temp files, full disks (tmpfs, RLIMIT_FSIZE, monkeypatched ``os``), and a property test
+that decoding random or damaged bytes raises only CorruptSnapshotError.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import codec
+from engine.errors import StorageError
+from engine.storage import snapshot as snapmod
+from engine.storage.base import SnapshotStore
+from engine.storage.open import open_snapshot_store
+from engine.storage.snapshot import (
+    SNAPSHOT_HEADER_SIZE,
+    CorruptSnapshotError,
+    FileSnapshotStore,
+    MemorySnapshotStore,
+    SnapshotMeta,
+    decode_snapshot,
+    encode_snapshot,
+    snapshot_file_name,
+)
+
+from .conftest import use_pure_codec
+
+ROOT = Path(__file__).resolve().parents[2]
+META = SnapshotMeta(index=42, term=7, voters=("n1", "n2", "nœud-3"))
+DATA = bytes(range(256)) * 40
+
+
+def meta_at(index: int, term: int = 1) -> SnapshotMeta:
+    return SnapshotMeta(index=index, term=term, voters=("a", "b", "c"))
+
+
+def data_at(index: int) -> bytes:
+    return f"state at {index}|".encode() * (index % 17 + 1)
+
+
+def snap_files(directory: Path) -> list[str]:
+    return sorted(p for p in os.listdir(directory) if p.endswith(".snap"))
+
+
+@pytest.fixture(params=["memory", "file"])
+def store_factory(request, tmp_path):
+    """``open()`` for each snapshot store, reopening the same place (memory: the same object)."""
+    memory = MemorySnapshotStore()
+    opened = []
+
+    def factory(**kwargs):
+        store = memory if request.param == "memory" else FileSnapshotStore(
+            str(tmp_path / "snaps"), fsync=False, **kwargs)
+        opened.append(store)
+        return store
+
+    factory.impl = request.param
+    yield factory
+    for store in opened:
+        store.close()
+
+
+# --- format ---------------------------------------------------------------------------------
+
+
+def test_format_layout():
+    buf = encode_snapshot(META, DATA)
+    voters = b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in META.voters)
+    assert buf[:8] == b"RAFTSNP\0"
+    assert struct.unpack_from("<IIQQIQ", buf, 8) == (
+        1, codec.crc32c(buf[16:]), 42, 7, len(voters), len(DATA))
+    assert buf[44:44 + len(voters)] == voters
+    assert buf[44 + len(voters):] == DATA
+    assert len(buf) == SNAPSHOT_HEADER_SIZE + len(voters) + len(DATA)
+    assert decode_snapshot(buf) == (META, DATA)
+    assert decode_snapshot(bytearray(buf)) == (META, DATA)
+    assert decode_snapshot(memoryview(buf)) == (META, DATA)
+
+
+def test_format_edge_values():
+    for meta, data in [
+        (SnapshotMeta(0, 0, ()), b""),
+        (SnapshotMeta(2**64 - 1, 2**64 - 1, ("",)), b"\0"),
+        (SnapshotMeta(5, 1, ("x" * 5000, "y")), bytes(70_000)),
+    ]:
+        assert decode_snapshot(encode_snapshot(meta, data)) == (meta, data)
+
+
+def test_pure_python_crc_reads_native_bytes(monkeypatch):
+    buf = encode_snapshot(META, DATA[:3000])
+    use_pure_codec(monkeypatch)
+    assert decode_snapshot(buf) == (META, DATA[:3000])
+    assert encode_snapshot(META, DATA[:3000]) == buf
+
+
+@pytest.mark.parametrize(("meta", "exc"), [
+    (SnapshotMeta(-1, 1, ()), ValueError),
+    (SnapshotMeta(1, 2**64, ()), ValueError),
+    (SnapshotMeta(True, 1, ()), ValueError),
+    (SnapshotMeta(1, 1, "abc"), ValueError),
+    (SnapshotMeta(1, 1, ("a", 3)), ValueError),
+    (SnapshotMeta(1, 1, ("\ud800",)), ValueError),
+    ((1, 1, ()), TypeError),
+])
+def test_unencodable_meta_is_rejected(meta, exc, store_factory):
+    with pytest.raises(exc):
+        encode_snapshot(meta, b"x")
+    store = store_factory()
+    with pytest.raises(exc):
+        store.save(meta, b"x")
+    assert store.latest() is None
+
+
+@pytest.mark.parametrize(("mutate", "reason"), [
+    (lambda b: b[:10], "shorter than"),
+    (lambda b: b[:-1], "says"),
+    (lambda b: b + b"\0", "says"),
+    (lambda b: b"XAFTSNP\0" + b[8:], "magic"),
+    (lambda b: b[:8] + b"\2" + b[9:], "version"),
+    (lambda b: b[:12] + bytes([b[12] ^ 1]) + b[13:], "CRC"),
+    (lambda b: b[:20] + bytes([b[20] ^ 0x80]) + b[21:], "CRC"),
+    (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "CRC"),
+    (lambda b: b"", "shorter than"),
+])
+def test_decode_reports_what_is_wrong(mutate, reason):
+    with pytest.raises(CorruptSnapshotError, match=reason) as info:
+        decode_snapshot(mutate(encode_snapshot(META, DATA)))
+    assert isinstance(info.value, StorageError)
+    assert reason in info.value.reason
+
+
+def test_decode_rejects_bad_voters_even_with_a_good_crc():
+    """A buffer forged with a valid CRC but a malformed voters block."""
+    for block in (b"\5\0\0\0ab", b"\1\0", b"\2\0\0\0\xff\xfe"):
+        head = struct.pack("<QQIQ", 1, 1, len(block), 0)
+        crc = codec.crc32c(head + block)
+        buf = b"RAFTSNP\0" + struct.pack("<II", 1, crc) + head + block
+        with pytest.raises(CorruptSnapshotError, match="voter"):
+            decode_snapshot(buf)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_decode_of_random_bytes_raises_only_corrupt(buf):
+    try:
+        meta, data = decode_snapshot(buf)
+    except CorruptSnapshotError:
+        return
+    assert encode_snapshot(meta, data) == buf  # only a real snapshot may decode
+
+
+@st.composite
+def snapshots(draw):
+    meta = SnapshotMeta(
+        draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**64 - 1)),
+        tuple(draw(st.lists(st.text(max_size=12), max_size=5))))
+    return meta, draw(st.binary(max_size=300))
+
+
+@settings(max_examples=300, deadline=None)
+@given(snapshots(), st.data())
+def test_decode_of_damaged_bytes_raises_only_corrupt(snap, data):
+    meta, payload = snap
+    buf = encode_snapshot(meta, payload)
+    assert decode_snapshot(buf) == (meta, payload)
+    kind = data.draw(st.sampled_from(["burst", "truncate", "extend", "splice"]), label="kind")
+    if kind == "burst":  # up to 4 changed bytes in a row: CRC32C catches every such burst
+        at = data.draw(st.integers(0, len(buf) - 1), label="at")
+        n = data.draw(st.integers(1, min(4, len(buf) - at)), label="n")
+        noise = data.draw(st.binary(min_size=n, max_size=n), label="noise")
+        bad = buf[:at] + bytes(a ^ b for a, b in zip(buf[at:at + n], noise, strict=True)) \
+            + buf[at + n:]
+        if bad == buf:
+            return
+    elif kind == "truncate":
+        bad = buf[:data.draw(st.integers(0, len(buf) - 1), label="cut")]
+    elif kind == "extend":
+        bad = buf + data.draw(st.binary(min_size=1, max_size=8), label="tail")
+    else:  # a piece of another snapshot pasted in
+        other = encode_snapshot(*data.draw(snapshots(), label="other"))
+        at = data.draw(st.integers(0, len(buf)), label="at")
+        bad = buf[:at] + other[at:]
+        if bad in (buf, other):  # the two agree from `at` on (or `at` is 0)
+            return
+    with pytest.raises(CorruptSnapshotError):
+        decode_snapshot(bad)
+
+
+# --- both stores ----------------------------------------------------------------------------
+
+
+def test_protocol(store_factory):
+    assert isinstance(store_factory(), SnapshotStore)
+
+
+def test_round_trip(store_factory):
+    store = store_factory()
+    assert store.latest() is None
+    assert store.open_latest() is None
+    store.save(META, DATA)
+    assert store.latest() == (META, DATA)
+    meta, stream = store.open_latest()
+    with stream:
+        assert meta == META
+        assert stream.read() == encode_snapshot(META, DATA)
+    store.close()
+    store.close()
+    again = store_factory()
+    assert again.latest() == (META, DATA)
+
+
+def test_save_encoded(store_factory):
+    store = store_factory()
+    buf = encode_snapshot(META, DATA)
+    assert store.save_encoded(memoryview(buf)) == META
+    assert store.latest() == (META, DATA)
+    newer = encode_snapshot(meta_at(50, 8), b"new")
+    damaged = newer[:-1] + bytes([newer[-1] ^ 1])
+    with pytest.raises(CorruptSnapshotError):
+        store.save_encoded(damaged)
+    with pytest.raises(CorruptSnapshotError):
+        store.save_encoded(newer[:30])
+    assert store.latest() == (META, DATA)
+    if store_factory.impl == "file":
+        assert snap_files(Path(store.directory)) == [snapshot_file_name(META)]
+        assert (Path(store.directory) / snapshot_file_name(META)).read_bytes() == buf
+
+
+def test_newest_wins(store_factory, caplog):
+    store = store_factory()
+    store.save(meta_at(10, 2), data_at(10))
+    store.save(meta_at(30, 3), data_at(30))
+    assert store.latest() == (meta_at(30, 3), data_at(30))
+    with caplog.at_level(logging.WARNING, logger="engine.storage.snapshot"):
+        store.save(meta_at(20, 3), data_at(20))  # older than the stored one
+    assert "older" in caplog.text
+    assert store.latest() == (meta_at(30, 3), data_at(30))
+    store.save(meta_at(30, 3), b"same snapshot saved again")
+    assert store.latest() == (meta_at(30, 3), b"same snapshot saved again")
+    store.save(meta_at(31, 3), data_at(31))
+    assert store.latest() == (meta_at(31, 3), data_at(31))
+
+
+def test_closed_file_store_refuses(tmp_path):
+    store = FileSnapshotStore(str(tmp_path))
+    store.close()
+    for call in (lambda: store.save(META, DATA), store.latest, store.open_latest):
+        with pytest.raises(StorageError, match="closed"):
+            call()
+
+
+# --- the file store -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3])
+def test_keep_prunes(tmp_path, keep):
+    store = FileSnapshotStore(str(tmp_path), fsync=False, keep=keep)
+    for i in range(1, 7):
+        store.save(meta_at(i * 10, 1 + i // 3), data_at(i * 10))
+    kept = [snapshot_file_name(meta_at(i * 10, 1 + i // 3)) for i in range(7 - keep, 7)]
+    assert snap_files(tmp_path) == sorted(kept)
+    assert store.latest() == (meta_at(60, 3), data_at(60))
+    store.close()
+
+
+def test_keep_must_be_positive(tmp_path):
+    for keep in (0, -1, 1.5):
+        with pytest.raises(ValueError):
+            FileSnapshotStore(str(tmp_path), keep=keep)
+
+
+def test_newest_is_by_index_not_name(tmp_path):
+    """The file name sorts by term first; the store orders by (index, term)."""
+    store = FileSnapshotStore(str(tmp_path), fsync=False, keep=5)
+    store.save(SnapshotMeta(100, 2, ()), b"a")
+    store.save(SnapshotMeta(90, 9, ()), b"b")  # a higher term, but older (not a real history)
+    assert store.latest() == (SnapshotMeta(100, 2, ()), b"a")
+    store.close()
+
+
+def _flip(path: Path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+CORRUPTIONS = {
+    "flip-data": lambda p: _flip(p, p.stat().st_size - 3),
+    "flip-header": lambda p: _flip(p, 17),
+    "flip-magic": lambda p: _flip(p, 0),
+    "truncate": lambda p: p.write_bytes(p.read_bytes()[:-100]),
+    "truncate-header": lambda p: p.write_bytes(p.read_bytes()[:20]),
+    "empty": lambda p: p.write_bytes(b""),
+    "trailing": lambda p: p.write_bytes(p.read_bytes() + b"x"),
+    "renamed": lambda p: p.write_bytes(encode_snapshot(meta_at(31, 2), data_at(30))),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(CORRUPTIONS))
+def test_corrupt_newest_falls_back(tmp_path, caplog, damage):
+    store = FileSnapshotStore(str(tmp_path), fsync=False)
+    store.save(meta_at(20, 2), data_at(20))
+    store.save(meta_at(30, 2), data_at(30))
+    newest = tmp_path / snapshot_file_name(meta_at(30, 2))
+    CORRUPTIONS[damage](newest)
+    with caplog.at_level(logging.WARNING, logger="engine.storage.snapshot"):
+        assert store.latest() == (meta_at(20, 2), data_at(20))
+    assert "corrupt snapshot" in caplog.text and newest.name in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="engine.storage.snapshot"):
+        meta, stream = store.open_latest()
+    with stream:
+        assert meta == meta_at(20, 2)
+        assert stream.read() == encode_snapshot(meta_at(20, 2), data_at(20))
+    assert newest.name in caplog.text
+    # A reopened store still skips it; the next save prunes it once it is not among the newest.
+    store.close()
+    store = FileSnapshotStore(str(tmp_path), fsync=False)
+    assert store.latest() == (meta_at(20, 2), data_at(20))
+    store.save(meta_at(40, 2), data_at(40))
+    store.save(meta_at(50, 2), data_at(50))
+    assert not newest.exists()
+    assert store.latest() == (meta_at(50, 2), data_at(50))
+    store.close()
+
+
+def test_all_corrupt_is_none(tmp_path, caplog):
+    store = FileSnapshotStore(str(tmp_path), fsync=False)
+    store.save(meta_at(20, 2), data_at(20))
+    store.save(meta_at(30, 2), data_at(30))
+    for name in snap_files(tmp_path):
+        _flip(tmp_path / name, 50)
+    with caplog.at_level(logging.WARNING, logger="engine.storage.snapshot"):
+        assert store.latest() is None
+        assert store.open_latest() is None
+    assert caplog.text.count("corrupt snapshot") == 4
+    store.close()
+
+
+def test_leftover_temp_files_are_removed_at_open(tmp_path):
+    store = FileSnapshotStore(str(tmp_path), fsync=False)
+    store.save(META, DATA)
+    store.close()
+    (tmp_path / "snapshot-abc123.tmp").write_bytes(b"half a snapshot")
+    (tmp_path / "snapshot-0000000000000007-000000000000002b.snap.x1.tmp").write_bytes(b"")
+    (tmp_path / "unrelated.txt").write_bytes(b"keep me")
+    (tmp_path / "snapshot-zz.snap").write_bytes(b"not a snapshot name: ignored")
+    store = FileSnapshotStore(str(tmp_path), fsync=False)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [snapshot_file_name(META), "unrelated.txt", "snapshot-zz.snap"])
+    assert store.latest() == (META, DATA)
+    store.close()
+
+
+def test_stream_survives_pruning(tmp_path):
+    """A leader streaming the latest snapshot is not disturbed by newer saves pruning it."""
+    store = FileSnapshotStore(str(tmp_path), fsync=False, keep=1)
+    store.save(meta_at(10), DATA)
+    _, stream = store.open_latest()
+    store.save(meta_at(20), b"newer")
+    assert snap_files(tmp_path) == [snapshot_file_name(meta_at(20))]
+    with stream:
+        assert decode_snapshot(stream.read()) == (meta_at(10), DATA)
+    store.close()
+
+
+def test_memory_store_keeps_data_over_close():
+    store = MemorySnapshotStore()
+    store.save(META, bytearray(DATA))
+    store.close()
+    assert store.latest() == (META, DATA)
+    assert isinstance(store.latest()[1], bytes)
+
+
+def test_open_snapshot_store_uses_a_subfolder(tmp_path):
+    from engine.storage.open import open_stores
+
+    log, stable = open_stores(str(tmp_path), fsync=False)
+    snaps = open_snapshot_store(str(tmp_path), fsync=False)
+    try:
+        snaps.save(META, DATA)
+        assert snap_files(tmp_path / "snapshots") == [snapshot_file_name(META)]
+        log.reset(META.index + 1)
+        log.close()
+        log, _ = open_stores(str(tmp_path), fsync=False)  # the subfolder does not bother it
+        assert log.first_index() == META.index + 1
+    finally:
+        log.close()
+        stable.close()
+        snaps.close()
+    again = open_snapshot_store(str(tmp_path))
+    assert again.latest() == (META, DATA)
+    again.close()
+
+
+# --- failures while saving ------------------------------------------------------------------
+
+
+def _no_temp_files(directory: Path) -> bool:
+    return not [n for n in os.listdir(directory) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("call", ["pwrite", "fsync", "replace"])
+def test_failed_save_keeps_the_previous(tmp_path, monkeypatch, call):
+    store = FileSnapshotStore(str(tmp_path), fsync=True)
+    store.save(meta_at(10), data_at(10))
+    real = getattr(os, call)
+    state = {"n": 0}
+
+    def failing(*args, **kwargs):
+        state["n"] += 1
+        if call == "pwrite":  # half the bytes reach the file, then the disk is full
+            real(args[0], bytes(args[1][: len(args[1]) // 2]), args[2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(snapmod.os, call, failing)
+    if call == "pwrite":  # the pwrite of the file store's helper
+        from engine.storage import filestore
+        monkeypatch.setattr(filestore.os, "pwrite", failing)
+    with pytest.raises(StorageError) as info:
+        store.save(meta_at(20), b"x" * 100_000)
+    monkeypatch.undo()
+    assert state["n"] >= 1
+    assert info.value.errno == errno.ENOSPC
+    assert _no_temp_files(tmp_path)
+    assert store.latest() == (meta_at(10), data_at(10))
+    store.save(meta_at(20), data_at(20))  # space is back
+    assert store.latest() == (meta_at(20), data_at(20))
+    store.close()
+
+
+def test_tmpfs_full(small_fs):
+    store = open_snapshot_store(str(small_fs), fsync=True)
+    store.save(meta_at(10), b"a" * (100 << 10))
+    with pytest.raises(StorageError) as info:
+        store.save(meta_at(20), b"b" * (1 << 20))
+    assert info.value.errno == errno.ENOSPC
+    assert str(small_fs) in str(info.value)
+    assert _no_temp_files(small_fs / "snapshots")
+    assert store.latest() == (meta_at(10), b"a" * (100 << 10))
+    store.save(meta_at(20), b"b" * (200 << 10))  # fits once the failed one is gone
+    assert store.latest() == (meta_at(20), b"b" * (200 << 10))
+    store.close()
+
+
+RLIMIT_CHILD = r"""
+import json, resource, signal, sys
+from engine.errors import StorageError
+from engine.storage.snapshot import FileSnapshotStore, SnapshotMeta
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+store = FileSnapshotStore(sys.argv[1], fsync=True)
+resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+store.save(SnapshotMeta(10, 1, ("a",)), b"small" * 1000)
+err = None
+try:
+    store.save(SnapshotMeta(20, 1, ("a",)), b"large" * 20_000)
+except StorageError as exc:
+    err = exc
+meta, data = store.latest()
+print(json.dumps({"errno": err and err.errno, "msg": str(err), "index": meta.index,
+                  "ok": data == b"small" * 1000}))
+"""
+
+
+def test_rlimit_fsize(tmp_path):
+    result = subprocess.run([sys.executable, "-c", RLIMIT_CHILD, str(tmp_path)],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["errno"] == errno.EFBIG
+    assert report["index"] == 10 and report["ok"]
+    assert _no_temp_files(tmp_path)
+    assert snap_files(tmp_path) == [snapshot_file_name(SnapshotMeta(10, 1, ("a",)))]
