@@ -1,0 +1,485 @@
+"""The ``raft-engine`` command: run a replicated KV node, a local cluster, or ask a node's status.
+
+::
+
+    raft-engine node --id n1 --peers n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003 \\
+        --data-dir /var/lib/kv/n1 --client 127.0.0.1:6401 \\
+        --clients n1=127.0.0.1:6401,n2=127.0.0.1:6402,n3=127.0.0.1:6403
+    raft-engine cluster --nodes 3            # three such nodes as local subprocesses
+    raft-engine status 127.0.0.1:6401        # role, term, leader, commit and apply indexes
+
+``node`` reads the same settings from a TOML file (``--config node.toml``, keys as the long
+flags with ``_`` or ``-``, e.g. ``election_timeout_min = 0.3``, ``fsync = false``,
+``peers = {n1 = "127.0.0.1:7001", ...}``, plus any other :class:`~engine.config.Config` field
+such as ``tick_interval`` or ``read_timeout``); flags given on the command line win.  Bad flags or
+settings print an error and exit with status 2; SIGTERM or SIGINT stop a node gracefully (exit 0).
+Logs go to stderr.  ``python -m engine.cli`` works as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from engine.config import Config
+from engine.errors import ConfigError, RaftError
+from engine.kv.machine import KVMachine
+from engine.kv.resp import Error, encode, parse_reply
+from engine.kv.server import KVServer
+from engine.runtime.node import RaftNode
+from engine.transport.tcp import TcpTransport, parse_address
+
+logger = logging.getLogger(__name__)
+
+PROG = "raft-engine"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class UsageError(Exception):
+    """Bad flags or settings: reported on stderr with exit status 2."""
+
+
+# -- settings of `node` ------------------------------------------------------------------------
+
+
+def _mapping(text: Any, what: str) -> dict[str, str]:
+    """``"n1=host:port,n2=host:port"`` (or a TOML table) -> {"n1": "host:port", ...}."""
+    if isinstance(text, Mapping):
+        items = [(str(k), v) for k, v in text.items()]
+    elif isinstance(text, str):
+        items = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            node_id, sep, address = part.partition("=")
+            if not sep or not node_id:
+                raise UsageError(f"--{what}: {part!r} is not of the form ID=HOST:PORT")
+            items.append((node_id.strip(), address.strip()))
+    else:
+        raise UsageError(f"{what}={text!r} must be ID=HOST:PORT,... or a table")
+    result: dict[str, str] = {}
+    for node_id, address in items:
+        if not isinstance(address, str):
+            raise UsageError(f"{what}[{node_id!r}]={address!r} must be a 'host:port' string")
+        if node_id in result:
+            raise UsageError(f"--{what}: {node_id!r} is given twice")
+        try:
+            parse_address(node_id, address)
+        except ConfigError as exc:
+            raise UsageError(f"--{what}: {exc}") from None
+        result[node_id] = address
+    if not result:
+        raise UsageError(f"--{what} is empty")
+    return result
+
+
+_NODE_SETTINGS: dict[str, Callable[[Any], Any]] = {
+    "id": str,
+    "peers": lambda v: _mapping(v, "peers"),
+    "data_dir": str,
+    "client": str,
+    "clients": lambda v: _mapping(v, "clients"),
+    "secret_file": str,
+    "heartbeat_interval": float,
+    "election_timeout_min": float,
+    "election_timeout_max": float,
+    "max_batch_entries": int,
+    "max_inflight": int,
+    "fsync": bool,
+    "log_level": str,
+}
+"""Every flag of ``node`` (TOML key = flag name with ``_``), with the type it must have."""
+
+_CONFIG_FIELDS = {f.name: type(f.default) for f in dataclasses.fields(Config)
+                  if type(f.default) in (bool, int, float, str)}
+"""Every engine Config field may be set in the TOML file (the common ones also by flag)."""
+
+
+def _checked(key: str, value: Any) -> Any:
+    kind = _NODE_SETTINGS.get(key) or _CONFIG_FIELDS[key]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{key}={value!r} must be true or false")
+        return value
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UsageError(f"{key}={value!r} must be an integer")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise UsageError(f"{key}={value!r} must be a number")
+    if kind is str and not isinstance(value, str):
+        raise UsageError(f"{key}={value!r} must be a string")
+    return kind(value)
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """The settings in a TOML file, keys normalized to ``_`` and type-checked.
+
+    Raises:
+        UsageError: unreadable file, bad TOML, an unknown key or a value of the wrong type.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise UsageError(f"--config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--config {path}: invalid TOML: {exc}") from None
+    settings: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name == "no_fsync":
+            name, value = "fsync", (not value) if isinstance(value, bool) else value
+        if name not in _NODE_SETTINGS and name not in _CONFIG_FIELDS:
+            known = sorted(set(_NODE_SETTINGS) | set(_CONFIG_FIELDS))
+            raise UsageError(f"--config {path}: unknown key {key!r} (known: {', '.join(known)})")
+        settings[name] = _checked(name, value)
+    return settings
+
+
+def node_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The TOML file's settings (when ``--config`` is given) overridden by the flags given."""
+    settings = load_toml(args.config) if args.config else {}
+    for name in _NODE_SETTINGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = _NODE_SETTINGS[name](value)
+    for required in ("id", "peers", "client"):
+        if required not in settings:
+            raise UsageError(f"--{required.replace('_', '-')} is required (flag or config key)")
+    if settings["id"] not in settings["peers"]:
+        raise UsageError(f"--id {settings['id']!r} is not one of --peers "
+                         f"({', '.join(settings['peers'])})")
+    try:
+        parse_address(settings["id"], settings["client"])
+    except ConfigError as exc:
+        raise UsageError(f"--client: {exc}") from None
+    level = str(settings.get("log_level", "INFO")).upper()
+    if level not in _LOG_LEVELS:
+        raise UsageError(f"--log-level {level!r} must be one of {', '.join(_LOG_LEVELS)}")
+    settings["log_level"] = level
+    return settings
+
+
+def build_config(settings: Mapping[str, Any]) -> Config:
+    """The engine Config from node settings.
+
+    Raises:
+        UsageError: the values break a Config rule (the message names field and rule).
+    """
+    fields = {k: v for k, v in settings.items() if k in _CONFIG_FIELDS}
+    try:
+        return Config(**fields)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def read_secret(path: str) -> bytes:
+    """The shared transport secret kept in ``path`` (surrounding whitespace stripped).
+
+    Raises:
+        UsageError: unreadable or empty file.
+    """
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as exc:
+        raise UsageError(f"--secret-file {path}: {exc.strerror or exc}") from None
+    if not secret:
+        raise UsageError(f"--secret-file {path} is empty")
+    return secret
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT set ``event`` while installed (main thread only)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> threading.Event:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self.event
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.event.set()
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_node(settings: Mapping[str, Any]) -> int:
+    """Run one KV node until SIGTERM/SIGINT; 0 after a graceful stop, 1 when it failed."""
+    config = build_config(settings)
+    secret = read_secret(settings["secret_file"]) if "secret_file" in settings else None
+    logging.basicConfig(level=settings["log_level"], stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    node_id, peers = settings["id"], settings["peers"]
+    data_dir = settings.get("data_dir")
+    try:
+        transport = None if secret is None else TcpTransport(node_id, peers, secret=secret)
+        node = RaftNode(node_id, peers, KVMachine(), config=config, data_dir=data_dir,
+                        transport=transport)
+        server = KVServer(node, settings["client"], client_addresses=settings.get("clients"))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if data_dir is None:
+        logger.warning("%s: no --data-dir: the log is kept in memory and lost at exit", node_id)
+    with _StopSignals() as stop:
+        try:
+            node.start()
+        except (RaftError, OSError) as exc:
+            logger.error("%s: cannot start: %s", node_id, exc)
+            node.stop()
+            return 1
+        try:
+            server.start()
+        except (RaftError, OSError) as exc:
+            logger.error("%s: cannot serve clients on %s: %s", node_id, settings["client"], exc)
+            node.stop()
+            return 1
+        logger.info("%s: running (raft %s, clients %s, data %s, fsync %s)", node_id,
+                    peers[node_id], settings["client"], data_dir or "in memory", config.fsync)
+        code = 0
+        try:
+            while not stop.wait(0.5):
+                if not node.status().running:
+                    logger.error("%s: the node stopped on its own (see above)", node_id)
+                    code = 1
+                    break
+        finally:
+            logger.info("%s: stopping", node_id)
+            server.stop()
+            node.stop()
+    return code
+
+
+def fetch_status(address: str, timeout: float = 2.0) -> dict[str, Any]:
+    """Ask the KV node serving clients at ``address`` for RAFT.STATUS.
+
+    Raises:
+        ConfigError: ``address`` is not ``host:port``.
+        OSError: unreachable, timed out or closed before answering.
+        RaftError: the node answered with an error or something that is not a status.
+    """
+    host, port = parse_address("status", address)
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(encode([b"RAFT.STATUS"]))
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while (parsed := parse_reply(buf)) is None:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed before the reply")
+            buf += chunk
+    reply = parsed[0]
+    if isinstance(reply, Error):
+        raise RaftError(f"{address} answered -{reply}")
+    if not isinstance(reply, bytes):
+        raise RaftError(f"{address} answered {reply!r}, not a status")
+    status = orjson.loads(reply)
+    if not isinstance(status, dict):
+        raise RaftError(f"{address} answered {reply!r}, not a status")
+    return status
+
+
+def format_status(status: Mapping[str, Any]) -> str:
+    """RAFT.STATUS as aligned lines for people."""
+    leader = status.get("leader_id") or "unknown"
+    if status.get("leader_address"):
+        leader += f" (clients at {status['leader_address']})"
+    rows = [("node", status.get("id")), ("role", status.get("role")),
+            ("term", status.get("term")), ("leader", leader),
+            ("commit index", status.get("commit_index")),
+            ("applied index", status.get("last_applied")),
+            ("last log index", status.get("last_log_index"))]
+    if status.get("running") is False:
+        rows.append(("running", "no"))
+    return "\n".join(f"{name:<15} {value}" for name, value in rows)
+
+
+def run_status(address: str, *, as_json: bool = False, timeout: float = 2.0) -> int:
+    """Print a node's status; 1 when it cannot be reached."""
+    try:
+        status = fetch_status(address, timeout)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except (OSError, RaftError, orjson.JSONDecodeError) as exc:
+        print(f"{PROG} status: cannot get the status of {address}: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(status).decode() if as_json else format_status(status))
+    return 0
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    """Start ``args.nodes`` node subprocesses on loopback and wait for SIGTERM/SIGINT."""
+    if not 1 <= args.nodes <= 99:
+        raise UsageError(f"--nodes {args.nodes} must be in 1..99")
+    for flag, base in (("--base-port", args.base_port), ("--client-base-port",
+                                                          args.client_base_port)):
+        if not 1 <= base <= 65535 - args.nodes:
+            raise UsageError(f"{flag} {base} leaves no room for {args.nodes} ports")
+    ids = [f"n{k}" for k in range(1, args.nodes + 1)]
+    peers = {i: f"127.0.0.1:{args.base_port + k}" for k, i in enumerate(ids)}
+    clients = {i: f"127.0.0.1:{args.client_base_port + k}" for k, i in enumerate(ids)}
+    temporary = args.data_dir is None
+    data_dir = tempfile.mkdtemp(prefix="raft-engine-") if temporary else args.data_dir
+    common = ["--peers", ",".join(f"{i}={a}" for i, a in peers.items()),
+              "--clients", ",".join(f"{i}={a}" for i, a in clients.items()),
+              "--log-level", args.log_level]
+    if args.no_fsync:
+        common.append("--no-fsync")
+    if args.secret_file:
+        common += ["--secret-file", args.secret_file]
+    if args.config:
+        common += ["--config", args.config]
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    code = 0
+    with _StopSignals() as stop:
+        try:
+            for i in ids:
+                node_dir = os.path.join(data_dir, i)
+                procs[i] = subprocess.Popen(
+                    [sys.executable, "-m", "engine.cli", "node", "--id", i, "--client",
+                     clients[i], "--data-dir", node_dir, *common])
+                print(f"{i}: clients {clients[i]}  raft {peers[i]}  data {node_dir}", flush=True)
+            leader = _wait_for_leader(clients, stop, timeout=15.0)
+            if leader:
+                print(f"leader: {leader} (redis-cli -p {clients[leader].rsplit(':', 1)[1]})",
+                      flush=True)
+            print("Ctrl-C (or SIGTERM) stops the cluster", flush=True)
+            while not stop.wait(0.5):
+                for i, proc in list(procs.items()):
+                    if proc.poll() is not None:
+                        print(f"{i} exited with status {proc.returncode}", file=sys.stderr,
+                              flush=True)
+                        del procs[i]
+                        code = 1
+                if not procs:
+                    break
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs.values():
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if temporary:
+                shutil.rmtree(data_dir, ignore_errors=True)
+    return code
+
+
+def _wait_for_leader(clients: Mapping[str, str], stop: threading.Event,
+                     timeout: float) -> str | None:
+    """The id of the leader once some node reports one (polling every 100 ms), else None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        for address in clients.values():
+            with contextlib.suppress(OSError, RaftError, ValueError):
+                status = fetch_status(address, timeout=0.5)
+                if status.get("role") == "leader":
+                    return str(status["id"])
+        stop.wait(0.1)
+    return None
+
+
+# -- argument parsing --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the three subcommands."""
+    parser = argparse.ArgumentParser(prog=PROG, description=(
+        "Replicated Redis-compatible key-value store on the raft-engine Raft library."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    node = sub.add_parser("node", help="run one KV node (Raft member + RESP server)",
+                          description="Run one KV node until SIGTERM or SIGINT.")
+    node.add_argument("--config", metavar="FILE", help="TOML file with the settings below")
+    node.add_argument("--id", help="this node's id (one of --peers)")
+    node.add_argument("--peers", metavar="ID=HOST:PORT,...",
+                      help="every member's Raft address, this node included")
+    node.add_argument("--data-dir", metavar="DIR",
+                      help="directory of the durable log (default: in memory)")
+    node.add_argument("--client", metavar="HOST:PORT", help="address serving RESP clients")
+    node.add_argument("--clients", metavar="ID=HOST:PORT,...",
+                      help="every member's client address, for -NOTLEADER redirects")
+    node.add_argument("--secret-file", metavar="FILE",
+                      help="file holding the shared secret that authenticates Raft peers")
+    for name, kind, text in (
+            ("heartbeat-interval", float, "seconds between leader heartbeats"),
+            ("election-timeout-min", float, "lower bound of the election timeout (s)"),
+            ("election-timeout-max", float, "upper bound of the election timeout (s)"),
+            ("max-batch-entries", int, "most entries in one AppendEntries"),
+            ("max-inflight", int, "AppendEntries in flight per follower")):
+        node.add_argument(f"--{name}", type=kind, metavar="N", help=text)
+    node.add_argument("--no-fsync", dest="fsync", action="store_const", const=False,
+                      help="do not fsync the log (benchmarks; a power cut may lose writes)")
+    node.add_argument("--log-level", type=str.upper, metavar="LEVEL",
+                      help=f"one of {', '.join(_LOG_LEVELS)} (default INFO)")
+
+    cluster = sub.add_parser("cluster", help="run a local cluster of node subprocesses",
+                             description="Start N nodes on 127.0.0.1; Ctrl-C stops them all.")
+    cluster.add_argument("--nodes", type=int, default=3, metavar="N")
+    cluster.add_argument("--data-dir", metavar="DIR",
+                         help="parent of the nodes' data directories (default: a temporary "
+                              "directory removed at exit)")
+    cluster.add_argument("--base-port", type=int, default=7001, metavar="PORT",
+                         help="Raft port of n1; n2 gets the next one, and so on")
+    cluster.add_argument("--client-base-port", type=int, default=6401, metavar="PORT",
+                         help="client (RESP) port of n1; n2 gets the next one, and so on")
+    cluster.add_argument("--no-fsync", action="store_true", help="pass --no-fsync to the nodes")
+    cluster.add_argument("--secret-file", metavar="FILE", help="pass --secret-file to the nodes")
+    cluster.add_argument("--config", metavar="FILE", help="pass --config to the nodes")
+    cluster.add_argument("--log-level", type=str.upper, default="WARNING", metavar="LEVEL",
+                         choices=_LOG_LEVELS, help="the nodes' log level (default WARNING)")
+
+    status = sub.add_parser("status", help="print a node's Raft status",
+                            description="Send RAFT.STATUS to a node's client address.")
+    status.add_argument("address", metavar="HOST:PORT", help="the node's client address")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``raft-engine``; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad flag (2, message already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        if args.command == "node":
+            return run_node(node_settings(args))
+        if args.command == "cluster":
+            return run_cluster(args)
+        return run_status(args.address, as_json=args.json, timeout=args.timeout)
+    except UsageError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

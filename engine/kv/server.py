@@ -1,0 +1,494 @@
+"""A Redis-protocol (RESP2) front end for one RaftNode running a :class:`KVMachine`.
+
+This is the embedding example: the whole integration with the engine is ``node.propose(bytes)``
+for writes, ``node.read(fn)`` for linearizable reads, ``node.status()`` and the errors
+(``NotLeaderError.leader_id`` becomes a ``-NOTLEADER`` redirect).
+
+Per connection, replies go out in request order.  Commands that arrived together (a pipeline)
+are grouped into runs of the same kind: consecutive writes are all proposed before any is
+awaited, so they share one Raft batch, and consecutive reads are served by one ``node.read``
+(one ReadIndex round).  A read
+after a write (or a write after a read) of the same connection waits for the run before it to
+finish, so each client sees its own writes in order, as with Redis.
+
+Errors a client can see, besides Redis's own (``-ERR unknown command``, ``-ERR wrong number of
+arguments``, ``-ERR syntax error``):
+
+``-NOTLEADER <leader id> <leader client address>``
+    this node does not lead; the address comes from ``client_addresses`` and is left out when
+    unknown, and both are left out when no leader is known.  Nothing was done: retry there.
+``-TRYAGAIN ...``
+    leadership changed before a write committed (it may or may not take effect) or a read could
+    not confirm leadership in time.
+``-ERR Protocol error: ...``
+    malformed input; the server closes that connection (only that one).
+
+Clients must speak RESP2: redis-py >= 6 needs ``protocol=2`` (``HELLO 3`` gets ``-NOPROTO``).
+
+Threads: the server runs its own asyncio loop (uvloop when importable) in the thread
+``kv-<node id>-resp``, which owns every connection object; it never touches the state machine
+(reads run on the node's apply thread).  ``start()``/``stop()`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any, cast
+
+import orjson
+
+from engine.errors import NodeStopped, NotLeaderError, ProposalDropped, RaftError, ReadTimeout
+from engine.kv.machine import COMMANDS, KVMachine, Op, arity_ok, check_args, encode_command
+from engine.kv.resp import (
+    DEFAULT_MAX_ARRAY,
+    DEFAULT_MAX_BULK,
+    OK,
+    PONG,
+    Error,
+    ProtocolError,
+    RespParser,
+    encode_many,
+)
+from engine.runtime.node import RaftNode
+from engine.transport.tcp import parse_address
+
+logger = logging.getLogger(__name__)
+
+_MAX_QUEUED = 1024  # parsed commands per connection before it stops reading from the socket
+_EOF = object()  # queued after the client's last command when it half-closes
+_QUIT = object()  # reply placeholder: send what came before, then +OK, then close
+
+# Connection-level commands (name -> Redis arity); data commands are in machine.COMMANDS.
+_LOCAL_ARITY = {b"ping": -1, b"echo": 2, b"command": -1, b"config": -2, b"select": 2,
+                b"quit": -1, b"hello": -1, b"client": -2, b"raft.status": 1}
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _text(data: bytes, limit: int = 128) -> str:
+    """Client bytes made safe for an error line (no CR/LF), as Redis shortens them."""
+    return data[:limit].decode(errors="replace").replace("\r", " ").replace("\n", " ")
+
+
+def _run_reads(reads: list[tuple[Op, list[bytes]]], machine: KVMachine) -> list[object]:
+    return [machine.execute(op, args) for op, args in reads]
+
+
+class _ReadSlot:
+    """Placeholder for the reply to the i-th read of a run (all served by one node.read)."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+
+class KVServer:
+    """Serves RESP2 clients on ``address`` for ``node`` (whose state machine is a KVMachine).
+
+    Usage::
+
+        node = RaftNode("n1", peers, KVMachine(), data_dir=...)
+        node.start()
+        with KVServer(node, "127.0.0.1:6401", client_addresses={"n1": ..., "n2": ...}):
+            ...
+    """
+
+    def __init__(self, node: RaftNode, address: str, *,
+                 client_addresses: Mapping[str, str] | None = None,
+                 max_bulk: int = DEFAULT_MAX_BULK, max_array: int = DEFAULT_MAX_ARRAY) -> None:
+        """Args:
+            node: the (started or soon started) node to serve.
+            address: ``"host:port"`` to listen on; port 0 picks a free port (see ``address``).
+            client_addresses: node id -> client address, for ``-NOTLEADER`` redirects.
+            max_bulk / max_array: request limits (see :class:`~engine.kv.resp.RespParser`).
+
+        Raises:
+            ConfigError: ``address`` is not ``host:port``.
+        """
+        self._node = node
+        self._host, self._port = parse_address(node.id, address)
+        self._client_addresses = dict(client_addresses or {})
+        self._parser_limits = {"max_bulk": max_bulk, "max_array": max_array}
+        RespParser(**self._parser_limits)  # validate the limits now
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()  # guards the lifecycle fields below
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._bound: tuple[str, int] | None = None
+        # Owned by the server thread:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_future: asyncio.Future[None] | None = None
+        self._connections: set[_Connection] = set()
+
+    @property
+    def node(self) -> RaftNode:
+        """The node this server fronts."""
+        return self._node
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` the server listens on once started."""
+        return self._bound
+
+    def __enter__(self) -> KVServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the ``kv-<id>-resp`` thread; returns once listening.
+
+        Raises:
+            RaftError: started twice, or not listening within ``timeout``.
+            OSError: the address could not be bound.
+        """
+        with self._lock:
+            if self._thread is not None or self._stopped:
+                raise RaftError("KVServer.start() may be called once")
+            self._thread = threading.Thread(target=self._run, name=f"kv-{self._node.id}-resp",
+                                            daemon=True)
+            self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RaftError(f"KV server of {self._node.id} did not start within {timeout}s")
+        if self._start_error is not None:
+            self._thread.join()
+            raise self._start_error
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the listening socket and every connection, and join the thread.  Idempotent.
+
+        Writes already proposed still commit (or not) in the node; their clients get no reply.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            thread = self._thread
+        loop, stop_future = self._loop, self._stop_future
+        if loop is not None and stop_future is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(
+                    lambda: stop_future.done() or stop_future.set_result(None))
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.error("thread %s did not stop within %.1fs", thread.name, timeout)
+
+    # -- the server thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        loop = _new_event_loop()
+        try:
+            loop.run_until_complete(self._main(loop))
+        except BaseException as exc:
+            if not self._ready.is_set():
+                self._start_error = exc
+                self._ready.set()
+            else:
+                logger.exception("KV server of %s failed", self._node.id)
+        finally:
+            loop.close()
+
+    async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._stop_future = loop.create_future()
+        server = await loop.create_server(lambda: _Connection(self), self._host, self._port)
+        self._bound = server.sockets[0].getsockname()[:2]
+        logger.info("%s: serving RESP clients on %s:%d", self._node.id, *self._bound)
+        self._ready.set()
+        if self._stopped:  # stop() ran before the loop existed
+            self._stop_future.set_result(None)
+        try:
+            await self._stop_future
+        finally:
+            server.close()
+            connections = list(self._connections)
+            for connection in connections:
+                connection.close(abort=True)
+            tasks = [c.task for c in connections if c.task is not None]
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.wait_closed()
+            logger.info("%s: RESP server stopped", self._node.id)
+
+    # -- command execution (server thread) -----------------------------------------------------
+
+    def propose(self, op: Op, args: list[bytes]) -> Future:
+        """Propose a write; the future resolves to its reply."""
+        return self._node.propose(encode_command(op, args))
+
+    def read(self, reads: list[tuple[Op, list[bytes]]]) -> Future:
+        """Run reads at one linearizable point; the future resolves to their replies."""
+        return self._node.read(functools.partial(_run_reads, reads))
+
+    def error_reply(self, exc: BaseException) -> Error:
+        """The RESP error for an exception raised by propose/read."""
+        if isinstance(exc, NotLeaderError):
+            return self.not_leader(exc.leader_id)
+        if isinstance(exc, ProposalDropped):
+            return Error("TRYAGAIN leadership changed before the write committed; "
+                         "it may or may not take effect")
+        if isinstance(exc, ReadTimeout):
+            return Error("TRYAGAIN could not confirm leadership in time")
+        if isinstance(exc, NodeStopped):
+            return Error("ERR node stopped")
+        if isinstance(exc, RaftError):
+            return Error(f"ERR {_text(str(exc).encode(), 200)}")
+        logger.error("%s: unexpected error serving a command", self._node.id, exc_info=exc)
+        return Error("ERR internal error")
+
+    def not_leader(self, leader_id: str | None) -> Error:
+        """``-NOTLEADER [<leader id> [<client address>]]``."""
+        if leader_id is None:
+            return Error("NOTLEADER")
+        address = self._client_addresses.get(leader_id)
+        return Error(f"NOTLEADER {leader_id} {address}" if address else f"NOTLEADER {leader_id}")
+
+    def status_json(self) -> bytes:
+        """RAFT.STATUS: the node's status as JSON."""
+        status = self._node.status()
+        return orjson.dumps({
+            "id": status.id,
+            "role": status.role,
+            "term": status.term,
+            "leader_id": status.leader_id,
+            "leader_address": self._client_addresses.get(status.leader_id or ""),
+            "commit_index": status.commit_index,
+            "last_applied": status.last_applied,
+            "last_log_index": status.last_log_index,
+            "running": status.running,
+        })
+
+    def local_command(self, name: bytes, args: list[bytes], connection_id: int) -> object:
+        """Run a connection-level command (arity already checked); returns its reply."""
+        if name == b"ping":
+            return PONG if not args else args[0]
+        if name == b"echo":
+            return args[0]
+        if name == b"raft.status":
+            return self.status_json()
+        if name == b"command":
+            return []  # no command table: enough for redis-cli and redis-benchmark
+        if name == b"config":
+            if args[0].lower() == b"get":
+                return []  # redis-benchmark asks for "save" and "appendonly"
+            return Error(f"ERR CONFIG {_text(args[0])} is not supported")
+        if name == b"select":
+            return OK if args[0] == b"0" else Error("ERR DB index is out of range")
+        if name == b"hello":
+            if args and args[0] != b"2":
+                return Error("NOPROTO sorry, this protocol version is not supported (use RESP2)")
+            role = "master" if self._node.status().role == "leader" else "replica"
+            return ["server", "raft-engine", "version", "0.1.0", "proto", 2,
+                    "id", connection_id, "mode", "standalone", "role", role, "modules", []]
+        if name == b"client":
+            sub = args[0].lower()
+            if sub in (b"setname", b"setinfo"):
+                return OK
+            if sub == b"getname":
+                return None
+            if sub == b"id":
+                return connection_id
+            return Error(f"ERR CLIENT {_text(args[0])} is not supported")
+        raise RaftError(f"not a local command: {name!r}")  # _LOCAL_ARITY and this agree
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests as they arrive; a task answers them in order."""
+
+    def __init__(self, server: KVServer) -> None:
+        self._server = server
+        self._id = next(server._ids)
+        self._parser = RespParser(**server._parser_limits)
+        # Commands parsed and not yet answered, then possibly a ProtocolError or _EOF marker.
+        self._queue: deque[Any] = deque()
+        self._wakeup = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._reading_paused = False
+        self._closed = False
+        self._transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._server._connections.add(self)
+        self.task = asyncio.get_running_loop().create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        parser, queue = self._parser, self._queue
+        parser.feed(data)
+        try:
+            while (command := parser.get_command()) is not None:
+                queue.append(command)
+        except ProtocolError as exc:
+            queue.append(exc)
+            self._pause_reading()
+        if len(queue) >= _MAX_QUEUED:
+            self._pause_reading()
+        self._wakeup.set()
+
+    def eof_received(self) -> bool:
+        self._queue.append(_EOF)  # answer what came before, then close
+        self._wakeup.set()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._server._connections.discard(self)
+        self._writable.set()
+        if self.task is not None:
+            self.task.cancel()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def close(self, *, abort: bool = False) -> None:
+        """Close the socket (after flushing, unless ``abort``)."""
+        if self._transport is not None and not self._closed:
+            self._closed = True
+            if abort:
+                self._transport.abort()
+            else:
+                self._transport.close()
+
+    async def _write(self, replies: list[object]) -> None:
+        if replies and not self._closed:
+            assert self._transport is not None
+            self._transport.write(encode_many(replies))
+            if not self._writable.is_set():  # the client is not reading: wait before going on
+                await self._writable.wait()
+
+    # -- the connection's task -------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        queue = self._queue
+        try:
+            while not self._closed:
+                if not queue:
+                    self._wakeup.clear()
+                    if self._reading_paused and self._transport is not None:
+                        self._reading_paused = False
+                        self._transport.resume_reading()
+                    await self._wakeup.wait()
+                    continue
+                replies = await self._run_batch()
+                if replies and replies[-1] is _QUIT:
+                    await self._write([*replies[:-1], OK])
+                    self.close()
+                    return
+                await self._write(replies)
+                head = queue[0] if queue else None
+                if head is _EOF or isinstance(head, ProtocolError):
+                    if isinstance(head, ProtocolError):
+                        logger.info("%s: closing client connection %d: %s", self._server.node.id,
+                                    self._id, head)
+                        reason = _text(str(head).encode())
+                        await self._write([Error(f"ERR Protocol error: {reason}")])
+                    self.close()
+                    return
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("%s: client connection %d failed", self._server.node.id, self._id)
+            self.close(abort=True)
+
+    async def _run_batch(self) -> list[object]:
+        """Answer the commands at the head of the queue up to the first one that must wait for
+        them (a data command of the other kind), a QUIT, or an end marker."""
+        server, queue = self._server, self._queue
+        slots: list[object] = []  # reply values, Futures resolving to them, or _ReadSlots
+        reads: list[tuple[Op, list[bytes]]] = []
+        kind: bool | None = None  # True: a run of writes; False: of reads
+        while queue:
+            command = queue[0]
+            if command is _EOF or isinstance(command, ProtocolError):
+                break
+            name = command[0].lower()
+            spec = COMMANDS.get(name)
+            if spec is not None:
+                args = command[1:]
+                error = check_args(spec.op, args)
+                if error is not None:
+                    slots.append(error)
+                elif kind is None or kind == spec.write:
+                    kind = spec.write
+                    if spec.write:
+                        slots.append(server.propose(spec.op, args))
+                    else:
+                        slots.append(_ReadSlot(len(reads)))
+                        reads.append((spec.op, args))
+                else:
+                    break  # the other kind: it waits until this run is answered
+            elif name in _LOCAL_ARITY:
+                if not arity_ok(_LOCAL_ARITY[name], len(command)):
+                    slots.append(Error(f"ERR wrong number of arguments for '{_text(name)}' "
+                                       "command"))
+                elif name == b"quit":
+                    queue.popleft()
+                    slots.append(_QUIT)
+                    break
+                else:
+                    slots.append(server.local_command(name, command[1:], self._id))
+            else:
+                given = " ".join(f"'{_text(a)}'" for a in command[1:4])
+                slots.append(Error(f"ERR unknown command '{_text(command[0])}', "
+                                   f"with args beginning with: {given}"))
+            queue.popleft()
+        read_future = server.read(reads) if reads else None
+        futures = [slot for slot in slots if isinstance(slot, Future)]
+        if read_future is not None:
+            futures.append(read_future)
+        if futures and not futures[-1].done():
+            # Entries commit in order, so once the last is done the others (nearly always) are
+            # too: one wake-up from the node's thread per run instead of one per command.
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(futures[-1])
+        for future in futures:
+            if not future.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(future)
+        replies: list[object] = []
+        for slot in slots:
+            if isinstance(slot, Future):
+                exc = slot.exception()
+                replies.append(server.error_reply(exc) if exc is not None else slot.result())
+            elif isinstance(slot, _ReadSlot):
+                assert read_future is not None
+                exc = read_future.exception()
+                replies.append(server.error_reply(exc) if exc is not None
+                               else read_future.result()[slot.i])
+            else:
+                replies.append(slot)
+        return replies
