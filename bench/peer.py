@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from typing import Any, TextIO
 
 from bench import workloads as wl
 from bench.scenarios import TIMINGS, Case, Context, run_commit_latency, run_throughput
+from engine.transport.tcp import free_loopback_ports
 
 PAYLOAD = 16
 
@@ -61,18 +61,6 @@ def _version(module: Any) -> str:
         return str(getattr(module, "__version__", "(unknown version)"))
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
 
 class _WarningCounter(logging.Handler):
     def __init__(self) -> None:
@@ -100,7 +88,7 @@ def _measure_peer(pysyncobj: Any, n: int, batch: bool, timing: Any) -> dict[str,
             self._count += 1
             return self._count
 
-    addrs = [f"127.0.0.1:{p}" for p in _free_ports(n)]
+    addrs = [f"127.0.0.1:{p}" for p in free_loopback_ports(n)]
     conf = SyncObjConf(appendEntriesUseBatch=batch, dynamicMembershipChange=False)
     objs = [Counter(a, [b for b in addrs if b != a], conf) for a in addrs]
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,24 +27,12 @@ from engine.storage.memory import MemoryLogStore, MemoryStableStore
 from engine.storage.snapshot import MemorySnapshotStore, SnapshotStore
 from engine.transport.faults import FaultPlan
 from engine.transport.memory import MemoryNetwork
+from engine.transport.tcp import free_loopback_ports
 
 logger = logging.getLogger(__name__)
 
 StateMachineFactory = Callable[[], StateMachine]
 
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class LocalCluster:
@@ -79,7 +66,7 @@ class LocalCluster:
         else:
             self.network = None
             self.faults = FaultPlan(seed=self._rng.randrange(2**32))
-            ports = _free_ports(n)
+            ports = free_loopback_ports(n)
             self.addresses = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, ports, strict=True)}
         self._stores: dict[str, tuple[LogStore, StableStore, SnapshotStore]] = {}
         self._tcp_counts_of_dead = 0

@@ -111,6 +111,21 @@ _CONNECTED = "connected"  # handshake done; queued messages are written
 _BACKOFF = "backoff"  # last attempt failed; messages are dropped until the timer fires
 
 
+
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago (each bound to
+    port 0 by the kernel, then released).  For tests, benchmarks and LocalCluster."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
 class HandshakeError(FrameError):
     """A connection's opening handshake failed (bad magic, wrong node, bad HMAC, timeout)."""
 

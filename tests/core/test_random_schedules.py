@@ -226,6 +226,7 @@ class SafetyChecker:
         self._check_log_matching(logs)
         self._check_leader_completeness(nodes, logs)
         self._check_durability(disks)
+        self._check_progress(nodes, disks)
 
     def _record_commit(self, node_id: str, log: RaftLog, first: int, entries: list[Entry],
                        term: int) -> None:
@@ -334,6 +335,35 @@ class SafetyChecker:
         if holders < self.quorum:
             raise SafetyViolation(f"durability: committed entry {entry} is durable on only "
                                   f"{holders} nodes")
+
+
+    def _check_progress(self, nodes: dict[str, RawNode], disks: dict[str, DurableState]) -> None:
+        """A leader's ``match`` for a peer is a lower bound of what the peer durably holds of
+        the leader's log: acks leave only after the write, and while the peer's durable term is
+        the leader's, only this leader changed its durable log (and never a matched prefix).
+        Catches over-claiming acks, e.g. a snapshot install acknowledging unverified entries."""
+        for node_id in self.ids:
+            raft = nodes[node_id].raft
+            if raft.role.value != "leader":
+                continue
+            log = raft.log
+            for peer, pr in raft.progress.items():
+                match = pr.match
+                if match > log.last_index():
+                    raise SafetyViolation(f"leader {node_id} of term {raft.term} has match "
+                                          f"{match} for {peer} past its own log end "
+                                          f"{log.last_index()}")
+                disk = disks[peer]
+                if disk.hard_state.term != raft.term or match < disk.first:
+                    continue  # another leader may have changed it, or the snapshot covers it
+                at = match - disk.first
+                term = log.term(match)
+                if at >= len(disk.entries) or (term is not None
+                                               and disk.entries[at].term != term):
+                    held = disk.entries[at] if at < len(disk.entries) else None
+                    raise SafetyViolation(
+                        f"leader {node_id} of term {raft.term} has match {match} for {peer}, "
+                        f"whose durable log has {held} there (leader's term there: {term})")
 
 
 def _describe(m: Message) -> str:

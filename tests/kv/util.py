@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from engine.kv.resp import encode, parse_reply
+from engine.transport.tcp import free_loopback_ports
 
 T = TypeVar("T")
 
@@ -26,16 +27,7 @@ LIVENESS = 20.0
 
 def free_ports(count: int) -> list[int]:
     """``count`` distinct ports that were free a moment ago (bound to port 0, then closed)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    return free_loopback_ports(count)
 
 
 def consecutive_free_ports(count: int, attempts: int = 50) -> int:
