@@ -101,6 +101,11 @@ def one_line(r: dict[str, Any]) -> str:
             f"{pair['situation']}: "
             + "; ".join(f"{k}: {_num(v['commits_per_s'])}/s" for k, v in pair["arms"].items())
             + f"; ratio {_ratio(pair['ratio'])}" for pair in m["pairs"])
+    if fam == "snapshots":
+        c = m["catchup"]
+        return (f"throughput ratio {_ratio(m['throughput']['ratio'])}; catch-up "
+                + ", ".join(f"{k}: {v['seconds']:.2f}s" for k, v in c.items())
+                + f"; transfer p50={_num(m['transfer_ms']['p50'], 1)}ms")
     if fam == "timeout_tuning":
         return (f"recover p50={_num(m['recover_to_commit_ms']['p50'], 1)}ms, "
                 f"{m['under_drop']['elections_per_min']:.1f} elections/min under drop")
@@ -439,6 +444,33 @@ def _section_tuning(rs: list[dict[str, Any]]) -> list[str]:
                   rows)
 
 
+def _section_snapshots(rs: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for r in rs:
+        if r["status"] != "ok":
+            rows.append([r["status"] + ": " + (r["error"] or r["skipped"] or ""), "", "", ""])
+            continue
+        m = r["metrics"]
+        pair = m["throughput"]
+        (a, ma), (b, mb) = list(pair["arms"].items())[:2]
+        rows.append(["commit throughput, 10,000-key state machine",
+                     f"{a}: {_num(ma['commits_per_s'])}/s",
+                     f"{b}: {_num(mb['commits_per_s'])}/s",
+                     _ratio(pair["ratio"]) + f" ({b} / {a})"])
+        log, snap = m["catchup"]["log"], m["catchup"]["snapshot"]
+        rows.append([f"follower {m['catchup_entries']:,} entries behind catches up",
+                     f"from the log: {log['seconds']:.2f} s, {_num(log['messages'])} msgs",
+                     f"by snapshot: {snap['seconds']:.2f} s, {_num(snap['messages'])} msgs, "
+                     f"{_num(snap['snapshot_bytes'])} B state"
+                     + ("" if snap["via_snapshot"] else " (no snapshot was needed)"),
+                     _ratio(log["seconds"] / snap["seconds"] if snap["seconds"] else math.nan)
+                     + " (log / snapshot time)"])
+        tr = m["transfer_ms"]
+        rows.append(["leadership transfer", f"p50 {_num(tr['p50'], 1)} ms",
+                     f"max {_num(tr['max'], 1)} ms ({tr['count']} transfers)", ""])
+    return _table(["measure", "A", "B", "ratio"], rows)
+
+
 SECTIONS = [
     ("commit_latency", "Commit latency vs cluster size (one sequential client)",
      _section_latency),
@@ -450,6 +482,7 @@ SECTIONS = [
     ("ablation", "Ablations (same-run ratios)", _section_ablations),
     ("timeout_tuning", "Timeout tuning (n=3, defaults otherwise; recovery after a leader crash, "
      "spurious elections under 5% drop with 0-20 ms delay and reordering)", _section_tuning),
+    ("snapshots", "Snapshots and leadership transfer (n=3)", _section_snapshots),
 ]
 
 

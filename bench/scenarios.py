@@ -67,6 +67,8 @@ class Timing:
     diverge_terms: int
     diverge_rounds: int
     outstanding: int = 1000
+    catchup_entries: int = 20_000   # entries a cut-off follower misses (snapshot scenario)
+    transfers: int = 5              # leadership transfers timed
 
 
 TIMINGS = {
@@ -74,17 +76,20 @@ TIMINGS = {
                     tput_warmup_s=0.5, tput_windows=8, tput_window_s=0.25,
                     ab_rounds=2, ab_windows=3, ab_window_s=0.35,
                     churn_s=12.0, elections_s=12.0, tuning_crashes=3, tuning_observe_s=5.0,
-                    diverge_entries=2000, diverge_terms=4, diverge_rounds=1),
+                    diverge_entries=2000, diverge_terms=4, diverge_rounds=1,
+                    catchup_entries=20_000, transfers=5),
     "full": Timing("full", latency_ops=10000, latency_warmup=500, latency_budget_s=8.0,
                    tput_warmup_s=1.0, tput_windows=10, tput_window_s=1.0,
                    ab_rounds=3, ab_windows=4, ab_window_s=0.75,
                    churn_s=60.0, elections_s=60.0, tuning_crashes=8, tuning_observe_s=30.0,
-                   diverge_entries=10000, diverge_terms=10, diverge_rounds=2),
+                   diverge_entries=10000, diverge_terms=10, diverge_rounds=2,
+                   catchup_entries=200_000, transfers=20),
     "tiny": Timing("tiny", latency_ops=40, latency_warmup=10, latency_budget_s=0.3,
                    tput_warmup_s=0.1, tput_windows=2, tput_window_s=0.15,
                    ab_rounds=1, ab_windows=2, ab_window_s=0.15,
                    churn_s=3.0, elections_s=1.0, tuning_crashes=1, tuning_observe_s=1.0,
-                   diverge_entries=100, diverge_terms=2, diverge_rounds=1, outstanding=200),
+                   diverge_entries=100, diverge_terms=2, diverge_rounds=1, outstanding=200,
+                   catchup_entries=600, transfers=2),
 }
 
 
@@ -401,7 +406,8 @@ def _switch_interval(seconds: float | None) -> Iterator[None]:
 
 def _ab_throughput(case: Case, ctx: Context, arms: list[tuple[str, dict[str, Any]]], *,
                    situation: str = "", faults: dict[str, Any] | None = None,
-                   common: dict[str, Any] | None = None) -> Outcome:
+                   common: dict[str, Any] | None = None,
+                   state_machine: Callable[[], Any] = CounterStateMachine) -> Outcome:
     """Same-run A/B: each arm (name, {config overrides, 'switch': interval}) is measured
     ``ab_rounds`` times, alternating arms, each time on a fresh cluster.  ``common`` config
     overrides and ``faults`` apply to both arms.  The metrics hold one entry in ``pairs``."""
@@ -417,7 +423,7 @@ def _ab_throughput(case: Case, ctx: Context, arms: list[tuple[str, dict[str, Any
             config = dataclasses.replace(BASE_CONFIG, **spec)
             with _switch_interval(switch), \
                     running_cluster(ctx, f"{prefix} {name} {_round}", p["n"],
-                                    config=config) as c:
+                                    config=config, state_machine=state_machine) as c:
                 _apply_drop(c, p)
                 if faults:
                     c.set_faults(**faults)
@@ -608,6 +614,39 @@ def run_timeout_tuning(case: Case, ctx: Context) -> Outcome:
     return Outcome(metrics, [s for s in series if s.runs])
 
 
+def run_snapshots(case: Case, ctx: Context) -> Outcome:
+    """Snapshots: commit throughput with frequent snapshots of a 10,000-key state machine vs
+    none (same-run ratio); a follower that missed ``catchup_entries`` entries catching up from
+    the log vs by InstallSnapshot (time, messages, bytes); and leadership transfer time."""
+    t = ctx.timing
+    p = case.params
+    ratio = _ab_throughput(case, ctx, [
+        ("snapshots off", {"snapshot_threshold": 0}),
+        ("snapshot every 5,000", {"snapshot_threshold": 5000,
+                                  "snapshot_trailing_entries": 500})],
+        state_machine=wl.TableStateMachine)
+    catchup: dict[str, Any] = {}
+    series = list(ratio.series)
+    for name, spec in (("log", {"snapshot_threshold": 0}),
+                       ("snapshot", {"snapshot_threshold": max(100, t.catchup_entries // 4),
+                                     "snapshot_trailing_entries": 100})):
+        config = dataclasses.replace(BASE_CONFIG, **spec)
+        with running_cluster(ctx, f"{case.label} catch-up {name}", p["n"], config=config,
+                             state_machine=wl.TableStateMachine) as c:
+            result = wl.follower_catch_up(c, t.catchup_entries, progress=ctx.say)
+        catchup[name] = result
+        series.append(Series(f"{case.label} catch-up via {name}", [(1, [result["seconds"]])],
+                             f"seconds for a follower {t.catchup_entries} entries behind"))
+    with running_cluster(ctx, f"{case.label} transfer", p["n"]) as c:
+        times = wl.time_transfers(c, t.transfers)
+    series.append(Series(f"{case.label} leadership transfer", [(1, times)],
+                         "seconds from transfer_leadership() to the target leading"))
+    pair = ratio.metrics["pairs"][0]
+    metrics = {"throughput": pair, "catchup_entries": t.catchup_entries, "catchup": catchup,
+               "transfer_ms": wl.percentiles_ms(times)}
+    return Outcome(metrics, series)
+
+
 # -- the registry -------------------------------------------------------------------------------
 
 
@@ -640,6 +679,8 @@ FAMILIES = {f.name: f for f in [
            run_ablation_switch_interval),
     Family("timeout_tuning", "Timeout tuning: election timeout / heartbeat sweep",
            run_timeout_tuning),
+    Family("snapshots", "Snapshots: throughput cost, follower catch-up, leadership transfer",
+           run_snapshots),
 ]}
 
 TUNING_POINTS = {
@@ -680,6 +721,7 @@ def build_cases(mode: str = "quick") -> list[Case]:
     specs.append(("ablation_switch_interval", {"n": 3, "payload": 16}))
     for point in TUNING_POINTS["full" if full else "quick"]:
         specs.append(("timeout_tuning", {"n": 3, "point": point, "drop": 0.05}))
+    specs.append(("snapshots", {"n": 3, "payload": 16}))
     return [Case(family, _label(family, params), params, FAMILIES[family].run)
             for family, params in specs]
 

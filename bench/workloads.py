@@ -21,6 +21,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
 
 from engine import LocalCluster, NodeStopped, NotLeaderError, ProposalDropped, RaftNode
 
@@ -547,3 +550,79 @@ def diverge_and_converge(cluster: LocalCluster, *, entries: int, terms: int,
     messages = cluster.message_count() - m0
     return Convergence(divergent_entries=entries, leader_terms=len(seen_terms),
                        seconds=seconds, messages=messages, converged=ok)
+
+
+# -- snapshots and leadership transfer ------------------------------------------------------------
+
+
+class TableStateMachine:
+    """A state machine with a realistic snapshot cost: the last command per key, 10,000 keys
+    (key = index mod 10,000), serialised with orjson."""
+
+    KEYS = 10_000
+
+    def __init__(self) -> None:
+        self.table: dict[int, bytes] = {}
+
+    def apply(self, index: int, command: bytes) -> object:
+        self.table[index % self.KEYS] = command
+        return index
+
+    def snapshot(self) -> bytes:
+        return orjson.dumps({str(k): v.hex() for k, v in self.table.items()})
+
+    def restore(self, data: bytes) -> None:
+        self.table = {int(k): bytes.fromhex(v) for k, v in orjson.loads(data).items()}
+
+
+def percentiles_ms(values: Sequence[float]) -> dict[str, float]:
+    """p50 and max of durations in seconds, reported in milliseconds."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": math.nan, "max": math.nan, "count": 0}
+    return {"p50": percentile(ordered, 50) * 1e3, "max": ordered[-1] * 1e3,
+            "count": len(ordered)}
+
+
+def follower_catch_up(cluster: LocalCluster, entries: int,
+                      progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Cut one follower off, commit ``entries`` entries, reconnect it, and time how long it
+    takes to apply everything the leader committed.  Reports seconds, messages sent during the
+    catch-up, and whether it went through a snapshot (the follower's snapshot_index moved)."""
+    leader = ready_leader(cluster)
+    lagging = (cluster.nodes.index(leader) + 1) % len(cluster.nodes)
+    follower = cluster.nodes[lagging]
+    cluster.isolate(lagging)
+    payload = payload_of(16)
+    pending: deque[Future] = deque()
+    for _ in range(entries):
+        pending.append(leader.propose(payload))
+        if len(pending) >= 1000:
+            pending.popleft().result(30)
+    while pending:
+        pending.popleft().result(30)
+    commit = leader.status().commit_index
+    progress(f"follower {follower.id} is {commit - follower.last_applied} entries behind")
+    snapshot_before = follower.status().snapshot_index
+    messages_before = cluster.message_count()
+    start = time.perf_counter()
+    cluster.rejoin(lagging)
+    converged = cluster.wait_for(lambda: follower.last_applied >= commit, timeout=120.0)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "converged": converged,
+            "messages": cluster.message_count() - messages_before,
+            "via_snapshot": follower.status().snapshot_index > snapshot_before,
+            "snapshot_bytes": len(leader.read(lambda sm: sm.snapshot()).result(10)),
+            "behind": commit}
+
+
+def time_transfers(cluster: LocalCluster, count: int) -> list[float]:
+    """Move leadership round-robin ``count`` times; seconds per transfer."""
+    times = []
+    for _ in range(count):
+        leader = ready_leader(cluster)
+        target = cluster.nodes[(cluster.nodes.index(leader) + 1) % len(cluster.nodes)]
+        start = time.perf_counter()
+        leader.transfer_leadership(target.id).result(10)
+        times.append(time.perf_counter() - start)
+    return times
