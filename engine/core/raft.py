@@ -440,7 +440,9 @@ class Raft:
         self.snapshot = meta
         self._installed_snapshot = meta
         logger.info("%s installed snapshot %d/%d from %s", self.id, m.log_term, m.index, m.src)
-        self._send(APPEND_RESPONSE, m.src, index=log.last_index())
+        # Acknowledge the snapshot only: a kept suffix is matched (or cut) by the next append,
+        # so the leader never counts entries it has not itself checked.
+        self._send(APPEND_RESPONSE, m.src, index=m.index)
 
     # -- snapshots taken locally -------------------------------------------------------------
 
