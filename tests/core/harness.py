@@ -9,49 +9,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
 from engine.core import Message, MessageKind, RaftOptions, RawNode, Ready
+from engine.sim.disk import DurableState
 from engine.types import Entry, HardState, NodeId, SnapshotMeta
-
-
-@dataclass
-class DurableState:
-    """What a node's disk holds."""
-
-    hard_state: HardState = field(default_factory=HardState)
-    entries: list[Entry] = field(default_factory=list)
-    snapshot: SnapshotMeta | None = None
-    #: the applied entries a snapshot stands for (the simulated state machine image)
-    snapshot_state: list[Entry] = field(default_factory=list)
-
-    @property
-    def first(self) -> int:
-        """Index of ``entries[0]``."""
-        return self.snapshot.index + 1 if self.snapshot else 1
-
-    def persist(self, rd: Ready, snapshot_state: list[Entry] | None = None) -> None:
-        if rd.snapshot is not None:
-            meta = rd.snapshot
-            keep = [e for e in self.entries if e.index > meta.index]
-            at = [e for e in self.entries if e.index == meta.index]
-            self.entries = keep if at and at[0].term == meta.term else []
-            self.snapshot = meta
-            self.snapshot_state = list(snapshot_state or [])
-        if rd.entries:
-            start = rd.entries[0].index
-            del self.entries[start - self.first:]
-            if len(self.entries) != start - self.first:
-                raise AssertionError(f"durable gap: have {len(self.entries)}, write at {start}")
-            self.entries.extend(rd.entries)
-        if rd.hard_state is not None:
-            self.hard_state = rd.hard_state
-
-    def compact(self, meta: SnapshotMeta, state: list[Entry]) -> None:
-        """A local snapshot covering ``state`` (the applied entries up to meta.index)."""
-        self.entries = [e for e in self.entries if e.index > meta.index]
-        self.snapshot = meta
-        self.snapshot_state = list(state)
 
 
 class CoreNetwork:
