@@ -5,13 +5,15 @@ Usage::
     python -m bench                      # quick suite (same as --quick), about 3 minutes
     python -m bench --full               # every configuration, longer windows
     python -m bench --scenario churn --scenario throughput     # families or exact case labels
+    python -m bench --scenario processes # 3 `raft-engine node` processes (in --full; else ask)
     python -m bench --list               # what the suite would run
     python -m bench --out DIR --seed 7   # output directory (default bench-results/), seed
     python -m bench --peer pysyncobj     # also run the workload on PySyncObj and print ratios
     python -m bench profile SCENARIO [--n 3] [--payload 16] [--transport memory] [--drop 0.05]
 
 Outputs (in --out): <family>.json (pyperf), results.json, REPORT.md, *.png.  Measurement is
-in-process (see bench/scenarios.py for why and how the pyperf files are built).
+in-process, except the ``processes`` family's node processes (see bench/scenarios.py for why and
+how the pyperf files are built).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.scenarios import FAMILIES, build_cases
+from bench.scenarios import EXPLICIT_ONLY, FAMILIES, build_cases
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {family.title}")
             for c in members:
                 print(f"    {c.label}")
+            if not members and name in EXPLICIT_ONLY:
+                print(f"    (not in --{args.mode}; run with --scenario {name})")
         print(f"{len(cases)} cases in --{args.mode} mode")
         return 0
     from bench.suite import run_suite

@@ -65,6 +65,21 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     return lines
 
 
+def baseline_check(p50_us: float | None, baseline: dict[str, Any]) -> dict[str, Any]:
+    """The target "p50 <= 2 x (loopback RTT + one fdatasync)" for one measured p50."""
+    unit = baseline["rtt_p50_us"] + baseline["fdatasync_p50_us"]
+    ratio = p50_us / unit if p50_us is not None and unit > 0 else math.nan
+    return {"p50_us": p50_us, "unit_us": unit, "bound_us": 2 * unit, "ratio": ratio,
+            "met": None if math.isnan(ratio) else ratio <= 2.0}
+
+
+def _baseline_text(p50_us: float | None, baseline: dict[str, Any]) -> str:
+    c = baseline_check(p50_us, baseline)
+    return (f"p50 {_num(p50_us)} us vs 2 x (RTT {_num(baseline['rtt_p50_us'])} us + fdatasync "
+            f"{_num(baseline['fdatasync_p50_us'])} us) = {_num(c['bound_us'])} us: "
+            f"{_ratio(c['ratio'])} of RTT + fdatasync")
+
+
 def one_line(r: dict[str, Any]) -> str:
     """A short summary of one case result for the progress output."""
     if r["status"] == "skipped":
@@ -80,8 +95,17 @@ def one_line(r: dict[str, Any]) -> str:
         return f"{_num(m['commits_per_s'])} commits/s (errors {m['errors']})"
     if fam in ("durability", "faults"):
         lat = m["latency"]
-        return (f"{_num(m['throughput']['commits_per_s'])} commits/s, "
+        line = (f"{_num(m['throughput']['commits_per_s'])} commits/s, "
                 f"p50={_num(lat.get('p50_us'))}us p99={_num(lat.get('p99_us'))}us")
+        if m.get("baseline"):
+            line += "; " + _baseline_text(lat.get("p50_us"), m["baseline"])
+        return line
+    if fam == "processes":
+        lat, tput = m["latency"], m["throughput"]
+        return (f"sequential SET p50={_num(lat.get('p50_us'))}us p90={_num(lat.get('p90_us'))}us "
+                f"p99={_num(lat.get('p99_us'))}us; {_num(tput['commits_per_s'])} SETs/s with "
+                f"{m['depth']} pipelined (errors {tput['errors']}); "
+                + _baseline_text(lat.get("p50_us"), m["baseline"]))
     if fam == "churn":
         return (f"crashes={m['crashes']} acked={m['acked']} lost={m['lost']} "
                 f"to_leader_p50={_num(m['time_to_leader_ms']['p50'])}ms "
@@ -229,7 +253,14 @@ def _ok(results: dict[str, dict[str, Any]], label: str) -> dict[str, Any] | None
     return r["metrics"] if r and r["status"] == "ok" else None
 
 
-def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+BASELINE_CASE = "durability n=3 tcp native fsync=on 16B"
+PROCESSES_CASE = "processes n=3 tcp native fsync=on 16B"
+PEER_TARGET = 5.0
+"""Engine (3 nodes, TCP, native store, fsync) throughput / PySyncObj's, same run."""
+
+
+def targets(results: dict[str, dict[str, Any]],
+            peer: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The issue's performance targets, evaluated (reported, never asserted)."""
     rows: list[dict[str, Any]] = []
 
@@ -267,6 +298,33 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             lost == 0)
     else:
         row("churn loses 0 acknowledged commits", "-", None)
+    name = "3 nodes TCP, native store, fsync: p50 <= 2 x (RTT + fdatasync)"
+    base = _ok(results, BASELINE_CASE)
+    if base and base.get("baseline"):
+        p50 = base["latency"].get("p50_us")
+        row(name + " (in-process cluster, commit latency)",
+            _baseline_text(p50, base["baseline"]), baseline_check(p50, base["baseline"])["met"])
+    else:
+        row(name + " (in-process cluster, commit latency)", "-", None)
+    if any(r["family"] == "processes" for r in results.values()):
+        procs = _ok(results, PROCESSES_CASE)
+        if procs:
+            p50 = procs["latency"].get("p50_us")
+            row(name + " (3 node processes, client SET latency)",
+                _baseline_text(p50, procs["baseline"]),
+                baseline_check(p50, procs["baseline"])["met"])
+        else:
+            row(name + " (3 node processes, client SET latency)", "-", None)
+    name = (f"3 nodes TCP, native store, fsync: throughput >= {PEER_TARGET:g}x PySyncObj's "
+            "(same run)")
+    t = (peer or {}).get("target")
+    if t and t.get("ratio") is not None and not math.isnan(t["ratio"]):
+        row(name, f"{_ratio(t['ratio'])} ({_num(t['engine_commits_per_s'])} vs "
+            f"{_num(t['peer_commits_per_s'])} commits/s, {t['peer_system']})",
+            t["ratio"] >= PEER_TARGET)
+    else:
+        row(name, "run with --peer pysyncobj" if peer is None
+            else (peer.get("skipped") or (t or {}).get("error") or "-"), None)
     return rows
 
 
@@ -311,23 +369,70 @@ def _section_throughput(rs: list[dict[str, Any]]) -> list[str]:
                    "commits", "errors", "vs n=3"], rows)
 
 
+def _baseline_lines(label: str, p50_us: float | None, b: dict[str, Any]) -> list[str]:
+    return ["", f"Baseline measured after `{label}` (same run, no cluster running): loopback "
+            f"TCP round trip p50 {_num(b['rtt_p50_us'], 1)} us (p99 {_num(b['rtt_p99_us'], 1)} "
+            f"us, {b['rtt_samples']} pings to an echo thread); append + fdatasync p50 "
+            f"{_num(b['fdatasync_p50_us'], 1)} us (p99 {_num(b['fdatasync_p99_us'], 1)} us, "
+            f"{b['fdatasync_samples']} samples, {b['filesystem']}). Target p50 <= 2 x (RTT + "
+            f"fdatasync): {_baseline_text(p50_us, b)}."]
+
+
 def _section_durability(rs: list[dict[str, Any]]) -> list[str]:
     mem = next((r["metrics"]["throughput"]["commits_per_s"] for r in rs
                 if r["status"] == "ok" and r["params"]["store"] == "memory"), None)
     rows = []
+    notes: list[str] = []
     for r in rs:
         p, m = r["params"], r["metrics"]
         fsync = "-" if p["store"] == "memory" else ("on" if p["fsync"] else "off")
+        transport = p.get("transport", "memory")
         if r["status"] != "ok":
-            rows.append([p["store"], fsync, r["status"] + ": "
+            rows.append([transport, p["store"], fsync, r["status"] + ": "
                          + (r["skipped"] or r["error"] or ""), "", "", "", ""])
             continue
         tput = m["throughput"]["commits_per_s"]
-        rows.append([p["store"], fsync, _num(tput), _ratio(tput / mem) if mem else "-",
+        rows.append([transport, p["store"], fsync, _num(tput),
+                     _ratio(tput / mem) if mem else "-",
                      _num(m["latency"]["p50_us"]), _num(m["latency"]["p99_us"]),
                      m.get("store_impl", "-")])
-    return _table(["store", "fsync", "commits/s", "vs memory", "p50 us", "p99 us",
-                   "implementation"], rows)
+        if m.get("baseline"):
+            notes += _baseline_lines(r["label"], m["latency"].get("p50_us"), m["baseline"])
+    return _table(["transport", "store", "fsync", "commits/s", "vs memory", "p50 us", "p99 us",
+                   "implementation"], rows) + notes
+
+
+def _section_processes(rs: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    notes: list[str] = []
+    for r in rs:
+        p, m = r["params"], r["metrics"]
+        fsync = "on" if p["fsync"] else "off"
+        if r["status"] != "ok":
+            rows.append([fsync, r["status"] + ": " + (r["skipped"] or r["error"] or "")]
+                        + [""] * 8)
+            continue
+        lat, tput = m["latency"], m["throughput"]
+        rows.append([fsync, _num(lat["ops"]), _num(lat.get("p50_us")), _num(lat.get("p90_us")),
+                     _num(lat.get("p99_us")), _num(lat.get("max_us")),
+                     f"{_num(tput['commits_per_s'])} ({_num(tput['commits_per_s_min'])} - "
+                     f"{_num(tput['commits_per_s_max'])})",
+                     f"{m['depth']}", f"{lat.get('retries', 0)} / {tput['errors']}",
+                     f"{_num(m['node_cpu_cores'], 2)} / {_num(m['leader_cpu_cores'], 2)} / "
+                     f"{_num(m['client_cpu_cores'], 2)}"])
+        if p["fsync"]:
+            notes += _baseline_lines(r["label"], lat.get("p50_us"), m["baseline"])
+    impl = next((r["metrics"]["store_impl"] for r in rs if r["status"] == "ok"), None)
+    lines = ["Three `python -m engine.cli node` processes (Raft over TCP on 127.0.0.1, data in "
+             "a temporary directory"
+             + (f", {impl}" if impl else "") + "); the client is this process, speaking "
+             "RESP2 on a raw socket to the leader's client port: sequential SETs of 16-byte "
+             "values (latency = send to reply, what a client sees), then SETs pipelined on one "
+             "connection (throughput, median window).", ""]
+    lines += _table(["fsync", "sequential SETs", "p50 us", "p90 us", "p99 us", "max us",
+                     "pipelined SETs/s (window range)", "in flight", "retries / errors",
+                     "CPU cores while pipelining: all nodes / leader / client"], rows)
+    return lines + notes
 
 
 def _section_faults(rs: list[dict[str, Any]]) -> list[str]:
@@ -475,7 +580,10 @@ SECTIONS = [
     ("commit_latency", "Commit latency vs cluster size (one sequential client)",
      _section_latency),
     ("throughput", "Throughput at saturation vs cluster size", _section_throughput),
-    ("durability", "Durability: memory store vs native store (n=3, 16 B)", _section_durability),
+    ("durability", "Durability: memory store vs native store (n=3, 16 B; in-process cluster)",
+     _section_durability),
+    ("processes", "Separate node processes over TCP with a RESP client (n=3, 16 B)",
+     _section_processes),
     ("faults", "Faults: drop rate with matching delay and reordering (n=3, 16 B)",
      _section_faults),
     ("churn", "Leader churn (crash the leader every 1-2 s, restart it)", _section_churn),
@@ -491,11 +599,28 @@ def _section_peer(peer: dict[str, Any]) -> list[str]:
         return [f"Skipped: {peer['skipped']}"]
     rows = []
     for row in peer["rows"]:
-        rows.append([row["n"], row["system"], row["transport"], _num(row.get("p50_us")),
-                     _num(row.get("p99_us")), _num(row.get("commits_per_s")),
-                     _ratio(row.get("throughput_ratio")), _ratio(row.get("p50_ratio"))])
-    lines = _table(["n", "system", "transport", "p50 us", "p99 us", "commits/s",
+        if row.get("error"):
+            rows.append([row["n"], row["system"], row["transport"], row.get("log", "-"),
+                         "error: " + row["error"], "", "", "", ""])
+            continue
+        rows.append([row["n"], row["system"], row["transport"], row.get("log", "-"),
+                     _num(row.get("p50_us")), _num(row.get("p99_us")),
+                     _num(row.get("commits_per_s")), _ratio(row.get("throughput_ratio")),
+                     _ratio(row.get("p50_ratio"))])
+    lines = _table(["n", "system", "transport", "log", "p50 us", "p99 us", "commits/s",
                     "throughput ratio (engine / peer)", "p50 ratio (peer / engine)"], rows)
+    t = peer.get("target")
+    if t:
+        ratio = t.get("ratio")
+        if ratio is None or math.isnan(ratio):
+            verdict = f"not measured ({t.get('error') or 'no ratio'})"
+        else:
+            verdict = (f"{_ratio(ratio)} = {_num(t['engine_commits_per_s'])} / "
+                       f"{_num(t['peer_commits_per_s'])} commits/s ({t['peer_system']}): "
+                       + ("met" if ratio >= PEER_TARGET else "MISSED"))
+        lines += ["", f"Target: 3 nodes over TCP, native store with fsync, throughput >= "
+                  f"{PEER_TARGET:g}x PySyncObj's on the same workload in the same run: "
+                  f"**{verdict}**."]
     return [*lines, "", peer.get("note", "")]
 
 
@@ -543,6 +668,10 @@ def render_markdown(suite: SuiteResult, data: dict[str, Any], plots: list[str],
               "client, after warm-up proposals; a retried proposal counts from its first try.",
               "- Throughput: 1,000 proposals kept outstanding on the leader; commits counted "
               "per window after a warm-up; the median window is reported.",
+              "- Processes (full suite, or `--scenario processes`): the same two measurements "
+              "made from outside the cluster, with RESP SETs over TCP to three node processes; "
+              "the RTT and fdatasync baseline is measured in the same case once the nodes have "
+              "stopped.",
               "- pyperf files hold seconds (per proposal, or per commit for throughput), lower "
               "is better: `python -m pyperf show bench-results/throughput.json`.",
               f"- Re-run: `{env['command']}`; one scenario: `python -m bench --scenario "
@@ -636,7 +765,7 @@ def write_all(suite: SuiteResult, out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     cases = [r.to_json() for r in suite.results]
     data = {"environment": suite.environment, "cases": cases,
-            "targets": targets({c["label"]: c for c in cases}),
+            "targets": targets({c["label"]: c for c in cases}, suite.peer),
             "peer": suite.peer}
     written = write_pyperf(suite, out_dir)
     try:

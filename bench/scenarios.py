@@ -8,7 +8,9 @@ pyperf file, ``bench-results/<family>.json``.  A *case* is one configuration of 
 Measurement approach: clusters run in this process, so each case measures in-process with
 ``time.perf_counter`` and the results are turned into ``pyperf.Run``/``pyperf.Benchmark`` objects
 by bench/report.py (pyperf's Runner, which spawns worker processes and owns argv, does not fit a
-cluster with a dozen threads, crash/restart and fault plans).  Values are always seconds, lower is
+cluster with a dozen threads, crash/restart and fault plans).  The exception is the ``processes``
+family (bench/processes.py): three node processes, measured from this process over RESP, with
+the same conversion to pyperf objects.  Values are always seconds, lower is
 better, so ``python -m pyperf compare_to old.json new.json`` reads the right way round:
 
 * latency benchmarks: one value per proposal (``loops=1``);
@@ -33,6 +35,7 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -69,6 +72,9 @@ class Timing:
     outstanding: int = 1000
     catchup_entries: int = 20_000   # entries a cut-off follower misses (snapshot scenario)
     transfers: int = 5              # leadership transfers timed
+    probe_rtt: int = 2000           # loopback pings of the baseline probe
+    probe_fsync: int = 200          # append+fdatasync samples of the baseline probe
+    pipeline_depth: int = 128       # SETs in flight in the processes family's throughput
 
 
 TIMINGS = {
@@ -89,7 +95,8 @@ TIMINGS = {
                    ab_rounds=1, ab_windows=2, ab_window_s=0.15,
                    churn_s=3.0, elections_s=1.0, tuning_crashes=1, tuning_observe_s=1.0,
                    diverge_entries=100, diverge_terms=2, diverge_rounds=1, outstanding=200,
-                   catchup_entries=600, transfers=2),
+                   catchup_entries=600, transfers=2, probe_rtt=200, probe_fsync=20,
+                   pipeline_depth=32),
 }
 
 
@@ -335,12 +342,18 @@ def run_throughput(case: Case, ctx: Context) -> Outcome:
 
 def run_durability(case: Case, ctx: Context) -> Outcome:
     """Memory store vs the native store (LocalCluster(data_dir=...)) with fsync off and on.  The
-    data directory is a fresh temporary directory: set TMPDIR to put it on the disk to test."""
+    data directory is a fresh temporary directory: set TMPDIR to put it on the disk to test.
+
+    The TCP case (``transport='tcp'``) also probes the machine's baseline once the cluster has
+    stopped: loopback TCP round trip and append+fdatasync on the data directory's filesystem
+    (bench/processes.py), for the target "p50 <= 2 x (RTT + fdatasync)"."""
+    from bench.processes import probe_baseline
     p = case.params
     if reason := _needs(ctx, p):
         return Outcome(skipped=reason)
     config = dataclasses.replace(BASE_CONFIG, fsync=p["fsync"])
-    with running_cluster(ctx, case.label, p["n"], config=config, store=p["store"]) as c:
+    with running_cluster(ctx, case.label, p["n"], config=config, store=p["store"],
+                         transport=p.get("transport", "memory")) as c:
         _apply_drop(c, p)
         values, retries = _latency(ctx, c, p["payload"])
         result = _throughput(ctx, c, p["payload"])
@@ -349,8 +362,66 @@ def run_durability(case: Case, ctx: Context) -> Outcome:
                "store_impl": native_store_impl() if p["store"] == "native" else "MemoryLogStore"}
     if p["store"] == "native":
         metrics["store_impl"] += f", data_dir on {filesystem_of(tempfile.gettempdir())}"
+    if p.get("transport") == "tcp":
+        metrics["baseline"] = probe_baseline(tempfile.gettempdir(),
+                                             rtt_samples=ctx.timing.probe_rtt,
+                                             fsync_samples=ctx.timing.probe_fsync)
     return Outcome(metrics, [_latency_series(case.label + " latency", values),
                              _tput_series(case.label + " throughput", result)])
+
+
+def run_processes(case: Case, ctx: Context) -> Outcome:
+    """Three ``python -m engine.cli node`` processes over TCP on loopback (bench/processes.py):
+    sequential SET latency and pipelined SET throughput through RESP on the leader's client
+    port, then the baseline probes (loopback RTT, fdatasync) once the processes have stopped."""
+    from bench import processes as pr
+    t = ctx.timing
+    p = case.params
+    if reason := _needs(ctx, p):
+        return Outcome(skipped=reason)
+    payload = wl.payload_of(p["payload"])
+    depth = p.get("depth", t.pipeline_depth)
+    t0 = time.perf_counter()
+    with pr.node_processes(p["n"], fsync=p["fsync"]) as cluster:
+        startup_s = time.perf_counter() - t0
+        assert cluster.leader is not None
+        with pr.RespClient(cluster.leader) as client:
+            values, retries = pr.sequential_sets(
+                client, payload, ops=t.latency_ops, warmup_ops=t.latency_warmup,
+                budget_s=t.latency_budget_s, cluster=cluster)
+            node_cpu0, cpu0, w0 = cluster.cpu_seconds(), time.process_time(), time.perf_counter()
+            piped = pr.pipelined_sets(client, payload, depth=depth, warmup_s=t.tput_warmup_s,
+                                      windows=t.tput_windows, window_s=t.tput_window_s)
+            wall = time.perf_counter() - w0
+            node_cpu1 = cluster.cpu_seconds()
+            client_cpu = time.process_time() - cpu0
+        cluster.check_alive()
+        leader_id = cluster.leader_id
+    node_cpu = {i: node_cpu1[i] - node_cpu0[i] for i in node_cpu0}
+    result = wl.ThroughputResult(piped.windows, piped.errors, depth)
+    metrics = {
+        "latency": wl.latency_summary(values) | {"retries": retries},
+        "throughput": result.summary(),
+        "depth": depth,
+        "first_error": piped.first_error,
+        "startup_s": startup_s,
+        "node_cpu_cores": sum(node_cpu.values()) / wall if wall else math.nan,
+        "leader_cpu_cores": node_cpu.get(leader_id or "", math.nan) / wall if wall else math.nan,
+        "leader": leader_id,
+        "client_cpu_cores": client_cpu / wall if wall else math.nan,
+        "store_impl": (f"{native_store_impl()}, data_dir on "
+                       f"{filesystem_of(tempfile.gettempdir())}"),
+        "baseline": pr.probe_baseline(tempfile.gettempdir(), rtt_samples=t.probe_rtt,
+                                      fsync_samples=t.probe_fsync),
+    }
+    lat = Series(case.label + " latency", [(1, [v for v in values if v > 0])],
+                 "seconds from sending SET to reading its reply, one sequential RESP client "
+                 "on the leader process's client port")
+    tput = Series(case.label + " throughput",
+                  [(c, [s / c]) for s, c in result.windows if c > 0],
+                  f"seconds per SET (1/throughput) per window, {depth} SETs pipelined on one "
+                  "connection to the leader process")
+    return Outcome(metrics, [lat, tput])
 
 
 def run_faults(case: Case, ctx: Context) -> Outcome:
@@ -661,8 +732,10 @@ FAMILIES = {f.name: f for f in [
     Family("commit_latency", "Commit latency, one sequential client", run_commit_latency),
     Family("throughput", "Throughput at saturation (1,000 proposals outstanding)",
            run_throughput),
-    Family("durability", "Durability: memory store vs native store, fsync off/on",
-           run_durability),
+    Family("durability", "Durability: memory store vs native store, fsync off/on "
+           "(and TCP + native + fsync with the RTT/fdatasync baseline)", run_durability),
+    Family("processes", "3 node processes over TCP (python -m engine.cli node), RESP client, "
+           "fsync on/off", run_processes),
     Family("faults", "Throughput and latency under message drop, delay and reorder",
            run_faults),
     Family("churn", "Leader churn: crash the leader every 1-2 s", run_churn),
@@ -695,8 +768,13 @@ TUNING_DELAY = (0.0, 0.02)
 link; at 0-2.5 ms no point of the sweep showed any spurious election)."""
 
 
-def build_cases(mode: str = "quick") -> list[Case]:
-    """Every case of the suite in ``mode`` ('quick', 'full' or 'tiny'), in run order."""
+EXPLICIT_ONLY = ("processes",)
+"""Families of the full suite that quick and tiny runs include only when asked by name."""
+
+
+def build_cases(mode: str = "quick", *, explicit: bool = False) -> list[Case]:
+    """Every case of the suite in ``mode`` ('quick', 'full' or 'tiny'), in run order.  With
+    ``explicit``, also the :data:`EXPLICIT_ONLY` families (for ``--scenario processes``)."""
     full = mode == "full"
     sizes = [1, 3, 5, 7] if full else [1, 3, 5]
     payloads = [16, 1024] if full else [16]
@@ -709,6 +787,12 @@ def build_cases(mode: str = "quick") -> list[Case]:
                 specs.append((family, {"n": n, "transport": "tcp", "payload": payload}))
     for store, fsync in (("memory", False), ("native", False), ("native", True)):
         specs.append(("durability", {"n": 3, "store": store, "fsync": fsync, "payload": 16}))
+    specs.append(("durability", {"n": 3, "transport": "tcp", "store": "native", "fsync": True,
+                                 "payload": 16}))
+    if full or explicit:
+        for fsync in (True, False):
+            specs.append(("processes", {"n": 3, "transport": "tcp", "store": "native",
+                                        "fsync": fsync, "payload": 16}))
     for drop in ([0.0, 0.01, 0.05, 0.10] if full else [0.0, 0.05]):
         specs.append(("faults", {"n": 3, "payload": 16, "drop": drop}))
     for n in ([3, 5] if full else [3]):

@@ -105,7 +105,7 @@ def run_suite(names: Sequence[str] | None = None, *, mode: str = "quick", seed: 
         KeyError: a name in ``names`` matches no family or case label.
     """
     out = stream or sys.stdout
-    cases = select(build_cases(mode), list(names or []))
+    cases = select(build_cases(mode, explicit=bool(names)), list(names or []))
     suite = SuiteResult(mode=mode, seed=seed,
                         command=command or " ".join(["python -m bench", *sys.argv[1:]]))
     suite.load_before = report._loadavg()
