@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 ReadWaiter = tuple[Callable[[Any], Any], Future]
 SnapshotTaken = Callable[[SnapshotMeta, bytes, "Future | None"], None]
 _STOP = object()
+_NORMAL = EntryKind.NORMAL  # hoisted: an IntEnum class attribute lookup costs ~0.1 us in 3.11
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +160,7 @@ class Applier:
         results: list[object] = []
         errors: list[BaseException | None] = []
         for entry in entries:
-            if entry.kind == EntryKind.NORMAL:
+            if entry.kind == _NORMAL:
                 try:
                     results.append(apply(entry.index, entry.data))
                     errors.append(None)

@@ -43,7 +43,7 @@ from engine.errors import (
 )
 from engine.runtime.applier import Applier, ReadWaiter
 from engine.runtime.persister import Persister
-from engine.runtime.proposals import ProposalRegistry, settle
+from engine.runtime.proposals import ProposalRegistry, new_future, settle
 from engine.runtime.snapshots import SnapshotReceiver, SnapshotSender
 from engine.runtime.workers import join_thread, start_thread
 from engine.statemachine import StateMachine
@@ -79,7 +79,7 @@ _MAX_EVENTS_PER_ROUND = 10_000
 
 
 def _failed(error: BaseException) -> Future:
-    future: Future = Future()
+    future = new_future()
     future.set_exception(error)
     return future
 
@@ -378,21 +378,28 @@ class RaftNode:
     def propose(self, command: bytes) -> Future:
         """Replicate ``command``; the future resolves to what ``apply()`` returned on this node.
 
+        The future (a :class:`~engine.runtime.proposals.ProposalFuture`) is handed out RUNNING:
+        a proposal cannot be withdrawn, so ``cancel()`` returns False and the entry may still
+        commit.  To stop waiting, use a timeout (``result(timeout)``, ``asyncio.wait_for``).
+
         Raises (through the future):
             NotLeaderError: at once, when this node is not the leader.
             ProposalDropped: leadership was lost before the entry committed.
             NodeStopped: the node stopped first.
             TypeError: at once, when ``command`` is not bytes.
         """
-        if not isinstance(command, bytes | bytearray | memoryview):
-            raise TypeError(f"command must be bytes, not {type(command).__name__}")
-        return self._submit_to_leader(_PROPOSE, bytes(command))
+        if type(command) is not bytes:  # the common case skips the isinstance() and the copy
+            if not isinstance(command, bytes | bytearray | memoryview):
+                raise TypeError(f"command must be bytes, not {type(command).__name__}")
+            command = bytes(command)
+        return self._submit_to_leader(_PROPOSE, command)
 
     def read(self, fn: Callable[[Any], T]) -> Future:
         """Run ``fn(state_machine)`` at a linearizable point (ReadIndex) and resolve to its result.
 
         No log entry is written: the leader confirms it still leads with a heartbeat round, then
         ``fn`` runs on the apply thread once everything committed before the read is applied.
+        As with :meth:`propose`, the future is handed out RUNNING: ``cancel()`` returns False.
 
         Raises (through the future):
             NotLeaderError: this node is not (or stopped being) the leader.
@@ -409,7 +416,7 @@ class RaftNode:
         status = self._status
         if status.role != "leader":
             return _failed(NotLeaderError(status.leader_id))
-        future: Future = Future()
+        future = new_future(running=True)  # in flight: cancel() returns False
         self._post((tag, payload, future))
         return future
 
