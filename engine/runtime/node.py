@@ -155,6 +155,7 @@ class RaftNode:
         self._persister: Persister | None = None
         self._applier: Applier | None = None
         self._loop_thread: threading.Thread | None = None
+        self._halt_thread: threading.Thread | None = None  # set when a node thread fails
         # Snapshots.  The store is shared by the snapshot thread (local snapshots), the storage
         # writer (snapshots received from the leader) and start(): all calls hold the lock, as
         # does every access to _incoming_snapshots (loop thread inserts, storage writer pops).
@@ -304,11 +305,13 @@ class RaftNode:
         Pending futures fail with NodeStopped.  Idempotent.
         """
         self._halt(graceful=True)
+        join_thread(self._halt_thread)
 
     def crash(self) -> None:
         """Stop abruptly, as a power cut would: queued writes are lost, nothing is flushed.
         What earlier writes made durable survives.  For tests and fault benchmarks."""
         self._halt(graceful=False)
+        join_thread(self._halt_thread)
 
     def _halt(self, *, graceful: bool, error: BaseException | None = None) -> None:
         with self._lifecycle_lock:
@@ -370,8 +373,12 @@ class RaftNode:
                 settle(event[3], error=error)
 
     def _on_storage_error(self, error: BaseException) -> None:
-        threading.Thread(target=self._halt, kwargs={"graceful": False, "error": error},
-                         name=f"raft-{self._id}-halt", daemon=True).start()
+        """A node thread hit a fatal error: stop the node from a thread of its own (the failing
+        thread cannot join itself); stop() and crash() join that thread too."""
+        thread = threading.Thread(target=self._halt, kwargs={"graceful": False, "error": error},
+                                  name=f"raft-{self._id}-halt", daemon=True)
+        self._halt_thread = thread
+        thread.start()
 
     # -- public operations ---------------------------------------------------------------------
 

@@ -1,0 +1,63 @@
+"""A durable write that fails (full disk, I/O error) stops the node cleanly: the error reaches
+the pending futures, status() reports it stopped, and no thread is left behind."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from engine import Config, LogStateMachine, RaftNode, StorageError
+from engine.storage.memory import MemoryLogStore
+from engine.transport.memory import MemoryNetwork
+from engine.types import Entry
+from tests.conftest import FAST, LIVENESS, raft_threads
+
+
+def _wait_until(node: RaftNode, predicate: Callable[[], bool]) -> bool:
+    """Wait (woken by the node's observer callbacks) until ``predicate()`` holds."""
+    changed = threading.Condition()
+
+    def notify() -> None:
+        with changed:
+            changed.notify_all()
+
+    node.add_observer(notify)
+    with changed:
+        return changed.wait_for(predicate, LIVENESS)
+
+
+class FailingLogStore(MemoryLogStore):
+    """A memory log store whose appends fail once ``armed`` is set, like a disk that filled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = threading.Event()
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        if self.armed.is_set():
+            raise StorageError("No space left on device (injected)")
+        super().append(entries)
+
+
+@pytest.mark.parametrize("config", [FAST], ids=["fast"])
+def test_failed_write_stops_the_node_and_fails_futures(config: Config) -> None:
+    network = MemoryNetwork(seed=1)
+    store = FailingLogStore()
+    node = RaftNode("a", {"a": "memory:a"}, LogStateMachine(), config=config,
+                    transport=network.endpoint("a"), log_store=store, seed=1)
+    node.start()
+    try:
+        assert _wait_until(node, lambda: node.status().role == "leader")
+        assert node.propose(b"ok").result(LIVENESS) >= 1
+        store.armed.set()
+        future = node.propose(b"lost")
+        with pytest.raises(StorageError, match="injected"):
+            future.result(LIVENESS)
+        assert _wait_until(node, lambda: not node.status().running)
+        assert isinstance(node.propose(b"after").exception(LIVENESS), StorageError)
+    finally:
+        node.stop()
+        network.close()
+    assert not raft_threads(), raft_threads()
