@@ -99,3 +99,46 @@ def test_tcp_snapshot_catch_up(seed: int, tmp_path: Path) -> None:
         assert follower.status().snapshot_index > 0
         assert list(follower.state_machine.commands) == list(leader.state_machine.commands)
     assert not raft_threads()
+
+
+def test_fuzzed_frames_neither_crash_nor_change_a_node(seed: int) -> None:
+    """Random bytes, and valid frames with one byte flipped, sent to every node of a TCP
+    cluster (both before and after the connection handshake) are dropped: no node crashes,
+    the leader and term stay the same, and the cluster keeps committing."""
+    import socket
+
+    from engine.core import Message, MessageKind
+    from engine.transport.framing import encode_message
+    from tests.transport.test_tcp import _hello
+
+    config = dataclasses.replace(FAST, check_quorum=False)  # a steady leader for the comparison
+    with LocalCluster(3, config=config, transport="tcp", seed=seed) as cluster:
+        leader = cluster.wait_for_leader(LIVENESS)
+        one(cluster, b"before")
+        before = [(n.status().term, n.status().leader_id) for n in cluster.nodes]
+        rng = random.Random(seed)
+        valid = encode_message(Message(kind=MessageKind.VOTE, src="n9", dst="n1",
+                                       term=before[0][0] + 5, index=10**6, log_term=10**3))
+        for target, address in cluster.addresses.items():
+            host, port = address.rsplit(":", 1)
+            for attempt in range(20):
+                if attempt % 2:
+                    payload = rng.randbytes(rng.randrange(1, 400))
+                    prefix = b""
+                else:
+                    mutated = bytearray(valid.replace(b"n1", target.encode()))
+                    mutated[rng.randrange(4, len(mutated))] ^= 1 << rng.randrange(8)
+                    payload = bytes(mutated)
+                    prefix = _hello("n9", target, auth=False)[0]
+                with socket.create_connection((host, int(port)), timeout=2) as sock:
+                    try:
+                        sock.sendall(prefix + payload)
+                        sock.settimeout(0.2)
+                        while sock.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+        assert all(n.status().running for n in cluster.nodes)
+        assert [(n.status().term, n.status().leader_id) for n in cluster.nodes] == before
+        one(cluster, b"after")
+        assert cluster.leader() is leader
