@@ -214,15 +214,31 @@ class LocalCluster:
                     self._changed.wait(min(remaining, 0.05))
 
     def leader(self) -> RaftNode | None:
-        """The running node that leads in the highest term any running node knows, or None."""
-        running = [n.status() for n in self.nodes if n.status().running]
-        if not running:
-            return None
-        top_term = max(s.term for s in running)
-        for node, status in zip(self.nodes, [n.status() for n in self.nodes], strict=True):
-            if status.running and status.role == "leader" and status.term == top_term:
-                return node
-        return None
+        """The node that effectively leads, or None.
+
+        A node counts only if it reports the leader role AND a majority of the cluster, among the
+        running nodes it is connected to (both directions, as far as the cluster's fault plan
+        says), reports the same term and it as their leader.  So a leader cut off by
+        ``isolate()`` or left in a minority by ``partition()`` is not returned even while it still
+        believes it leads (until CheckQuorum makes it step down), and right after an election
+        the new leader is returned once a majority has heard from it.
+        """
+        statuses = {node.id: node.status() for node in self.nodes}
+        running = {node_id: s for node_id, s in statuses.items() if s.running}
+        quorum = len(self.nodes) // 2 + 1
+        best: tuple[int, RaftNode] | None = None
+        for node in self.nodes:
+            status = statuses[node.id]
+            if not status.running or status.role != "leader":
+                continue
+            backing = sum(
+                1 for peer_id, peer in running.items()
+                if peer.term == status.term and peer.leader_id == node.id
+                and (peer_id == node.id or (self.faults.link_up(node.id, peer_id)
+                                            and self.faults.link_up(peer_id, node.id))))
+            if backing >= quorum and (best is None or status.term > best[0]):
+                best = (status.term, node)
+        return best[1] if best is not None else None
 
     def wait_for_leader(self, timeout: float = 5.0) -> RaftNode:
         """The leader, once there is one.

@@ -5,6 +5,7 @@ the waiting helpers, and cluster sizes 1 and 5."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 
@@ -254,3 +255,18 @@ def test_wait_for_predicate_may_wait_on_the_nodes(make_cluster):
         leader.propose(b"r-%d" % k)
     assert cluster.wait_for(
         lambda: leader.read(lambda m: len(m.commands)).result(LIVENESS / 2) >= 3, LIVENESS)
+
+
+def test_wait_for_leader_skips_a_cut_off_leader(
+        make_cluster: Callable[..., LocalCluster]) -> None:
+    """After isolate(leader), wait_for_leader() returns the newly elected leader, never the old
+    one that still believes it leads; after heal the old one is a follower."""
+    cluster = make_cluster(3, config=dataclasses.replace(FAST, check_quorum=False))
+    old = cluster.wait_for_leader(LIVENESS)
+    cluster.isolate(cluster.nodes.index(old))
+    new = cluster.wait_for_leader(LIVENESS)
+    assert new is not old
+    assert old.status().role == "leader"  # without CheckQuorum it still believes it leads
+    cluster.heal()
+    assert cluster.wait_for(lambda: old.status().role == "follower", LIVENESS)
+    assert cluster.wait_for_leader(LIVENESS) is new
