@@ -13,9 +13,9 @@ class Status:
 
     ``role`` is 'leader', 'follower' or 'candidate' (a pre-candidate, which has not started a new
     term, reports 'follower'); a stopped node reports 'follower' with ``running=False``.
-    ``leader_id`` is None when unknown.  ``progress`` is left empty here (building it on every
-    loop round would cost the hot path); ``RaftNode.peer_progress()`` returns the leader's view of
-    each peer on demand.
+    ``leader_id`` is None when unknown.  ``progress`` is the leader's view of each peer (match and
+    next index, replication state, appends in flight, recently active), refreshed once per tick
+    (empty on followers); ``RaftNode.peer_progress()`` returns an exact copy on demand.
     """
 
     id: str

@@ -30,7 +30,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from engine.config import Config
-from engine.core import Message, MessageKind, RaftOptions, RawNode, Ready
+from engine.core import Message, MessageKind, PeerProgress, RaftOptions, RawNode, Ready
 from engine.errors import (
     ConfigError,
     CorruptLogError,
@@ -156,6 +156,8 @@ class RaftNode:
         self._applier: Applier | None = None
         self._loop_thread: threading.Thread | None = None
         self._halt_thread: threading.Thread | None = None  # set when a node thread fails
+        # Owned by the loop thread: the leader's per-peer progress as of the last tick.
+        self._progress: dict[str, PeerProgress] = {}
         # Snapshots.  The store is shared by the snapshot thread (local snapshots), the storage
         # writer (snapshots received from the leader) and start(): all calls hold the lock, as
         # does every access to _incoming_snapshots (loop thread inserts, storage writer pops).
@@ -638,6 +640,7 @@ class RaftNode:
                 now = time.monotonic()
                 if now >= next_tick:
                     raw.tick()
+                    self._refresh_progress(raw)
                     if self._transfer is not None:
                         self._check_transfer(raw)
                     if self._snapshot_sender:
@@ -818,6 +821,17 @@ class RaftNode:
                     f"{self._id} could not confirm leadership within "
                     f"{self._config.read_timeout}s"))
 
+    def _refresh_progress(self, raw: RawNode) -> None:
+        """Once per tick, copy the leader's per-peer progress for status() (cheaper than on
+        every loop round; at most one tick stale)."""
+        raft = raw.raft
+        if raft.role.value == "leader":
+            self._progress = {peer: PeerProgress(pr.match, pr.next, pr.state.value,
+                                                 len(pr.inflights), pr.recent_active)
+                              for peer, pr in raft.progress.items()}
+        elif self._progress:
+            self._progress = {}
+
     def _publish_status(self) -> None:
         raw = self._raw
         assert raw is not None
@@ -828,7 +842,7 @@ class RaftNode:
         self._status = Status(self._id, role, r.term, r.leader_id, r.log.committed,
                               self.last_applied, r.log.last_index(), running=True,
                               snapshot_index=r.snapshot.index if r.snapshot else 0,
-                              log_entries=len(r.log))
+                              log_entries=len(r.log), progress=self._progress)
 
     def _notify_observers(self) -> None:
         for callback in self._observers:

@@ -17,6 +17,7 @@ import pytest
 from engine import (
     Config,
     ConfigError,
+    LocalCluster,
     LogStateMachine,
     NodeStopped,
     NotLeaderError,
@@ -342,3 +343,15 @@ def test_pending_proposals_fail_with_node_stopped(make_node):
     assert not any(f.done() for f in pending)
     leader.stop()
     assert all(isinstance(f.exception(0), NodeStopped) for f in pending)
+
+
+def test_status_reports_peer_progress_on_the_leader(
+        make_cluster: Callable[..., LocalCluster]) -> None:
+    """The leader's Status.progress lists every node with its match index; followers' is empty."""
+    cluster = make_cluster(3)
+    leader = cluster.wait_for_leader(LIVENESS)
+    index = leader.propose(b"x").result(LIVENESS)
+    assert cluster.wait_for(
+        lambda: all(p.match >= index for p in leader.status().progress.values())
+        and len(leader.status().progress) == 3, LIVENESS)
+    assert all(n.status().progress == {} for n in cluster.nodes if n is not leader)
