@@ -81,23 +81,30 @@ def make_entries(lo: int, hi: int, term: int = 1, kind: int = 0) -> list[Entry]:
     return [Entry(i, term, kind, payload(i, term)) for i in range(lo, hi)]
 
 
+def _factories(impl: str, monkeypatch: pytest.MonkeyPatch, memory: Any,
+               open_disk: Callable[[], Any]) -> tuple[Callable[[], Any], list[Any]]:
+    """``open()`` for one implementation (the same memory object, or the same disk place,
+    every time) and the list of everything it opened, for closing at teardown."""
+    if impl == "file-pure":
+        use_pure_codec(monkeypatch)
+    opened: list[Any] = []
+
+    def factory() -> Any:
+        store = memory if impl == "memory" else open_disk()
+        opened.append(store)
+        return store
+
+    factory.impl = impl  # type: ignore[attr-defined]
+    return factory, opened
+
+
 @pytest.fixture(params=ALL_IMPLS)
 def log_factory(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[[], Any]]:
     """``open()`` for a log store of each implementation, reopening the same place."""
-    impl = request.param
-    if impl == "file-pure":
-        use_pure_codec(monkeypatch)
-    opened: list[Any] = []
-    memory = MemoryLogStore()
-
-    def factory() -> Any:
-        store = memory if impl == "memory" else open_log(impl, tmp_path / "log")
-        opened.append(store)
-        return store
-
-    factory.impl = impl  # type: ignore[attr-defined]
+    factory, opened = _factories(request.param, monkeypatch, MemoryLogStore(),
+                                 lambda: open_log(request.param, tmp_path / "log"))
     yield factory
     for store in opened:
         store.close()
@@ -108,18 +115,8 @@ def stable_factory(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[[], Any]]:
     """``open()`` for a stable store of each implementation, reopening the same place."""
-    impl = request.param
-    if impl == "file-pure":
-        use_pure_codec(monkeypatch)
-    opened: list[Any] = []
-    memory = MemoryStableStore()
-
-    def factory() -> Any:
-        store = memory if impl == "memory" else open_stable(impl, tmp_path / "log")
-        opened.append(store)
-        return store
-
-    factory.impl = impl  # type: ignore[attr-defined]
+    factory, opened = _factories(request.param, monkeypatch, MemoryStableStore(),
+                                 lambda: open_stable(request.param, tmp_path / "log"))
     yield factory
     for store in opened:
         store.close()
