@@ -64,7 +64,8 @@ class Config:
     """fdatasync durable writes.  False is for benchmarks and tests that do not need durability."""
 
     max_pending_proposals: int = 100_000
-    """Proposals queued at the leader and not yet handed to the core; beyond it propose() fails."""
+    """Proposals accepted by the leader and not yet committed and applied; beyond it propose()
+    fails at once with Overloaded (back-pressure: nothing is proposed)."""
 
     read_timeout: float = 5.0
     """Seconds a linearizable read may wait for leadership confirmation before ReadTimeout."""

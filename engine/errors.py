@@ -89,3 +89,11 @@ class TransferError(RaftError):
 
     The old leader accepts proposals again (if it still leads); nothing was lost.
     """
+
+
+class Overloaded(RaftError):
+    """Too many proposals are waiting to commit (``Config.max_pending_proposals``).
+
+    Nothing was proposed: retry later, or slow the producer down.  This is the engine's
+    back-pressure: without it a leader whose followers cannot keep up would queue without bound.
+    """

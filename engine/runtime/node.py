@@ -36,6 +36,7 @@ from engine.errors import (
     CorruptLogError,
     NodeStopped,
     NotLeaderError,
+    Overloaded,
     ProposalDropped,
     RaftError,
     ReadTimeout,
@@ -393,6 +394,8 @@ class RaftNode:
 
         Raises (through the future):
             NotLeaderError: at once, when this node is not the leader.
+            Overloaded: at once, when ``config.max_pending_proposals`` proposals are already
+                waiting to commit (nothing is proposed).
             ProposalDropped: leadership was lost before the entry committed.
             NodeStopped: the node stopped first.
             TypeError: at once, when ``command`` is not bytes.
@@ -425,6 +428,12 @@ class RaftNode:
         status = self._status
         if status.role != "leader":
             return _failed(NotLeaderError(status.leader_id))
+        if tag == _PROPOSE:
+            pending = self._registry.approximate_len() + self._inbox.qsize()
+            if pending >= self._config.max_pending_proposals:
+                return _failed(Overloaded(
+                    f"{pending} proposals are waiting to commit on {self._id} "
+                    f"(max_pending_proposals={self._config.max_pending_proposals})"))
         future = new_future(running=True)  # in flight: cancel() returns False
         self._post((tag, payload, future))
         return future

@@ -202,6 +202,10 @@ class ProposalRegistry:
         with self._lock:
             return len(self._pending)
 
+    def approximate_len(self) -> int:
+        """len() without the lock (one atomic dict read under the GIL): for back-pressure."""
+        return len(self._pending)
+
     def register(self, first: Index, term: Term, futures: Sequence[Future]) -> None:
         """Futures for entries ``first, first + 1, ...`` proposed in ``term``."""
         with self._lock:

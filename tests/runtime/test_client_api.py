@@ -373,3 +373,23 @@ def test_waiters_are_released_when_node_stops(make_cluster):
     waiter.join(LIVENESS)
     assert not waiter.is_alive(), "wait_applied() still blocked after the node crashed"
     assert result == [False]
+
+
+def test_overloaded_when_too_many_proposals_wait(make_cluster) -> None:
+    """With both followers cut off nothing commits: after max_pending_proposals proposals the
+    leader refuses more at once with Overloaded, and accepts again once the backlog commits."""
+    from engine import Overloaded
+
+    config = dataclasses.replace(FAST, max_pending_proposals=50, check_quorum=False)
+    cluster = make_cluster(3, config=config)
+    leader = cluster.wait_for_leader(LIVENESS)
+    index = cluster.nodes.index(leader)
+    cluster.partition([index], [i for i in range(3) if i != index])
+    accepted = [leader.propose(f"p{k}".encode()) for k in range(50)]
+    refused = leader.propose(b"one too many")
+    assert isinstance(refused.exception(LIVENESS), Overloaded)
+    assert not any(f.done() for f in accepted)
+    cluster.heal()
+    for future in accepted:
+        future.result(LIVENESS)
+    leader.propose(b"accepted again").result(LIVENESS)
