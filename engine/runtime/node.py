@@ -18,6 +18,7 @@ transport threads
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 import logging
@@ -142,6 +143,9 @@ class RaftNode:
         # from then on a client event put on the inbox is failed by the thread that put it.
         self._inbox_closed = False
         self._registry = ProposalRegistry()
+        # One mark per proposal put on the inbox and not yet taken by the loop thread, for
+        # back-pressure: user threads append, the loop thread pops (both atomic on a deque).
+        self._queued_proposals: collections.deque[None] = collections.deque()
         self._status = Status(node_id, "follower", 0, None, 0, 0, 0, running=False)
         # Owned by the loop thread:
         self._raw: RawNode | None = None
@@ -429,12 +433,14 @@ class RaftNode:
         if status.role != "leader":
             return _failed(NotLeaderError(status.leader_id))
         if tag == _PROPOSE:
-            pending = self._registry.approximate_len() + self._inbox.qsize()
+            pending = self._registry.approximate_len() + len(self._queued_proposals)
             if pending >= self._config.max_pending_proposals:
                 return _failed(Overloaded(
                     f"{pending} proposals are waiting to commit on {self._id} "
                     f"(max_pending_proposals={self._config.max_pending_proposals})"))
         future = new_future(running=True)  # in flight: cancel() returns False
+        if tag == _PROPOSE:
+            self._queued_proposals.append(None)
         self._post((tag, payload, future))
         return future
 
@@ -685,6 +691,7 @@ class RaftNode:
             if tag == _PROPOSE:
                 commands.append(event[1])
                 futures.append(event[2])
+                self._queued_proposals.pop()
             elif tag == _PERSISTED:
                 for rd in event[1]:
                     raw.advance(rd)

@@ -388,7 +388,7 @@ def test_overloaded_when_too_many_proposals_wait(make_cluster) -> None:
     accepted = [leader.propose(f"p{k}".encode()) for k in range(50)]
     refused = leader.propose(b"one too many")
     assert isinstance(refused.exception(LIVENESS), Overloaded)
-    assert not any(f.done() for f in accepted)
+    assert not any(f.done() for f in accepted), [f.exception() for f in accepted if f.done()][:3]
     cluster.heal()
     for future in accepted:
         future.result(LIVENESS)
