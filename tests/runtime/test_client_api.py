@@ -182,13 +182,15 @@ def test_futures_complete_when_stop_races_with_clients(make_cluster):
         assert not pending, f"round {round_}: {len(pending)} of {len(futures)} futures pending"
 
 
-def test_cancelled_future_does_not_break_the_node(make_cluster):
-    """A client may cancel its future; the entry still commits and later proposals resolve."""
+def test_cancel_does_not_withdraw_a_proposal(make_cluster):
+    """cancel() on a proposal future returns False (the proposal cannot be withdrawn); the
+    entry commits, its future still resolves, and later proposals resolve."""
     cluster = make_cluster(3)
     leader = cluster.wait_for_leader(LIVENESS)
     cancelled = leader.propose(b"cancelled")
-    cancelled.cancel()
+    assert cancelled.cancel() is False
     index = leader.propose(b"next").result(LIVENESS)
+    assert cancelled.result(LIVENESS) == index - 1
     assert cluster.wait_applied(index, timeout=LIVENESS)
     assert [c for _, c in assert_identical(cluster.nodes)] == [b"cancelled", b"next"]
 
