@@ -665,6 +665,26 @@ class FileLogStore:
         seg = self._segs[self._find(index)]
         return seg.terms[index - seg.first]
 
+    def _remove_newest_segments(self, first_at_least: Index) -> bool:
+        """Unlink the newest segments whose first index is >= ``first_at_least``, newest first,
+        always keeping the oldest one.  Returns True when any was removed (the directory then
+        needs an fsync).
+
+        Raises:
+            StorageError: a segment could not be removed (the ones before it are gone).
+        """
+        removed = False
+        while len(self._segs) > 1 and self._segs[-1].first >= first_at_least:
+            seg = self._segs[-1]
+            try:
+                os.unlink(seg.path)
+            except OSError as exc:
+                raise storage_error(exc, f"cannot remove {seg.path}") from exc
+            os.close(seg.fd)
+            self._segs.pop()
+            removed = True
+        return removed
+
     def truncate_suffix(self, index: Index) -> None:
         """Remove every entry with index ``>= index`` (no-op past the end).
 
@@ -678,16 +698,7 @@ class FileLogStore:
         if index > self.last_index():
             return
         index = max(index, self.first_index())
-        dir_changed = False
-        while len(self._segs) > 1 and self._segs[-1].first >= index:
-            seg = self._segs[-1]
-            try:
-                os.unlink(seg.path)
-            except OSError as exc:
-                raise storage_error(exc, f"cannot remove {seg.path}") from exc
-            os.close(seg.fd)
-            self._segs.pop()
-            dir_changed = True
+        dir_changed = self._remove_newest_segments(index)
         seg = self._segs[-1]
         keep = index - seg.first
         if keep < seg.count:
@@ -768,16 +779,7 @@ class FileLogStore:
                 and seg.size == SEGMENT_HEADER_SIZE):
             return  # already there
         # 1. Every segment but the oldest, newest first: each step is a suffix truncation.
-        dir_changed = False
-        while len(self._segs) > 1:
-            seg = self._segs[-1]
-            try:
-                os.unlink(seg.path)
-            except OSError as exc:
-                raise storage_error(exc, f"cannot remove {seg.path}") from exc
-            os.close(seg.fd)
-            self._segs.pop()
-            dir_changed = True
+        dir_changed = self._remove_newest_segments(0)
         if self._fsync and dir_changed:
             try:
                 _fsync_dir(self._dirfd)
