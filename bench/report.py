@@ -130,6 +130,9 @@ def one_line(r: dict[str, Any]) -> str:
         return (f"throughput ratio {_ratio(m['throughput']['ratio'])}; catch-up "
                 + ", ".join(f"{k}: {v['seconds']:.2f}s" for k, v in c.items())
                 + f"; transfer p50={_num(m['transfer_ms']['p50'], 1)}ms")
+    if fam == "membership":
+        return "; ".join(f"join via {k}: {v['seconds_to_catch_up']:.2f}s, "
+                         f"{_num(v['bytes_received'])} B" for k, v in m["join"].items())
     if fam == "timeout_tuning":
         return (f"recover p50={_num(m['recover_to_commit_ms']['p50'], 1)}ms, "
                 f"{m['under_drop']['elections_per_min']:.1f} elections/min under drop")
@@ -576,6 +579,25 @@ def _section_snapshots(rs: list[dict[str, Any]]) -> list[str]:
     return _table(["measure", "A", "B", "ratio"], rows)
 
 
+def _section_membership(rs: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for r in rs:
+        if r["status"] != "ok":
+            rows.append([r["status"] + ": " + (r["error"] or r["skipped"] or ""), "", "", "", "",
+                         ""])
+            continue
+        m = r["metrics"]
+        for name, j in m["join"].items():
+            rows.append([f"{m['entries']:,} entries, via {name}"
+                         + ("" if j["via_snapshot"] == (name == "snapshot")
+                            else " (unexpected path)"),
+                         f"{j['seconds_to_catch_up']:.2f}", f"{j['seconds_to_voter']:.2f}",
+                         _num(j["bytes_received"]), _num(j["messages_received"]),
+                         "yes" if j["caught_up"] else "NO"])
+    return _table(["new empty node joins a 3-node cluster", "s to catch up (learner)",
+                   "s to voter", "bytes received", "messages received", "caught up"], rows)
+
+
 SECTIONS = [
     ("commit_latency", "Commit latency vs cluster size (one sequential client)",
      _section_latency),
@@ -591,6 +613,8 @@ SECTIONS = [
     ("timeout_tuning", "Timeout tuning (n=3, defaults otherwise; recovery after a leader crash, "
      "spurious elections under 5% drop with 0-20 ms delay and reordering)", _section_tuning),
     ("snapshots", "Snapshots and leadership transfer (n=3)", _section_snapshots),
+    ("membership", "Membership: a new node joins (learner -> caught up -> voter)",
+     _section_membership),
 ]
 
 

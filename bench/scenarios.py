@@ -71,6 +71,7 @@ class Timing:
     diverge_rounds: int
     outstanding: int = 1000
     catchup_entries: int = 20_000   # entries a cut-off follower misses (snapshot scenario)
+    join_entries: int = 100_000     # entries the cluster holds when a new node joins
     transfers: int = 5              # leadership transfers timed
     probe_rtt: int = 2000           # loopback pings of the baseline probe
     probe_fsync: int = 200          # append+fdatasync samples of the baseline probe
@@ -83,19 +84,20 @@ TIMINGS = {
                     ab_rounds=2, ab_windows=3, ab_window_s=0.35,
                     churn_s=12.0, elections_s=12.0, tuning_crashes=3, tuning_observe_s=5.0,
                     diverge_entries=2000, diverge_terms=4, diverge_rounds=1,
-                    catchup_entries=20_000, transfers=5),
+                    catchup_entries=20_000, transfers=5, join_entries=100_000),
     "full": Timing("full", latency_ops=10000, latency_warmup=500, latency_budget_s=8.0,
                    tput_warmup_s=1.0, tput_windows=10, tput_window_s=1.0,
                    ab_rounds=3, ab_windows=4, ab_window_s=0.75,
                    churn_s=60.0, elections_s=60.0, tuning_crashes=8, tuning_observe_s=30.0,
                    diverge_entries=10000, diverge_terms=10, diverge_rounds=2,
-                   catchup_entries=200_000, transfers=20),
+                   catchup_entries=200_000, transfers=20, join_entries=1_000_000),
     "tiny": Timing("tiny", latency_ops=40, latency_warmup=10, latency_budget_s=0.3,
                    tput_warmup_s=0.1, tput_windows=2, tput_window_s=0.15,
                    ab_rounds=1, ab_windows=2, ab_window_s=0.15,
                    churn_s=3.0, elections_s=1.0, tuning_crashes=1, tuning_observe_s=1.0,
                    diverge_entries=100, diverge_terms=2, diverge_rounds=1, outstanding=200,
                    catchup_entries=600, transfers=2, probe_rtt=200, probe_fsync=20,
+                   join_entries=2000,
                    pipeline_depth=32),
 }
 
@@ -718,6 +720,33 @@ def run_snapshots(case: Case, ctx: Context) -> Outcome:
     return Outcome(metrics, series)
 
 
+def run_membership(case: Case, ctx: Context) -> Outcome:
+    """A new, empty node joins a 3-node cluster holding ``join_entries`` entries (1,000,000 in
+    --full): added as a learner, caught up, promoted to voter by joint consensus.  Once with
+    the whole log to copy (snapshots off) and once with automatic snapshots every quarter of
+    the preload (the log compacted behind the previous snapshot, as always).  Time and bytes
+    received (in wire encoding) for each."""
+    t = ctx.timing
+    p = case.params
+    results: dict[str, Any] = {}
+    series: list[Series] = []
+    for name, spec in (("log", {"snapshot_threshold": 0}),
+                       ("snapshot", {"snapshot_threshold": max(100, t.join_entries // 4),
+                                     "snapshot_trailing_entries": 1000})):
+        config = dataclasses.replace(BASE_CONFIG, **spec)
+        with running_cluster(ctx, f"{case.label} join via {name}", p["n"], config=config,
+                             state_machine=wl.TableStateMachine) as c:
+            wl.preload(c, t.join_entries, wl.payload_of(p["payload"]), progress=ctx.say)
+            ctx.say(f"joining a new node to {t.join_entries:,} entries via the {name}")
+            result = wl.join_new_node(c, f"n{p['n'] + 1}")
+        results[name] = result
+        series.append(Series(f"{case.label} join via {name}",
+                             [(1, [result["seconds_to_catch_up"]])],
+                             f"seconds for a new node to apply {t.join_entries} entries"))
+    metrics = {"entries": t.join_entries, "join": results}
+    return Outcome(metrics, series)
+
+
 # -- the registry -------------------------------------------------------------------------------
 
 
@@ -754,6 +783,8 @@ FAMILIES = {f.name: f for f in [
            run_timeout_tuning),
     Family("snapshots", "Snapshots: throughput cost, follower catch-up, leadership transfer",
            run_snapshots),
+    Family("membership", "Membership: a new empty node joins a loaded 3-node cluster "
+           "(learner, catch-up, promotion) from the log vs from a snapshot", run_membership),
 ]}
 
 TUNING_POINTS = {
@@ -806,6 +837,7 @@ def build_cases(mode: str = "quick", *, explicit: bool = False) -> list[Case]:
     for point in TUNING_POINTS["full" if full else "quick"]:
         specs.append(("timeout_tuning", {"n": 3, "point": point, "drop": 0.05}))
     specs.append(("snapshots", {"n": 3, "payload": 16}))
+    specs.append(("membership", {"n": 3, "payload": 16}))
     return [Case(family, _label(family, params), params, FAMILIES[family].run)
             for family, params in specs]
 

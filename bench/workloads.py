@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from engine import LocalCluster, NodeStopped, NotLeaderError, ProposalDropped, RaftNode
+from engine.transport.framing import encode_message
 
 RETRYABLE = (NotLeaderError, ProposalDropped, NodeStopped, TimeoutError)
 
@@ -626,3 +627,75 @@ def time_transfers(cluster: LocalCluster, count: int) -> list[float]:
         leader.transfer_leadership(target.id).result(10)
         times.append(time.perf_counter() - start)
     return times
+
+
+class ByteCountingTransport:
+    """Wraps a node's transport and counts what it receives, as the bytes each message takes
+    on the wire (the TCP frame encoding), whatever the transport really is."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.bytes_received = 0
+        self.messages_received = 0
+        self._lock = threading.Lock()
+
+    def start(self, handler: Callable[[Any], None]) -> None:
+        def counting(message: Any) -> None:
+            size = len(encode_message(message))
+            with self._lock:
+                self.bytes_received += size
+                self.messages_received += 1
+            handler(message)
+        self.inner.start(counting)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def preload(cluster: LocalCluster, entries: int, payload: bytes,
+            progress: Callable[[str], None] = lambda _m: None) -> int:
+    """Commit ``entries`` entries through the leader (1,000 outstanding); returns the commit
+    index reached."""
+    leader = ready_leader(cluster)
+    pending: deque[Future] = deque()
+    for k in range(entries):
+        pending.append(leader.propose(payload))
+        if len(pending) >= 1000:
+            pending.popleft().result(60)
+        if k and k % 250_000 == 0:
+            progress(f"preloaded {k:,} entries")
+    while pending:
+        pending.popleft().result(60)
+    return leader.status().commit_index
+
+
+def join_new_node(cluster: LocalCluster, node_id: str) -> dict[str, Any]:
+    """Bring a new, empty node into the cluster through the public API, as an operator would:
+    start it with ``join=True``, ``add_learner`` it, wait until it has applied everything the
+    leader had committed, then ``promote`` it.  Memory transport only (the new endpoint comes
+    from the cluster's network).  Reports seconds to catch up and to become a voter, and the
+    bytes and messages it received."""
+    assert cluster.network is not None, "join_new_node needs the in-memory transport"
+    leader = ready_leader(cluster)
+    commit = leader.status().commit_index
+    transport = ByteCountingTransport(cluster.network.endpoint(node_id))
+    address = f"memory:{node_id}"
+    node = RaftNode(node_id, {**cluster.addresses, node_id: address},
+                    cluster._factory(), config=cluster.config, transport=transport, join=True)
+    node.start()
+    try:
+        start = time.perf_counter()
+        leader.add_learner(node_id, address).result(60)
+        caught_up = node.wait_applied(commit, timeout=300)
+        catch_up_s = time.perf_counter() - start
+        leader.promote(node_id).result(300)
+        voter_s = time.perf_counter() - start
+        status = node.status()
+        return {"seconds_to_catch_up": catch_up_s, "seconds_to_voter": voter_s,
+                "caught_up": caught_up, "entries": commit,
+                "bytes_received": transport.bytes_received,
+                "messages_received": transport.messages_received,
+                "via_snapshot": status.snapshot_index > 0,
+                "voters": list(leader.membership.voters)}
+    finally:
+        node.stop()

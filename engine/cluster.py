@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from engine.config import Config
-from engine.errors import ConfigError
+from engine.errors import ConfigError, MembershipError, NotLeaderError, ProposalDropped
+from engine.membership import Membership
 from engine.runtime.node import RaftNode
 from engine.statemachine import LogStateMachine, StateMachine
 from engine.storage.base import LogStore, StableStore
@@ -68,6 +69,11 @@ class LocalCluster:
             self.faults = FaultPlan(seed=self._rng.randrange(2**32))
             ports = free_loopback_ports(n)
             self.addresses = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, ports, strict=True)}
+        # The bootstrap configuration of the original members; nodes added later join with
+        # join=True and learn the configuration from the leader.
+        self._initial_addresses = dict(self.addresses)
+        self._joined: set[str] = set()
+        self._next_number = n + 1
         self._stores: dict[str, tuple[LogStore, StableStore, SnapshotStore]] = {}
         self._tcp_counts_of_dead = 0
         self._changed = threading.Condition()
@@ -99,12 +105,14 @@ class LocalCluster:
         if self._data_dir is not None:
             data_dir = os.path.join(self._data_dir, node_id)
             os.makedirs(data_dir, exist_ok=True)
-        node = RaftNode(node_id, self.addresses, self._factory(), config=self.config,
+        joined = node_id in self._joined
+        peers = dict(self.addresses) if joined else self._initial_addresses
+        node = RaftNode(node_id, peers, self._factory(), config=self.config,
                         data_dir=data_dir, transport=transport,
                         log_store=stores[0] if stores else None,
                         stable_store=stores[1] if stores else None,
                         snapshot_store=stores[2] if stores else None,
-                        seed=self._rng.randrange(2**32))
+                        seed=self._rng.randrange(2**32), join=joined)
         node.add_observer(self._notify)
         return node
 
@@ -155,6 +163,102 @@ class LocalCluster:
         node.start()
         self._notify()
         return node
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def add_node(self, *, voter: bool = True, timeout: float = 30.0) -> RaftNode:
+        """Start a new, empty node (id ``n<k>``, the next unused number) and add it to the
+        cluster through the leader: as a learner, then (``voter``) as a voter once it has caught
+        up (joint consensus).  Returns it once the change is committed; it is appended to
+        :attr:`nodes`.  Retries through leader changes until ``timeout``.
+
+        Raises:
+            TimeoutError: the change did not complete in time (the node stays in ``nodes``).
+            MembershipError: the leader refused the change for good.
+        """
+        node_id = f"n{self._next_number}"
+        self._next_number += 1
+        if self.network is not None:
+            address = f"memory:{node_id}"
+        else:
+            address = f"127.0.0.1:{free_loopback_ports(1)[0]}"
+        self.ids.append(node_id)
+        self.addresses[node_id] = address
+        self._joined.add(node_id)
+        node = self._make_node(len(self.ids) - 1)
+        self.nodes.append(node)
+        if self._started:
+            node.start()
+        deadline = time.monotonic() + timeout
+        self._change_until(lambda m: node_id in m.members(),
+                           lambda leader: leader.add_learner(node_id, address), deadline)
+        if voter:
+            self._change_until(lambda m: node_id in m.voters and not m.is_joint,
+                               lambda leader: leader.promote(node_id), deadline)
+        return node
+
+    def remove_node(self, i: int, *, timeout: float = 30.0) -> RaftNode:
+        """Remove node i from the configuration through the leader (joint consensus when it is
+        a voter; the leader itself may be removed: it steps down), then stop it and drop it
+        from :attr:`nodes` (later nodes' indexes shift down by one).  Returns the stopped node.
+
+        Raises:
+            TimeoutError: the change did not complete in time (the node keeps running).
+            MembershipError: the leader refused the change for good.
+        """
+        node = self.nodes[i]
+        node_id = node.id
+        deadline = time.monotonic() + timeout
+        self._change_until(lambda m: node_id not in m.members() and not m.is_joint,
+                           lambda leader: leader.remove_member(node_id), deadline)
+        self._count_dead_transport(i)
+        node.stop()
+        del self.nodes[i]
+        del self.ids[i]
+        self._notify()
+        return node
+
+    def _change_until(self, goal: Callable[[Membership], bool],
+                      request: Callable[[RaftNode], object], deadline: float) -> None:
+        """Ask the leader for a change until the committed configuration satisfies ``goal``;
+        a change lost with its leader, or refused because another is still running, is asked
+        again of the next leader."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"membership change not complete in time (seed {self.seed})")
+            leader = self.wait_for_leader(remaining)
+            if goal(leader.membership):
+                if self._committed_config(leader):
+                    return
+                # Already in the leader's configuration (a change that survived its leader, or
+                # one whose commit the new leader has not learned yet): asking again would be
+                # refused ("not a member" / "already a member"); wait for the commit instead.
+                self.wait_for(lambda leader=leader: self._committed_config(leader)
+                              or leader.status().role != "leader", min(remaining, 0.5))
+                continue
+            future = request(leader)
+            try:
+                result = future.result(  # type: ignore[attr-defined]
+                    max(0.0, deadline - time.monotonic()))
+                if goal(result):
+                    return
+            except (NotLeaderError, ProposalDropped) as exc:
+                logger.info("membership change retried: %s", exc)
+            except MembershipError as exc:
+                if "in progress" not in str(exc) and "already" not in str(exc):
+                    raise
+                # Another change (a joint configuration's second half, say) is finishing.
+                self.wait_for(lambda leader=leader: self._committed_config(leader)
+                              or leader.status().role != "leader", 0.5)
+            except TimeoutError:
+                continue
+
+    @staticmethod
+    def _committed_config(node: RaftNode) -> bool:
+        status = node.status()
+        return (status.membership is not None and status.membership_committed
+                and not status.membership.is_joint)
 
     def _count_dead_transport(self, i: int) -> None:
         transport = getattr(self.nodes[i], "_transport", None)
@@ -225,18 +329,22 @@ class LocalCluster:
         """
         statuses = {node.id: node.status() for node in self.nodes}
         running = {node_id: s for node_id, s in statuses.items() if s.running}
-        quorum = len(self.nodes) // 2 + 1
         best: tuple[int, RaftNode] | None = None
         for node in self.nodes:
             status = statuses[node.id]
             if not status.running or status.role != "leader":
                 continue
-            backing = sum(
-                1 for peer_id, peer in running.items()
+            backers = {
+                peer_id for peer_id, peer in running.items()
                 if peer.term == status.term and peer.leader_id == node.id
                 and (peer_id == node.id or (self.faults.link_up(node.id, peer_id)
-                                            and self.faults.link_up(peer_id, node.id))))
-            if backing >= quorum and (best is None or status.term > best[0]):
+                                            and self.faults.link_up(peer_id, node.id)))}
+            membership = status.membership
+            voter_sets = ([membership.voters, membership.outgoing] if membership is not None
+                          else [tuple(self.ids)])
+            if all(len(backers & set(voters)) >= len(voters) // 2 + 1
+                   for voters in voter_sets if voters) and (
+                    best is None or status.term > best[0]):
                 best = (status.term, node)
         return best[1] if best is not None else None
 

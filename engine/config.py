@@ -81,6 +81,11 @@ class Config:
     snapshot_chunk_bytes: int = 1 << 20
     """Largest piece of a snapshot in one InstallSnapshot message."""
 
+    catchup_timeout: float = 60.0
+    """Seconds a membership change waits for new nodes, added first as learners, to catch up
+    with the leader's log before they are made voters; past it the change fails with
+    MembershipError and they stay learners."""
+
     def __post_init__(self) -> None:
         self.validate()
 

@@ -97,3 +97,11 @@ class Overloaded(RaftError):
     Nothing was proposed: retry later, or slow the producer down.  This is the engine's
     back-pressure: without it a leader whose followers cannot keep up would queue without bound.
     """
+
+
+class MembershipError(RaftError, ValueError):
+    """A membership change was refused: another change is still in progress, or the requested
+    configuration is invalid (no voters, a node both voter and learner, nothing changes).
+
+    Nothing was proposed; the configuration in force is unchanged.
+    """

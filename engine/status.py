@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.core.raw_node import PeerProgress
+from engine.membership import Membership
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +32,7 @@ class Status:
     log_entries: int = 0
     """Entries held in the log after the compaction point."""
     progress: dict[str, PeerProgress] = field(default_factory=dict)
+    membership: Membership | None = None
+    """The configuration in force on this node (None while stopped)."""
+    membership_committed: bool = False
+    """True when this node knows that configuration's entry to be committed."""

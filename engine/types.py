@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
+from engine.membership import EMPTY_MEMBERSHIP, Membership
+
 NodeId = str
 Term = int
 Index = int
@@ -19,7 +21,7 @@ class EntryKind(IntEnum):
 
     NORMAL = 0  #: a user command, passed to StateMachine.apply
     NOOP = 1  #: the empty entry a new leader appends to commit entries of earlier terms
-    CONFIG = 2  #: a membership configuration (reserved for joint consensus)
+    CONFIG = 2  #: a membership configuration (data: Membership.encode())
 
 
 class Entry(NamedTuple):
@@ -55,8 +57,21 @@ EMPTY_HARD_STATE = HardState()
 @dataclass(frozen=True, slots=True)
 class SnapshotMeta:
     """What a snapshot covers: every entry up to ``index`` (whose term is ``term``), and the
-    voters of the configuration in force at that point."""
+    configuration in force at that point.
+
+    ``membership`` may be given as a plain collection of voter ids (shorthand for a
+    configuration of just those voters).
+    """
 
     index: Index
     term: Term
-    voters: tuple[NodeId, ...] = ()
+    membership: Membership = EMPTY_MEMBERSHIP
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.membership, Membership):
+            object.__setattr__(self, "membership", Membership(voters=self.membership))
+
+    @property
+    def voters(self) -> tuple[NodeId, ...]:
+        """The voters of :attr:`membership` (the incoming ones while joint)."""
+        return self.membership.voters

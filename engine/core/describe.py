@@ -49,6 +49,8 @@ def describe_ready(rd: Ready) -> str:
     if rd.soft_state:
         lines.append(f"role={rd.soft_state.role} leader={rd.soft_state.leader_id} "
                      f"term={rd.soft_state.term}")
+    if rd.membership is not None:
+        lines.append(f"membership {rd.membership.describe()}")
     if rd.hard_state:
         hs = rd.hard_state
         lines.append(f"hard_state term={hs.term} vote={hs.vote} commit={hs.commit}")

@@ -22,12 +22,25 @@ from operator import itemgetter
 from typing import Any
 
 from engine.core.log import RaftLog
+from engine.core.membership_log import MembershipLog
 from engine.core.messages import CAMPAIGN_TRANSFER, Message, MessageKind, vote_response_kind
-from engine.core.quorum import VoteResult, committed_index, quorum_size, vote_result
+from engine.core.quorum import (
+    VoteResult,
+    joint_committed_index,
+    joint_quorum_active,
+    joint_vote_result,
+)
 from engine.core.read_only import ReadOnly
 from engine.core.ready import ReadState, Ready, SoftState
 from engine.core.tracker import Progress, ProgressState
-from engine.errors import ConfigError, InvariantError, NotLeaderError, ProposalDropped
+from engine.errors import (
+    ConfigError,
+    InvariantError,
+    MembershipError,
+    NotLeaderError,
+    ProposalDropped,
+)
+from engine.membership import Membership
 from engine.types import Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term
 
 logger = logging.getLogger(__name__)
@@ -108,23 +121,29 @@ class RaftOptions:
 class Raft:
     """One node's Raft state.  Not thread-safe: one driver thread owns it."""
 
-    def __init__(self, node_id: NodeId, voters: Sequence[NodeId], *, rng: random.Random,
-                 options: RaftOptions | None = None, hard_state: HardState | None = None,
-                 entries: Sequence[Entry] = (), applied: Index = 0,
-                 snapshot: SnapshotMeta | None = None) -> None:
+    def __init__(self, node_id: NodeId, voters: Sequence[NodeId] | Membership, *,
+                 rng: random.Random, options: RaftOptions | None = None,
+                 hard_state: HardState | None = None, entries: Sequence[Entry] = (),
+                 applied: Index = 0, snapshot: SnapshotMeta | None = None) -> None:
         """Create a node from its durable state: ``hard_state``, the newest ``snapshot`` and the
         stable ``entries`` that follow it.
 
+        ``voters`` is the bootstrap configuration, in force until the snapshot or a CONFIG entry
+        says otherwise: a sequence of voter ids (this node among them), or a
+        :class:`~engine.membership.Membership`, which may leave this node out (a learner, or an
+        empty one for a node that joins an existing cluster and learns its configuration from
+        the leader).
+
         Raises:
-            ConfigError: when ``node_id`` is not among ``voters`` or ids repeat.
+            ConfigError: when a voter sequence omits ``node_id`` or repeats ids.
         """
-        if node_id not in voters:
-            raise ConfigError(f"node_id={node_id!r} must be one of voters={sorted(voters)!r}")
-        if len(set(voters)) != len(voters):
-            raise ConfigError(f"voters={list(voters)!r} must not repeat")
+        if not isinstance(voters, Membership):
+            if node_id not in voters:
+                raise ConfigError(f"node_id={node_id!r} must be one of voters={sorted(voters)!r}")
+            if len(set(voters)) != len(voters):
+                raise ConfigError(f"voters={list(voters)!r} must not repeat")
+            voters = Membership(voters)
         self.id: NodeId = node_id
-        self.voters: tuple[NodeId, ...] = tuple(sorted(voters))
-        self.peers: tuple[NodeId, ...] = tuple(v for v in self.voters if v != node_id)
         self.options = options or RaftOptions()
         self._rng = rng
         hard_state = hard_state or HardState()
@@ -138,6 +157,20 @@ class Raft:
                                applied=max(applied, snapshot.index))
         else:
             self.log = RaftLog(entries, committed=hard_state.commit, applied=applied)
+        base = snapshot.membership if snapshot is not None and not snapshot.membership.is_empty \
+            else voters
+        self.memberships = MembershipLog(base, self.log.snapshot_index)
+        self.memberships.observe(entries, self.log.term)
+        #: The configuration in force and the peers it implies (every other member).
+        self.membership: Membership = self.memberships.current
+        self.peers: tuple[NodeId, ...] = ()
+        #: Leader only: peers that the configuration in force leaves out but the committed one
+        #: has (in ``peers`` until the configuration in force commits; see :meth:`_set_peers`).
+        self._departing: tuple[NodeId, ...] = ()
+        self._membership_changed = False  # for the next Ready
+        #: Leader only: index of the newest CONFIG entry that may not be committed yet; a
+        #: membership change is refused until the commit index reaches it.
+        self.pending_config_index: Index = 0
         self._installed_snapshot: SnapshotMeta | None = None  # for the next Ready
         self._compact_index: Index = 0  # for the next Ready
         self.leader_id: NodeId | None = None
@@ -159,6 +192,8 @@ class Raft:
         self._prev_soft_state = SoftState(self.role.value, None, self.term)
         self._step_role = self._step_follower
         self._tick_role = self._tick_election
+        self._set_membership(self.membership)
+        self._membership_changed = False  # the driver reads the initial one from the core
         self.become_follower(self.term, None)
 
     # -- role transitions --------------------------------------------------------------------
@@ -185,6 +220,8 @@ class Raft:
         self.leader_id = leader_id
         self.role = Role.FOLLOWER
         self.progress = {}
+        if self._departing:
+            self._set_peers()
 
     def become_pre_candidate(self) -> None:
         """Start a pre-vote round: neither the term nor the vote changes.
@@ -227,13 +264,17 @@ class Raft:
         self._reset(self.term)
         self.leader_id = self.id
         self.role = Role.LEADER
+        self._set_peers()
         next_index = self.log.last_index() + 1
         max_inflight = self.options.max_inflight
-        self.progress = {v: Progress(next_index, max_inflight) for v in self.voters}
-        own = self.progress[self.id]
+        self.progress = {v: Progress(next_index, max_inflight) for v in self.peers}
+        own = self.progress[self.id] = Progress(next_index, max_inflight)
         own.match = self.log.stable
         own.become_replicate()
         own.recent_active = True
+        # Any CONFIG entry in the log may be uncommitted: no new change until this term's no-op
+        # commits (it commits everything before it).
+        self.pending_config_index = next_index
         self.log.append([Entry(next_index, self.term, EntryKind.NOOP, b"")])
         logger.info("%s became leader at term %d", self.id, self.term)
 
@@ -247,7 +288,8 @@ class Raft:
         self.election_elapsed += 1
         if self.election_elapsed >= self.randomized_election_timeout:
             self.election_elapsed = 0
-            self.campaign()
+            if self.promotable():
+                self.campaign()
 
     def _tick_heartbeat(self) -> None:
         self.heartbeat_elapsed += 1
@@ -272,14 +314,20 @@ class Raft:
             self._broadcast_heartbeat(self.read_only.last_context())
 
     def _quorum_active(self) -> bool:
-        active = sum(1 for v in self.voters if self.progress[v].recent_active or v == self.id)
-        return active >= quorum_size(self.voters)
+        active = {v for v, pr in self.progress.items() if pr.recent_active or v == self.id}
+        return joint_quorum_active(self.membership.voters, self.membership.outgoing, active)
+
+    def promotable(self) -> bool:
+        """True when this node's vote counts in the configuration in force (so it may campaign);
+        learners, removed nodes and joiners that know no configuration yet are not."""
+        return self.membership.can_vote(self.id)
 
     # -- elections -----------------------------------------------------------------------------
 
     def campaign(self) -> None:
-        """Start an election (a pre-vote round first when PreVote is on).  No-op on a leader."""
-        if self.role is Role.LEADER:
+        """Start an election (a pre-vote round first when PreVote is on).  No-op on a leader
+        and on a node that cannot vote (see :meth:`promotable`)."""
+        if self.role is Role.LEADER or not self.promotable():
             return
         if self.options.pre_vote:
             self._campaign(PRE_VOTE)
@@ -301,13 +349,15 @@ class Raft:
             # after-persist queue like any vote grant.
             self._send(VOTE_RESPONSE, self.id, term=vote_term)
         last_index, last_term = self.log.last_index(), self.log.last_term()
+        membership = self.membership
         for peer in self.peers:
-            self._send(kind, peer, term=vote_term, index=last_index, log_term=last_term,
-                       context=CAMPAIGN_TRANSFER if transfer else 0)
+            if membership.can_vote(peer):
+                self._send(kind, peer, term=vote_term, index=last_index, log_term=last_term,
+                           context=CAMPAIGN_TRANSFER if transfer else 0)
 
     def _tally(self) -> VoteResult:
         """Count votes; on a decision, act on it.  Returns the result."""
-        result = vote_result(self.voters, self.votes)
+        result = joint_vote_result(self.membership.voters, self.membership.outgoing, self.votes)
         if result is VoteResult.WON:
             if self.role is Role.PRE_CANDIDATE:
                 self._campaign(VOTE)
@@ -338,6 +388,7 @@ class Raft:
         """Process one message from a peer (or a self-addressed message from ``Ready``)."""
         if m.src == self.id and m.kind is APPEND_RESPONSE:
             self._on_persisted(m.index, m.log_term)
+            self._after_commit()
             return
         if m.term > self.term:
             if ((m.kind is VOTE or m.kind is PRE_VOTE) and self._in_leader_lease()
@@ -364,6 +415,8 @@ class Raft:
             self._handle_vote_request(m)
             return
         self._step_role(m)
+        if self.role is Role.LEADER:
+            self._after_commit()
 
     def _in_leader_lease(self) -> bool:
         return (self.options.check_quorum and self.leader_id is not None
@@ -382,7 +435,7 @@ class Raft:
             self.election_elapsed = 0
             self.leader_id = m.src
             self._handle_snapshot(m)
-        elif m.kind is TIMEOUT_NOW:
+        elif m.kind is TIMEOUT_NOW and self.promotable():
             logger.info("%s campaigns at once: %s hands over leadership", self.id, m.src)
             self._campaign(VOTE, transfer=True)
 
@@ -410,6 +463,8 @@ class Raft:
             return
         last_new = log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
+            if m.entries and self.memberships.observe(m.entries, log.term):
+                self._set_membership(self.memberships.current)
             self._send(APPEND_RESPONSE, m.src, index=last_new)
             return
         last = log.last_index()
@@ -434,9 +489,18 @@ class Raft:
         if m.index <= log.committed:
             self._send(APPEND_RESPONSE, m.src, index=log.committed)
             return
-        voters = tuple(m.data.decode().split("\n")) if m.data else self.voters
-        meta = SnapshotMeta(m.index, m.log_term, voters)
+        membership = Membership.decode(m.data) if m.data else Membership()
+        if membership.is_empty:
+            # The sender did not know the configuration there: a node that joined with no
+            # configuration and got the log from index 1 knows none before the first CONFIG
+            # entry, so none is committed up to the snapshot and the bootstrap configuration
+            # is in force there, which is this node's base (as when booting from such a
+            # snapshot: see __init__).
+            membership = self.memberships.base
+        meta = SnapshotMeta(m.index, m.log_term, membership)
         log.restore(m.index, m.log_term)
+        if self.memberships.restore(membership, m.index, log.term):
+            self._set_membership(self.memberships.current)
         self.snapshot = meta
         self._installed_snapshot = meta
         logger.info("%s installed snapshot %d/%d from %s", self.id, m.log_term, m.index, m.src)
@@ -464,6 +528,7 @@ class Raft:
             self.snapshot = snapshot
         if compact_index > self.log.snapshot_index:
             self.log.compact(compact_index)
+            self.memberships.compact(compact_index)
             self._compact_index = compact_index
 
     def report_snapshot(self, peer: NodeId, *, ok: bool) -> None:
@@ -484,7 +549,7 @@ class Raft:
             raise InvariantError(f"{peer} needs compacted entries but there is no snapshot")
         pr.become_snapshot(snapshot.index)
         self._send(SNAPSHOT, peer, index=snapshot.index, log_term=snapshot.term,
-                   data="\n".join(snapshot.voters).encode())
+                   data=snapshot.membership.encode())
         logger.info("%s sends snapshot %d/%d to %s", self.id, snapshot.term, snapshot.index, peer)
 
     # -- leader side of replication ----------------------------------------------------------
@@ -510,6 +575,7 @@ class Raft:
                 range(first, first + len(commands)), repeat(self.term),
                 repeat(EntryKind.NORMAL), commands))))
             self._broadcast_append()
+            self._after_commit()
         return first, self.term
 
     def _broadcast_append(self) -> None:
@@ -616,8 +682,9 @@ class Raft:
             self._send_appends(m.src, allow_empty=True)
         if m.context:
             acks = self.read_only.ack(m.context, m.src)
-            if acks is not None and vote_result(
-                    self.voters, dict.fromkeys(acks, True)) is VoteResult.WON:
+            if acks is not None and joint_vote_result(
+                    self.membership.voters, self.membership.outgoing,
+                    dict.fromkeys(acks, True)) is VoteResult.WON:
                 self._read_states.extend(self.read_only.release_through(m.context))
 
     def _on_persisted(self, index: Index, term: Term) -> None:
@@ -631,7 +698,8 @@ class Raft:
     def _maybe_commit(self) -> bool:
         """Advance the commit index to what a quorum matches, counting only entries of the
         current term (Figure 8).  Returns True when it moved."""
-        index = committed_index(self.voters, {v: pr.match for v, pr in self.progress.items()})
+        index = joint_committed_index(self.membership.voters, self.membership.outgoing,
+                                      {v: pr.match for v, pr in self.progress.items()})
         if index <= self.log.committed or self.log.term(index) != self.term:
             return False
         first_of_term = self.log.committed < index and not self._committed_in_term_before()
@@ -644,6 +712,116 @@ class Raft:
 
     def _committed_in_term_before(self) -> bool:
         return self.log.term(self.log.committed) == self.term
+
+    # -- membership changes ------------------------------------------------------------------
+
+    def propose_membership(self, voters: Sequence[NodeId], learners: Sequence[NodeId] = (),
+                           addresses: dict[NodeId, str] | None = None) -> Index:
+        """Start moving to a configuration of ``voters`` and ``learners``.
+
+        When the voter set changes this appends the joint configuration C_old,new; once that
+        commits the leader appends C_new by itself (see :meth:`_after_commit`).  A change of
+        learners only is appended directly.  ``addresses`` add to the address book.  Returns the
+        index of the appended entry; the change is complete when a non-joint configuration at or
+        after it is committed (:attr:`membership` not joint and ``commit >=
+        memberships.current_index``).
+
+        Raises:
+            NotLeaderError: not the leader.
+            MembershipError: a change is in progress (joint, or a CONFIG entry not yet
+                committed), a leadership transfer is in progress, or the configuration is
+                invalid or identical to the current one.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader_id)
+        if self.lead_transferee is not None:
+            raise MembershipError(f"leadership is being transferred to {self.lead_transferee}")
+        if self.membership.is_joint or self.pending_config_index > self.log.committed:
+            raise MembershipError(
+                f"a membership change is in progress: configuration entry "
+                f"{max(self.pending_config_index, self.memberships.current_index)} is not "
+                f"committed or the cluster is still joint ({self.membership.describe()})")
+        try:
+            changed = self.membership.change_to(voters, learners, addresses)
+        except ValueError as exc:
+            raise MembershipError(str(exc)) from None
+        return self._append_config(changed)
+
+    def _append_config(self, membership: Membership) -> Index:
+        index = self.log.last_index() + 1
+        entry = Entry(index, self.term, EntryKind.CONFIG, membership.encode())
+        self.log.append([entry])
+        self.memberships.observe([entry], self.log.term)
+        self._set_membership(self.memberships.current)
+        self.pending_config_index = index
+        logger.info("%s appends configuration %d: %s", self.id, index, membership.describe())
+        self._broadcast_append()
+        return index
+
+    def _set_membership(self, membership: Membership) -> None:
+        """Put ``membership`` in force: peers, and on a leader the progress of each member."""
+        self.membership = membership
+        self._membership_changed = True
+        self._set_peers()
+        self._sync_progress()
+        if self.lead_transferee is not None and not membership.can_vote(self.lead_transferee):
+            self.lead_transferee = None
+
+    def _set_peers(self) -> None:
+        """``peers``: every other member of the configuration in force.  A leader whose
+        configuration is not committed yet also keeps replicating to the members of the
+        committed one that it leaves out (``_departing``), until it commits: that is how a
+        removed voter receives the C_new entry that removes it (otherwise it would stay in
+        C_old,new, where it is still a voter, and campaign forever)."""
+        members = self.membership.members()
+        departing: tuple[NodeId, ...] = ()
+        if self.role is Role.LEADER and self.log.committed < self.memberships.current_index:
+            departing = tuple(p for p in self.memberships.at(self.log.committed).members()
+                              if p != self.id and p not in members)
+        self._departing = departing
+        self.peers = tuple(p for p in members if p != self.id) + departing
+
+    def _sync_progress(self) -> None:
+        """Leader: new peers get a Progress, dropped ones lose theirs."""
+        if self.role is not Role.LEADER:
+            return
+        next_index = self.log.last_index() + 1
+        for peer in self.peers:
+            if peer not in self.progress:
+                pr = self.progress[peer] = Progress(next_index, self.options.max_inflight)
+                pr.recent_active = True  # give a new member an election timeout to answer
+        for peer in [p for p in self.progress if p != self.id and p not in self.peers]:
+            del self.progress[peer]
+
+    def _after_commit(self) -> None:
+        """Leader: act on a committed configuration.  A committed joint configuration is
+        followed by C_new at once; a committed configuration that leaves this leader out (or
+        makes it a learner) ends its term: it hands over to the most up-to-date voter and steps
+        down (thesis 4.2.2)."""
+        membership = self.membership
+        if self.role is not Role.LEADER or (not membership.outgoing and not self._departing
+                                             and self.id in membership.voters):
+            return  # the common case: nothing to do
+        if self.log.committed < self.memberships.current_index:
+            return
+        if self._departing:
+            self._set_peers()  # committed: stop replicating to the members it removed
+            self._sync_progress()
+        if membership.is_joint:
+            self._append_config(membership.leave_joint())
+            return
+        if self.id in membership.voters:
+            return
+        last = self.log.last_index()
+        candidates = [(pr.match, peer) for peer, pr in self.progress.items()
+                      if peer != self.id and membership.can_vote(peer)]
+        if candidates:
+            match, successor = max(candidates)
+            if match == last:
+                self._send(TIMEOUT_NOW, successor)
+        logger.info("%s steps down: not a voter of the committed configuration (%s)", self.id,
+                    membership.describe())
+        self.become_follower(self.term, None)
 
     # -- leadership transfer -----------------------------------------------------------------
 
@@ -658,9 +836,9 @@ class Raft:
         """
         if self.role is not Role.LEADER:
             raise NotLeaderError(self.leader_id)
-        if target == self.id or target not in self.voters:
+        if target == self.id or not self.membership.can_vote(target):
             raise ValueError(f"cannot transfer leadership to {target!r}: not another voter "
-                             f"of {list(self.voters)}")
+                             f"({self.membership.describe()})")
         if self.lead_transferee == target:
             return
         self.lead_transferee = target
@@ -690,7 +868,7 @@ class Raft:
             # previous leader committed (thesis 6.4 step 1).
             self._pending_read_contexts.append(context)
             return
-        if len(self.voters) == 1:
+        if self.membership.voters == (self.id,) and not self.membership.is_joint:
             self._read_states.append(ReadState(self.log.committed, context))
             return
         self.read_only.add(self.log.committed, context, self.id)
@@ -722,6 +900,7 @@ class Raft:
             self._msgs or self._msgs_after_persist or self._read_states
             or log.handed < log.last_index() or log.has_committed_to_apply()
             or self._installed_snapshot is not None or self._compact_index
+            or self._membership_changed
             or self.term != self._prev_hard_state.term or self.vote != self._prev_hard_state.vote
             or log.committed != self._prev_hard_state.commit
             or self.role.value != self._prev_soft_state.role
@@ -750,4 +929,6 @@ class Raft:
                 index=last.index, log_term=last.term))
         rd.committed_entries = self.log.take_committed(self.options.max_committed_per_ready)
         rd.read_states, self._read_states = self._read_states, []
+        if self._membership_changed:
+            rd.membership, self._membership_changed = self.membership, False
         return rd

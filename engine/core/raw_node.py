@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from engine.core.messages import Message
 from engine.core.raft import Raft, RaftOptions
 from engine.core.ready import Ready
+from engine.membership import EMPTY_MEMBERSHIP, Membership
 from engine.types import Entry, HardState, Index, NodeId, SnapshotMeta, Term
 
 
@@ -43,13 +44,15 @@ class CoreStatus:
     last_log_term: Term
     snapshot_index: Index
     log_entries: int
+    membership: Membership = EMPTY_MEMBERSHIP
     progress: dict[NodeId, PeerProgress] = field(default_factory=dict)
 
 
 class RawNode:
     """A Raft core plus the bookkeeping of handing out Readys.  One thread owns it."""
 
-    def __init__(self, node_id: NodeId, voters: Sequence[NodeId], *, rng: random.Random,
+    def __init__(self, node_id: NodeId, voters: Sequence[NodeId] | Membership, *,
+                 rng: random.Random,
                  options: RaftOptions | None = None, hard_state: HardState | None = None,
                  entries: Sequence[Entry] = (), applied: Index = 0,
                  snapshot: SnapshotMeta | None = None) -> None:
@@ -57,7 +60,7 @@ class RawNode:
         node's durable stores hold.
 
         Raises:
-            ConfigError: when ``node_id`` is not a voter.
+            ConfigError: when a voter sequence omits ``node_id``.
         """
         self.raft = Raft(node_id, voters, rng=rng, options=options, hard_state=hard_state,
                          entries=entries, applied=applied, snapshot=snapshot)
@@ -103,6 +106,21 @@ class RawNode:
         """The driver finished (``ok``) or abandoned sending the snapshot to ``peer``."""
         self.raft.report_snapshot(peer, ok=ok)
 
+    def propose_membership(self, voters: Sequence[NodeId], learners: Sequence[NodeId] = (),
+                           addresses: dict[NodeId, str] | None = None) -> Index:
+        """Start a membership change (see Raft.propose_membership); returns the entry's index.
+
+        Raises:
+            NotLeaderError: not the leader.
+            MembershipError: a change is in progress or the configuration is invalid.
+        """
+        return self.raft.propose_membership(voters, learners, addresses)
+
+    @property
+    def membership(self) -> Membership:
+        """The configuration in force on this node."""
+        return self.raft.membership
+
     def transfer_leadership(self, target: NodeId) -> None:
         """Hand leadership to ``target`` (see Raft.transfer_leadership).
 
@@ -137,7 +155,7 @@ class RawNode:
             commit_index=r.log.committed, applying_index=r.log.applying,
             stable_index=r.log.stable, last_log_index=r.log.last_index(),
             last_log_term=r.log.last_term(), snapshot_index=r.log.snapshot_index,
-            log_entries=len(r.log),
+            log_entries=len(r.log), membership=r.membership,
             progress={peer: PeerProgress(pr.match, pr.next, pr.state.value, len(pr.inflights),
                                          pr.recent_active)
                       for peer, pr in r.progress.items()})

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.core.messages import Message
+from engine.membership import Membership
 from engine.types import Entry, HardState, Index, NodeId, SnapshotMeta
 
 
@@ -76,6 +77,10 @@ class Ready:
 
     soft_state: SoftState | None = None
     """Role, leader and term, when any changed since the previous Ready."""
+
+    membership: Membership | None = None
+    """The configuration now in force, when it changed since the previous Ready (an appended,
+    truncated or installed CONFIG entry): the driver updates its address book from it."""
 
     def must_persist(self) -> bool:
         """True when this Ready carries durable state to write."""

@@ -26,7 +26,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ from engine.core import Message, MessageKind, PeerProgress, RaftOptions, RawNode
 from engine.errors import (
     ConfigError,
     CorruptLogError,
+    MembershipError,
     NodeStopped,
     NotLeaderError,
     Overloaded,
@@ -43,7 +44,9 @@ from engine.errors import (
     ReadTimeout,
     TransferError,
 )
+from engine.membership import Membership
 from engine.runtime.applier import Applier, ReadWaiter
+from engine.runtime.membership import MembershipChange
 from engine.runtime.persister import Persister
 from engine.runtime.proposals import ProposalRegistry, new_future, settle
 from engine.runtime.snapshots import SnapshotReceiver, SnapshotSender
@@ -97,12 +100,15 @@ class RaftNode:
                  config: Config | None = None, data_dir: str | None = None,
                  transport: Transport | None = None, log_store: LogStore | None = None,
                  stable_store: StableStore | None = None,
-                 snapshot_store: SnapshotStore | None = None, seed: int | None = None) -> None:
+                 snapshot_store: SnapshotStore | None = None, seed: int | None = None,
+                 join: bool = False) -> None:
         """Create a stopped node.
 
         Args:
             node_id: this node's id; must be a key of ``peers``.
-            peers: every member's id -> "host:port", this node included.
+            peers: every member's id -> "host:port", this node included.  Unless ``join``,
+                they are also the bootstrap configuration (all voters) that is in force until
+                the log or a snapshot holds a configuration.
             state_machine: the user's object (see :class:`~engine.statemachine.StateMachine`).
             config: tunables; ``Config()`` when None.
             data_dir: directory for the durable log and hard state (native store); None keeps
@@ -112,6 +118,11 @@ class RaftNode:
             log_store / stable_store / snapshot_store: explicit stores (tests and
                 LocalCluster); override ``data_dir``.
             seed: seeds the election-timeout randomness (None: from os.urandom).
+            join: this node is being added to a running cluster: it starts with no
+                configuration (it never campaigns) and learns one from the leader's log or
+                snapshot once the leader adds it (``add_learner`` / ``change_membership``).
+                ``peers`` then only needs its own address and those of the current members.
+                Pass it again when restarting such a node before it received anything.
 
         Raises:
             ConfigError: bad ids, peers or config.
@@ -133,6 +144,7 @@ class RaftNode:
         self._stable_store_arg = stable_store
         self._snapshot_store_arg = snapshot_store
         self._seed = seed
+        self._join = bool(join)
         self._lifecycle_lock = threading.Lock()
         self._started = False
         self._stopped = False
@@ -176,8 +188,11 @@ class RaftNode:
         self._latest_snapshot: tuple[SnapshotMeta, bytes] | None = None
         self._snapshot_sender: SnapshotSender | None = None
         self._snapshot_receiver = SnapshotReceiver(node_id, decode_snapshot)
-        # Owned by the loop thread: the pending leadership transfer (target, future).
+        # Owned by the loop thread: the pending leadership transfer (target, future), the
+        # membership change in progress, and the address book last given to the transport.
         self._transfer: tuple[str, Future] | None = None
+        self._change: MembershipChange | None = None
+        self._address_book: dict[str, str] = dict(peers)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -220,7 +235,8 @@ class RaftNode:
             snapshot, entries = self._recover_log()
             first, last = self._log_store.first_index(), self._log_store.last_index()
             rng = random.Random(self._seed)
-            self._raw = RawNode(self._id, sorted(self._peers), rng=rng,
+            bootstrap = Membership() if self._join else Membership.bootstrap(self._peers)
+            self._raw = RawNode(self._id, bootstrap, rng=rng,
                                 options=RaftOptions.from_config(self._config),
                                 hard_state=hard_state, entries=entries,
                                 snapshot=snapshot)
@@ -229,10 +245,12 @@ class RaftNode:
                 on_progress=self._notify_observers,
                 applied=snapshot.index if snapshot else 0,
                 applied_term=snapshot.term if snapshot else 0,
-                voters=tuple(sorted(self._peers)),
+                membership=snapshot.membership
+                if snapshot is not None and not snapshot.membership.is_empty else bootstrap,
                 snapshot_threshold=self._config.snapshot_threshold,
                 on_snapshot=self._on_snapshot_taken)
             self._transport = self._transport_arg or self._default_transport()
+            self._update_address_book(self._raw.membership)
             self._snapshot_sender = SnapshotSender(
                 self._id, self._transport.send, chunk_bytes=self._config.snapshot_chunk_bytes,
                 stall_ticks=2 * self._config.heartbeat_ticks)
@@ -345,6 +363,9 @@ class RaftNode:
         if self._transfer is not None:
             settle(self._transfer[1], error=stopped)
             self._transfer = None
+        if self._change is not None:
+            self._change.fail(stopped)
+            self._change = None
         self._inbox_closed = True
         self._fail_inbox(stopped)
         if self._owns_stores:
@@ -509,15 +530,129 @@ class RaftNode:
             self._transfer = (target_id, future)
 
         future: Future = Future()
-        started = self._call(start)
+        return self._start_on_loop(start, future)
 
+    def _start_on_loop(self, start: Callable[[RawNode], None], future: Future) -> Future:
+        """Run ``start(raw)`` on the loop thread to begin a long operation that settles
+        ``future`` later; an exception from ``start`` (or a stopped node) fails it at once."""
         def on_started(done: Future) -> None:
             error = done.exception()
             if error is not None:
                 settle(future, error=error)
 
-        started.add_done_callback(on_started)
+        self._call(start).add_done_callback(on_started)
         return future
+
+    # -- membership ------------------------------------------------------------------------------
+
+    @property
+    def membership(self) -> Membership:
+        """The configuration in force on this node (as of its last loop round)."""
+        membership = self._status.membership
+        return membership if membership is not None else Membership()
+
+    def change_membership(self, voters: Iterable[str], learners: Iterable[str] | None = None,
+                          *, addresses: Mapping[str, str] | None = None) -> Future:
+        """Move the cluster to ``voters`` and ``learners`` by joint consensus; the future
+        resolves to the new :class:`~engine.membership.Membership` once C_new is committed.
+
+        Voters that are not members yet are first added as learners and made voters only once
+        they have caught up with the leader's log (``Config.catchup_timeout``), so a new empty
+        node never stalls commits.  ``learners`` None keeps the current learners (minus those
+        that become voters).  ``addresses`` gives "host:port" of new members; the address book
+        travels with the configuration.  A removed leader steps down once C_new commits (the
+        most up-to-date voter takes over at once).
+
+        Raises (through the future):
+            NotLeaderError: this node is not the leader.
+            MembershipError: another change is in progress, the configuration is invalid or
+                already in force, or new voters did not catch up in time (they stay learners).
+            ProposalDropped: leadership was lost before the change completed (a new leader
+                may still complete it: check ``membership``).
+            NodeStopped: the node stopped first.
+            TypeError / ValueError: at once, for ids that are not non-empty strings.
+        """
+        voter_set = _id_set(voters, "voters")
+        learner_set = None if learners is None else _id_set(learners, "learners")
+
+        def target(current: Membership) -> tuple[frozenset[str], frozenset[str]]:
+            if learner_set is None:
+                return voter_set, frozenset(current.learners) - voter_set
+            return voter_set, learner_set
+        return self._begin_change(target, addresses)
+
+    def add_learner(self, node_id: str, address: str | None = None) -> Future:
+        """Add ``node_id`` as a non-voting member that receives the log (start it with
+        ``join=True``); resolves to the new Membership once the change is committed.  See
+        :meth:`change_membership` for the errors."""
+        _id_set([node_id], "node_id")
+
+        def target(current: Membership) -> tuple[frozenset[str], frozenset[str]]:
+            if node_id in current.members():
+                raise MembershipError(f"{node_id} is already a member ({current.describe()})")
+            return frozenset(current.voters), frozenset(current.learners) | {node_id}
+        return self._begin_change(target, {node_id: address} if address else None)
+
+    def promote(self, node_id: str) -> Future:
+        """Make the learner ``node_id`` a voter once it has caught up (joint consensus);
+        resolves to the new Membership.  See :meth:`change_membership` for the errors."""
+        def target(current: Membership) -> tuple[frozenset[str], frozenset[str]]:
+            if node_id not in current.learners:
+                raise MembershipError(f"{node_id} is not a learner ({current.describe()})")
+            return frozenset(current.voters) | {node_id}, frozenset(current.learners) - {node_id}
+        return self._begin_change(target, None)
+
+    def remove_member(self, node_id: str) -> Future:
+        """Remove ``node_id`` (voter or learner) from the cluster; resolves to the new
+        Membership once committed.  Removing the leader itself works: it steps down after.
+        See :meth:`change_membership` for the errors."""
+        def target(current: Membership) -> tuple[frozenset[str], frozenset[str]]:
+            if node_id not in current.members():
+                raise MembershipError(f"{node_id} is not a member ({current.describe()})")
+            return (frozenset(current.voters) - {node_id},
+                    frozenset(current.learners) - {node_id})
+        return self._begin_change(target, None)
+
+    def _begin_change(self, target: Callable[[Membership], tuple[frozenset[str], frozenset[str]]],
+                      addresses: Mapping[str, str] | None) -> Future:
+        future: Future = Future()
+
+        def start(raw: RawNode) -> None:
+            if self._change is not None:
+                raise MembershipError("a membership change is in progress "
+                                      f"({self._change.stage.value} stage)")
+            if raw.raft.role.value != "leader":
+                raise NotLeaderError(raw.raft.leader_id)
+            current = raw.membership
+            voters, learners = target(current)
+            if voters == frozenset(current.voters) and learners == frozenset(current.learners):
+                raise MembershipError(f"{current.describe()} is already the configuration")
+            change = MembershipChange(voters, learners, addresses or {}, future,
+                                      catchup_timeout=self._config.catchup_timeout)
+            self._change = change
+            change.start(raw)
+            if change.done:
+                self._change = None
+        return self._start_on_loop(start, future)
+
+    def _advance_change(self, raw: RawNode) -> None:
+        """Loop thread: move the membership change in progress along."""
+        change = self._change
+        assert change is not None
+        change.advance(raw, time.monotonic())
+        if change.done:
+            self._change = None
+
+    def _update_address_book(self, membership: Membership) -> None:
+        """Loop thread: give the transport every address known (constructor peers, then the
+        configuration's address book, which wins)."""
+        book = dict(self._peers)
+        book.update(membership.addresses)
+        if book != self._address_book:
+            self._address_book = book
+            update = getattr(self._transport, "update_peers", None)
+            if update is not None:
+                update(book)
 
     @property
     def last_applied(self) -> int:
@@ -601,7 +736,7 @@ class RaftNode:
                 self._incoming_snapshots[(meta.index, meta.term)] = (data, encoded)
             raw.step(Message(kind=_SNAPSHOT, src=m.src, dst=self._id, term=m.term,
                              index=meta.index, log_term=meta.term,
-                             data="\n".join(meta.voters).encode()))
+                             data=meta.membership.encode()))
 
     def _on_snapshot_saved(self, raw: RawNode, meta: SnapshotMeta, encoded: bytes,
                            future: Future | None) -> None:
@@ -668,6 +803,9 @@ class RaftNode:
                         next_read_check = now + 0.1
                         self._expire_reads(now)
                 self._drive(raw)
+                if self._change is not None:
+                    self._advance_change(raw)
+                    self._drive(raw)
         except Exception as exc:
             logger.critical("%s: loop thread failed, stopping the node", self._id, exc_info=True)
             self._on_storage_error(exc)
@@ -755,6 +893,9 @@ class RaftNode:
             if rd.soft_state is not None:
                 changed = True
                 self._on_soft_state(rd)
+            if rd.membership is not None:
+                changed = True
+                self._update_address_book(rd.membership)
             messages = rd.messages
             if messages:
                 if any(m.kind is _SNAPSHOT for m in messages):
@@ -817,6 +958,9 @@ class RaftNode:
             dropped = self._registry.fail_after(commit, ProposalDropped(
                 f"{self._id} lost leadership at term {soft.term} before the entry committed"))
             self._fail_reads(NotLeaderError(soft.leader_id))
+            if self._change is not None:
+                self._change.leadership_lost(self._raw)
+                self._change = None
             if self._snapshot_sender is not None:
                 self._snapshot_sender.cancel_all()
             logger.info("%s lost leadership (term %d): %d proposals dropped", self._id,
@@ -858,7 +1002,10 @@ class RaftNode:
         self._status = Status(self._id, role, r.term, r.leader_id, r.log.committed,
                               self.last_applied, r.log.last_index(), running=True,
                               snapshot_index=r.snapshot.index if r.snapshot else 0,
-                              log_entries=len(r.log), progress=self._progress)
+                              log_entries=len(r.log), progress=self._progress,
+                              membership=r.membership,
+                              membership_committed=r.log.committed
+                              >= r.memberships.current_index)
 
     def _notify_observers(self) -> None:
         for callback in self._observers:
@@ -866,3 +1013,21 @@ class RaftNode:
                 callback()
             except Exception:
                 logger.exception("%s: observer failed", self._id)
+
+
+def _id_set(ids: Iterable[str], what: str) -> frozenset[str]:
+    """``ids`` as a frozenset of non-empty strings.
+
+    Raises:
+        TypeError: ``ids`` is a single string or holds a non-string.
+        ValueError: an id is empty.
+    """
+    if isinstance(ids, str | bytes):
+        raise TypeError(f"{what} must be a collection of node ids, not a single string")
+    result = frozenset(ids)
+    for node_id in result:
+        if not isinstance(node_id, str):
+            raise TypeError(f"{what}: node ids are strings, got {node_id!r}")
+        if not node_id:
+            raise ValueError(f"{what}: node ids must not be empty")
+    return result

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.seed, args.seed + args.count):
         params = Params.from_rng(seed, random.Random(seed))
         print(f"SEED={seed} nodes={params.n} drop={params.drop} duplicate={params.duplicate} "
-              f"faults={params.faults} snapshot={params.snapshot} options={params.options}",
+              f"faults={params.faults} snapshot={params.snapshot} "
+              f"membership={params.membership} spares={params.spares} options={params.options}",
               flush=True)
         try:
             sim = run_schedule(seed, args.steps)
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED: {exc}", file=sys.stderr)
             return 1
         print(f"  ok: {len(sim.checker.committed)} entries committed, "
-              f"{len(sim.checker.leader_of_term)} terms with a leader", flush=True)
+              f"{len(sim.checker.leader_of_term)} terms with a leader, "
+              f"{len(sim.checker.configs) - 1} configuration changes committed", flush=True)
     return 0
 
 

@@ -7,19 +7,52 @@ checks after every action.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from itertools import islice
+from operator import itemgetter
 
 from engine.core import RawNode
 from engine.core.log import RaftLog
-from engine.core.quorum import quorum_size
+from engine.core.raft import Raft
+from engine.membership import Membership
 from engine.sim.disk import DurableState
-from engine.types import Entry, SnapshotMeta
+from engine.types import Entry, EntryKind, SnapshotMeta
+
+_CONFIG = EntryKind.CONFIG
+_kind_of = itemgetter(2)
 
 
 class SafetyViolation(AssertionError):
     """A Raft safety or liveness property failed."""
 
 
+def joint_majority(membership: Membership, holders: Collection[str]) -> bool:
+    """``holders`` include a majority of the voters and, while joint, of the outgoing voters
+    (written from the definition, independently of :mod:`engine.core.quorum`)."""
+    return all(2 * sum(1 for v in voters if v in holders) > len(voters)
+               for voters in (membership.voters, membership.outgoing) if voters)
+
+
+def durable_on(disk: DurableState, index: int, entry: Entry) -> bool:
+    """The disk holds ``entry`` at ``index``, in its log or covered by its snapshot."""
+    first = disk.first
+    if index < first:
+        return len(disk.snapshot_state) >= index and disk.snapshot_state[index - 1] == entry
+    return index - first < len(disk.entries) and disk.entries[index - first] == entry
+
+
+def check_transition(before: Membership, after: Membership) -> str | None:
+    """Why committing ``after`` right after ``before`` breaks joint consensus, or None: a
+    voter change goes through C_old,new (outgoing = the old voters), a joint configuration is
+    followed by exactly its C_new, and a change of learners only keeps the voters."""
+    if after == before:
+        return "the same configuration twice"
+    if before.is_joint:
+        return None if after == before.leave_joint() else "joint not followed by its C_new"
+    if after.is_joint:
+        return None if after.outgoing == before.voters else "joint whose outgoing voters are " \
+            "not the previous voters"
+    return None if after.voters == before.voters else "voters changed without a joint phase"
 
 
 def _first_difference(a: Sequence[Entry], b: Sequence[Entry]) -> int:
@@ -30,10 +63,21 @@ def _first_difference(a: Sequence[Entry], b: Sequence[Entry]) -> int:
 class SafetyChecker:
     """Raft's safety properties over the whole history of one simulated cluster."""
 
-    def __init__(self, ids: list[str]) -> None:
+    def __init__(self, ids: list[str], initial: Membership | None = None) -> None:
+        """``ids``: every node of the simulation (spare ones too); ``initial``: the bootstrap
+        configuration (default: every node a voter)."""
         self.ids = ids
-        self.quorum = quorum_size(ids)
         self.leader_of_term: dict[int, str] = {}
+        # The committed configurations, in log order: (index of the CONFIG entry, config); the
+        # bootstrap configuration at index 0.  Each one a valid successor of the one before.
+        self.configs: list[tuple[int, Membership]] = [(0, initial or Membership(ids))]
+        self._config_indexes: list[int] = [0]
+        # (leader, term) -> the commit index that leader had at the previous check.
+        self.leader_commit: dict[tuple[str, int], int] = {}
+        # Per node: (index, entry, configuration) of the configuration in force last verified.
+        self._in_force_verified: dict[str, tuple[int, Entry | None, Membership]] = {}
+        # Per node: (index in force, first index, length, last entry) of the log last scanned.
+        self._in_force_scanned: dict[str, tuple[int, int, int, Entry | None]] = {}
         # The global committed log: entry i is at position i-1.  commit_term[i-1] is the lowest
         # term at which some node was seen to know index i committed; an upper bound of the term
         # in which it really committed, and nondecreasing in i.
@@ -46,6 +90,25 @@ class SafetyChecker:
         self.applied_checked: dict[str, int] = dict.fromkeys(ids, 0)
         # ReadIndex: context -> committed length required when it was requested.
         self.read_required: dict[int, int] = {}
+
+    def config_at(self, index: int) -> Membership:
+        """The committed configuration in force at committed ``index``."""
+        return self.configs[bisect.bisect_right(self._config_indexes, index) - 1][1]
+
+    def _record_configs(self, entries: list[Entry]) -> None:
+        if not any(map(_kind_of, entries)):
+            return
+        for entry in entries:
+            if entry.kind == _CONFIG:
+                after = Membership.decode(entry.data)
+                before = self.configs[-1][1]
+                why = check_transition(before, after)
+                if why is not None:
+                    raise SafetyViolation(
+                        f"configuration sequence: committed {after.describe()} at {entry.index} "
+                        f"after {before.describe()}: {why}")
+                self.configs.append((entry.index, after))
+                self._config_indexes.append(entry.index)
 
     def applied_index(self, node_id: str) -> int:
         return self.applied_base[node_id] + len(self.applied[node_id])
@@ -86,6 +149,13 @@ class SafetyChecker:
             bad = _first_difference(state, self.committed)
             raise SafetyViolation(f"state machine safety: {name} has {state[bad]} at index "
                                   f"{bad + 1}, the cluster committed {self.committed[bad]}")
+        want = self.config_at(snapshot.index)
+        # An empty configuration stands for the bootstrap one, which a node that joined with
+        # no configuration does not know (see Raft._handle_snapshot).
+        unknown = snapshot.membership.is_empty and want is self.configs[0][1]
+        if snapshot.membership != want and not unknown:
+            raise SafetyViolation(f"{name}: it records {snapshot.membership.describe()}, the "
+                                  f"committed configuration there is {want.describe()}")
 
     def on_apply(self, node_id: str, entries: list[Entry]) -> None:
         applied = self.applied_index(node_id)
@@ -121,11 +191,57 @@ class SafetyChecker:
                     raise SafetyViolation(
                         f"election safety: {holder} and {node_id} both led term {raft.term}")
             self._record_commit(node_id, log, first, entries, raft.term)
+            self._check_membership_in_force(node_id, raft, first, entries)
         self._check_applied()
         self._check_log_matching(logs)
         self._check_leader_completeness(nodes, logs)
         self._check_durability(disks)
+        self._check_leader_commits(nodes, disks)
         self._check_progress(nodes, disks)
+
+    def _check_membership_in_force(self, node_id: str, raft: Raft, first: int,
+                                   entries: list[Entry]) -> None:
+        """The configuration a core has in force is that of the newest CONFIG entry of its log,
+        or, when there is none, the one its compaction point records (the snapshot's, or the
+        bootstrap one)."""
+        at = raft.memberships.current_index
+        if at >= first:
+            entry = entries[at - first] if at - first < len(entries) else None
+            verified = (at, entry, raft.membership)
+            if verified != self._in_force_verified.get(node_id):
+                if (entry is None or entry.kind != _CONFIG
+                        or Membership.decode(entry.data) != raft.membership):
+                    raise SafetyViolation(f"{node_id}: configuration in force "
+                                          f"{raft.membership.describe()} (from entry {at}) is "
+                                          f"not what its log holds there: {entry}")
+                self._in_force_verified[node_id] = verified
+        scanned = (at, first, len(entries), entries[-1] if entries else None)
+        if scanned != self._in_force_scanned.get(node_id):  # the log changed: scan it again
+            if _CONFIG in map(_kind_of, islice(entries, max(at + 1 - first, 0), None)):
+                raise SafetyViolation(f"{node_id}: a CONFIG entry after {at}, the one in force")
+            self._in_force_scanned[node_id] = scanned
+
+    def _check_leader_commits(self, nodes: dict[str, RawNode],
+                              disks: dict[str, DurableState]) -> None:
+        """When a leader advances its commit index, the entry there is durable on a majority
+        of its voters and, while joint, of its outgoing voters as well (its configuration can
+        only have moved on from C_old,new to C_new since, whose quorum the joint one implies)."""
+        for node_id in self.ids:
+            raft = nodes[node_id].raft
+            if raft.role.value != "leader":
+                continue
+            key = (node_id, raft.term)
+            commit = raft.log.committed
+            seen = self.leader_commit.get(key)
+            self.leader_commit[key] = commit
+            if seen is None or commit <= seen:
+                continue
+            entry = self.committed[commit - 1]
+            holders = {n for n in self.ids if durable_on(disks[n], commit, entry)}
+            if not joint_majority(raft.membership, holders):
+                raise SafetyViolation(
+                    f"joint quorum: leader {node_id} of term {raft.term} committed {entry} held "
+                    f"durably by {sorted(holders)} only, under {raft.membership.describe()}")
 
     def _record_commit(self, node_id: str, log: RaftLog, first: int, entries: list[Entry],
                        term: int) -> None:
@@ -164,6 +280,7 @@ class SafetyChecker:
             new = entries[known + 1 - first:commit + 1 - first]
             if len(new) != commit - known:
                 raise SafetyViolation(f"{node_id}: commit {commit} beyond its log")
+            self._record_configs(new)
             self.committed.extend(new)
             self.commit_term.extend([term] * (commit - known))
         k = commit - 1
@@ -228,18 +345,14 @@ class SafetyChecker:
         if top == 0:
             return
         entry = self.committed[top - 1]
-        holders = 0
-        for disk in disks.values():
-            first = disk.first
-            if top < first:  # covered by the durable snapshot
-                holders += disk.snapshot_state[top - 1] == entry
-            else:
-                holders += (top - first < len(disk.entries)
-                            and disk.entries[top - first] == entry)
-        if holders < self.quorum:
-            raise SafetyViolation(f"durability: committed entry {entry} is durable on only "
-                                  f"{holders} nodes")
-
+        holders = {n for n, disk in disks.items() if durable_on(disk, top, entry)}
+        # Committed under the configuration in force at it, or (its leader having moved on
+        # from C_old,new meanwhile) under the C_new that follows it.
+        config = self.config_at(top)
+        if not (joint_majority(config, holders)
+                or (config.is_joint and joint_majority(config.leave_joint(), holders))):
+            raise SafetyViolation(f"durability: committed entry {entry} is durable on "
+                                  f"{sorted(holders)} only, no quorum of {config.describe()}")
 
     def _check_progress(self, nodes: dict[str, RawNode], disks: dict[str, DurableState]) -> None:
         """A leader's ``match`` for a peer is a lower bound of what the peer durably holds of

@@ -22,9 +22,31 @@ snapshot stands for is looked up by ``(index, term)`` among the snapshots taken 
 follower's ``Ready.snapshot`` replaces its simulated state machine with it and is persisted with
 it.  Restarts boot from the durable snapshot plus the durable entries after it.
 
+Membership changes (in about half the seeds, drawn from yet another rng so that the other seeds
+replay exactly the schedules they had before): the cluster has 1-3 spare nodes booted as joiners
+(empty configuration, so they never campaign until a configuration makes them voters), and a
+step may propose a change at whoever believes it leads, computed from that leader's
+configuration: add a spare as a learner or a voter, promote a learner, remove or demote a voter
+(the leader itself included), remove a learner, replace a voter.  Voter changes go through
+C_old,new and the C_new the leader appends itself; a change while one is in progress is refused
+(counted).  Spares join the random schedule once a change names them; a removed node keeps
+running (and may be added again later, with its old state).  A snapshot records the
+configuration in force at its index (``memberships.at``).  After the healed cluster settles, one
+more change is made and must complete, and the cluster must settle again.
+
 Checked after every action:
 
-* election safety: at most one leader per term over the whole history;
+* election safety: at most one leader per term over the whole history (whatever the
+  configurations, joint or not, and partitions);
+* configurations: the committed CONFIG entries form a valid sequence (a voter change goes
+  through C_old,new with the old voters outgoing, a joint configuration is followed by exactly
+  its C_new, a learner-only change keeps the voters), so every node's applied configurations
+  (checked as part of its applied log) are prefixes of that one sequence; every snapshot records
+  the committed configuration at its index (or the empty one for the bootstrap configuration,
+  which a joiner that got the log from index 1 cannot know); the configuration each core has in
+  force is that of the newest CONFIG entry in its log (or of its compaction point);
+* joint quorums: when a leader advances its commit index, the entry is durable on a majority of
+  its voters and, while joint, of its outgoing voters too;
 * log matching: if two logs hold an entry with the same index and term, they are identical up
   to it (checked over the range both still hold, at the highest index where each pair agrees);
 * leader completeness: a leader of term T holds every entry known committed at a term < T
@@ -33,8 +55,9 @@ Checked after every action:
   and snapshot installs) are prefixes of one global committed log; every compaction point is a
   committed index with the committed term; every snapshot (taken, installed, restarted from,
   persisted) holds exactly the committed log up to its index;
-* durability: every committed entry is in the durable log or the durable snapshot of a majority,
-  no durable commit index points past its durable log, and a durable snapshot never goes back;
+* durability: the newest committed entry is in the durable log or the durable snapshot of a
+  quorum of the configuration in force at it (or of the C_new after it), no durable commit
+  index points past its durable log, and a durable snapshot never goes back;
 * ReadIndex linearizability: a released read index is >= every index known committed anywhere
   when the read was requested;
 * replication bookkeeping: a leader's ``match`` for a peer never exceeds its own log, and (while
@@ -43,8 +66,10 @@ Checked after every action:
   handed <= last); an applied entry is durable locally when the node snapshots it; the snapshot
   a core would send was really taken.
 
-Then the network heals, pending writes finish, and all nodes tick until they agree on one leader
-and one fully committed log (liveness), and a last proposal commits everywhere.
+Then the network heals, pending writes finish, and the members of the newest committed
+configuration (all nodes, without membership changes: the nodes a committed change removed are
+shut down, as an operator would) tick until they agree on one leader and one fully committed
+log (liveness), and a last proposal commits on all of them.
 
 Replay one seed: ``python -m engine.sim --seed 1234`` (or
 ``RAFT_SEED=1234 pytest tests/core/test_random_schedules.py``).
@@ -59,6 +84,8 @@ from dataclasses import dataclass
 
 from engine.core import Message, MessageKind, RaftOptions, RawNode, Ready
 from engine.core.describe import describe_message
+from engine.errors import MembershipError
+from engine.membership import Membership
 from engine.sim.checkers import SafetyChecker, SafetyViolation
 from engine.sim.disk import DurableState
 from engine.types import Entry, SnapshotMeta
@@ -81,6 +108,8 @@ class Params:
     restart: int  #: weight of "restart" among fault actions
     snapshot: float  #: probability that a step snapshots a node (0: no snapshots at all)
     options: RaftOptions
+    membership: float = 0.0  #: probability that a step proposes a membership change (0: never)
+    spares: int = 0  #: nodes booted as joiners (empty configuration) that changes may add
 
     @classmethod
     def from_rng(cls, seed: int, rng: random.Random) -> Params:
@@ -102,6 +131,11 @@ class Params:
         # snapshots were added to the simulation.
         snap_rng = random.Random(f"snapshot-rate/{seed}")
         snapshot = 0.0 if snap_rng.random() < 1 / 3 else snap_rng.choice([0.01, 0.03, 0.1])
+        # Likewise for membership changes (about half the seeds).
+        member_rng = random.Random(f"membership-rate/{seed}")
+        membership = 0.0 if member_rng.random() < 1 / 2 else member_rng.choice([0.01, 0.03,
+                                                                                0.06])
+        spares = member_rng.randint(1, 3) if membership else 0
         return cls(
             n=3 if seed % 2 == 0 else 5,
             drop=rng.choice([0.0, 0.02, 0.1, 0.3]),
@@ -111,6 +145,8 @@ class Params:
             restart=rng.choice([0, 1, 3]),
             snapshot=snapshot,
             options=options,
+            membership=membership,
+            spares=spares,
         )
 
 
@@ -139,14 +175,22 @@ class Sim:
         self.seed = seed
         self.rng = random.Random(seed)
         self.params = Params.from_rng(seed, self.rng)
-        self.ids = [str(i) for i in range(1, self.params.n + 1)]
+        n = self.params.n
+        #: the original members (bootstrapped with this voter list) ...
+        self.initial = [str(i) for i in range(1, n + 1)]
+        #: ... and every node, spare joiners included
+        self.ids = self.initial + [str(i) for i in range(n + 1, n + 1 + self.params.spares)]
+        #: the nodes the random schedule drives (ticks, Readys, writes, faults): the original
+        #: members, and each spare from the first change that names it (before, it has nothing
+        #: to do, and choosing it would only dilute the schedule)
+        self.live = list(self.initial)
         self.disks = {i: DurableState() for i in self.ids}
         self.nodes: dict[str, RawNode] = {}
         self.pending: dict[str, deque[Ready]] = {i: deque() for i in self.ids}
         # In flight: (message, its transfer when it is a SNAPSHOT, else None).
         self.queue: list[tuple[Message, _Transfer | None]] = []
         self.cut: set[tuple[str, str]] = set()
-        self.checker = SafetyChecker(self.ids)
+        self.checker = SafetyChecker(self.ids, Membership(self.initial))
         self.trace: list[str] = []
         self.stats: Counter[str] = Counter()
         self.next_command = 0
@@ -165,8 +209,9 @@ class Sim:
 
     def _boot(self, node_id: str) -> None:
         disk = self.disks[node_id]
+        bootstrap = self.initial if node_id in self.initial else Membership()
         self.nodes[node_id] = RawNode(
-            node_id, self.ids, rng=random.Random(self.rng.getrandbits(64)),
+            node_id, bootstrap, rng=random.Random(self.rng.getrandbits(64)),
             options=self.params.options, hard_state=disk.hard_state, entries=list(disk.entries),
             snapshot=disk.snapshot)
         self.pending[node_id].clear()
@@ -197,6 +242,8 @@ class Sim:
         for m in messages:
             if m.kind is SNAPSHOT:
                 self.stats["snapshot messages"] += 1
+                if Membership.decode(m.data).is_empty:  # taken by a joiner, see checkers.py
+                    self.stats["snapshot messages without a configuration"] += 1
                 self.queue.append((m, _Transfer(incarnation)))
             else:
                 self.queue.append((m, None))
@@ -209,14 +256,16 @@ class Sim:
         if rd.snapshot is not None:
             # The state machine restores the snapshot before applying anything after it.
             state = self._snapshot_state(node_id, rd.snapshot)
-            if sorted(rd.snapshot.voters) != self.ids:
-                raise SafetyViolation(f"{node_id} installs a snapshot with voters "
-                                      f"{rd.snapshot.voters}, the cluster is {self.ids}")
+            # (on_restore checks the snapshot's configuration is the committed one there)
             self.checker.on_restore(node_id, rd.snapshot, state)
             self.sm[node_id] = list(state)
             self.stats["installs"] += 1
+            if node_id not in self.initial:
+                self.stats["installs by joiners"] += 1
             self.trace.append(f"  {node_id} installs snapshot "
                               f"{rd.snapshot.term}/{rd.snapshot.index}")
+        if rd.membership is not None:
+            self.stats["configurations put in force"] += 1
         self._post(node_id, rd.messages)
         self.checker.on_apply(node_id, rd.committed_entries)
         self.sm[node_id].extend(rd.committed_entries)
@@ -275,7 +324,8 @@ class Sim:
         """Snapshot the node's applied state, make it durable, compact the core's log."""
         sm = self.sm[node_id]
         last = sm[-1]
-        meta = SnapshotMeta(last.index, last.term, tuple(self.ids))
+        raft = self.nodes[node_id].raft
+        meta = SnapshotMeta(last.index, last.term, raft.memberships.at(last.index))
         self.checker.check_snapshot(node_id, meta, sm, "takes")
         disk = self.disks[node_id]
         at = meta.index - disk.first
@@ -299,9 +349,12 @@ class Sim:
         """One random action.  The mix gives roughly a dozen deliveries, Readys and writes per
         tick, so elections complete and entries commit between faults."""
         rng = self.rng
-        ids = self.ids
+        ids = self.live
         if self.params.snapshot and rng.random() < self.params.snapshot:
             self._snapshot()
+            return
+        if self.params.membership and rng.random() < self.params.membership:
+            self._change_membership()
             return
         if rng.random() < self.params.faults:
             self._fault()
@@ -341,6 +394,66 @@ class Sim:
         leaders = [i for i in ready if self.nodes[i].raft.role.value == "leader"]
         pool = leaders if leaders and self.rng.random() < 0.7 else ready
         self.take_snapshot(self.rng.choice(pool))
+
+    CHANGES = ("add learner", "add voter", "promote", "remove voter", "demote",
+               "remove learner", "replace")
+
+    def _change_membership(self, node_id: str | None = None) -> None:
+        """Propose a random change at whoever believes it leads (stale leaders too), computed
+        from that leader's configuration in force: add a spare node (one not in the
+        configuration: never added yet, or removed before) as a learner or a voter, promote a
+        learner, remove or demote a voter (the leader itself included, down to one voter),
+        remove a learner, or replace a voter by a spare or a learner.  Refusals (a change in
+        progress) are part of the test."""
+        rng = self.rng
+        if node_id is None:
+            leaders = [i for i in self.ids if self.nodes[i].raft.role.value == "leader"]
+            if not leaders:
+                return
+            node_id = rng.choice(leaders)
+        current = self.nodes[node_id].membership
+        voters, learners = set(current.voters), set(current.learners)
+        spares = [i for i in self.ids if i not in current.members()]
+        possible = {"add learner": bool(spares), "add voter": bool(spares),
+                    "promote": bool(learners), "remove voter": len(voters) > 1,
+                    "demote": len(voters) > 1, "remove learner": bool(learners),
+                    "replace": bool(spares or learners)}
+        kinds = [k for k in self.CHANGES if possible[k]]
+        if not kinds:
+            return
+        # Learners are rarely there at the moment of a change: use them when they are.
+        kind = "promote" if learners and rng.random() < 0.4 else rng.choice(kinds)
+        if kind in ("add learner", "add voter"):
+            (learners if kind == "add learner" else voters).add(rng.choice(spares))
+        elif kind == "promote":
+            node = rng.choice(sorted(learners))
+            learners.remove(node)
+            voters.add(node)
+        elif kind in ("remove voter", "demote"):
+            node = rng.choice(sorted(voters))
+            voters.remove(node)
+            if kind == "demote":
+                learners.add(node)
+        elif kind == "remove learner":
+            learners.remove(rng.choice(sorted(learners)))
+        else:  # replace
+            node = rng.choice(sorted(set(spares) | learners))
+            voters.remove(rng.choice(sorted(voters)))
+            learners.discard(node)
+            voters.add(node)
+        target = f"voters={sorted(voters)} learners={sorted(learners)}"
+        try:
+            index = self.nodes[node_id].propose_membership(sorted(voters), sorted(learners))
+        except MembershipError as exc:
+            self.stats["membership refused"] += 1
+            self.trace.append(f"membership {node_id} {kind} {target}: refused ({exc})")
+            return
+        self.stats[f"membership {kind}"] += 1
+        if node_id not in voters:
+            self.stats["membership leader leaves"] += 1
+        named = voters | learners
+        self.live = [i for i in self.ids if i in self.live or i in named]
+        self.trace.append(f"membership {node_id} {kind} {target} at {index}")
 
     def _deliver_random(self) -> None:
         if not self.queue:
@@ -384,19 +497,20 @@ class Sim:
     def _fault(self) -> None:
         rng, p = self.rng, self.params
         roll = rng.uniform(0, p.partition + 2 + p.restart)
-        leaders = [i for i in self.ids if self.nodes[i].raft.role.value == "leader"]
+        ids = self.live
+        leaders = [i for i in ids if self.nodes[i].raft.role.value == "leader"]
         if roll < p.partition and leaders and rng.random() < 0.5:
             # Leader churn: cut a leader off from everyone (a Figure 8 style history needs
             # several short-lived leaders whose last entries reached few nodes).
             node_id = rng.choice(leaders)
-            self.cut |= {(node_id, o) for o in self.ids if o != node_id}
-            self.cut |= {(o, node_id) for o in self.ids if o != node_id}
+            self.cut |= {(node_id, o) for o in ids if o != node_id}
+            self.cut |= {(o, node_id) for o in ids if o != node_id}
             self.trace.append(f"isolate leader {node_id}")
         elif roll < p.partition:
-            shuffled = rng.sample(self.ids, len(self.ids))
+            shuffled = rng.sample(ids, len(ids))
             cut_at = rng.randint(1, len(shuffled) - 1)
             side = {n: k < cut_at for k, n in enumerate(shuffled)}
-            self.cut = {(a, b) for a in self.ids for b in self.ids
+            self.cut = {(a, b) for a in ids for b in ids
                         if a != b and side[a] != side[b]}
             self.trace.append(f"partition {sorted(shuffled[:cut_at])} {sorted(shuffled[cut_at:])}")
         elif roll < p.partition + 2:
@@ -405,8 +519,8 @@ class Sim:
                 self.trace.append("heal")
         else:
             # Half the time crash a node with writes still pending: they are lost.
-            busy = [i for i in self.ids if self.pending[i]]
-            node_id = rng.choice(busy if busy and rng.random() < 0.5 else self.ids)
+            busy = [i for i in ids if self.pending[i]]
+            node_id = rng.choice(busy if busy and rng.random() < 0.5 else ids)
             lost = len(self.pending[node_id])
             self._boot(node_id)
             self.trace.append(f"restart {node_id} (lost {lost} pending writes)")
@@ -433,15 +547,31 @@ class Sim:
                 return
         raise SafetyViolation("the healed network never went quiet")
 
+    def members(self) -> list[str]:
+        """The nodes that still take part after healing, in ``ids`` order: the members of the
+        newest committed configuration, and of the configurations in force on those (an
+        uncommitted change may have added nodes, whose votes it needs).  Only they are ticked
+        after healing and must converge (all nodes, without membership changes).  The nodes
+        a committed change removed are shut down, as an operator would: one removed while cut
+        off never learns it and would campaign forever in its C_old,new, disrupting a cluster
+        that runs without PreVote and CheckQuorum (thesis 4.2.3)."""
+        final = set(self.checker.configs[-1][1].members())
+        for node_id in list(final):
+            final.update(self.nodes[node_id].membership.members())
+        return [i for i in self.ids if i in final]
+
     def converged(self) -> bool:
-        rafts = [self.nodes[i].raft for i in self.ids]
+        final = self.checker.configs[-1][1]
+        if final.is_joint:
+            return False
+        rafts = [self.nodes[i].raft for i in self.members()]
         leaders = [r for r in rafts if r.role.value == "leader"]
         if len(leaders) != 1:
             return False
         leader = leaders[0]
         last = leader.log.last_index()
         last_term = leader.log.last_term()
-        if last_term != leader.term:
+        if last_term != leader.term or leader.membership != final:
             return False
         # Same last entry and log matching (checked after every step) give the same log.
         return all(r.term == leader.term and r.leader_id == leader.id
@@ -458,13 +588,13 @@ class Sim:
         for _ in range(SETTLE_TICKS):
             if self.converged():
                 break
-            for node_id in self.ids:
+            for node_id in self.members():
                 self.nodes[node_id].tick()
             self.drain()
         else:
             raise SafetyViolation("liveness: no stable leader and common committed log after "
                                   f"{SETTLE_TICKS} ticks of a healed network:\n{self.status()}")
-        return next(i for i in self.ids if self.nodes[i].raft.role.value == "leader")
+        return next(i for i in self.members() if self.nodes[i].raft.role.value == "leader")
 
     def status(self) -> str:
         lines = []
@@ -474,7 +604,11 @@ class Sim:
                         for p, v in st.progress.items()}
             lines.append(f"  {i}: {st.role} term={st.term} leader={st.leader_id} "
                          f"commit={st.commit_index} last={st.last_log_index}/{st.last_log_term} "
-                         f"snapshot={st.snapshot_index} progress={progress}")
+                         f"snapshot={st.snapshot_index} {st.membership.describe()} "
+                         f"progress={progress}")
+        if self.params.membership:
+            lines.append(f"  committed configurations: "
+                         f"{[(i, m.describe()) for i, m in self.checker.configs]}")
         return "\n".join(lines)
 
 
@@ -485,14 +619,19 @@ def drive(sim: Sim, steps: int) -> None:
         sim.step()
         sim.check()
     leader = sim.settle()
+    if sim.params.membership:
+        # One more change, in the healed network: it must complete, and the nodes of the new
+        # configuration converge on a leader again.
+        sim._change_membership(leader)
+        leader = sim.settle()
     final = b"final-write"
     sim.nodes[leader].propose([final])
     sim.drain()
     for _ in range(3):  # followers learn the commit index from the next heartbeat
-        for node_id in sim.ids:
+        for node_id in sim.members():
             sim.nodes[node_id].tick()
         sim.drain()
-    for node_id in sim.ids:
+    for node_id in sim.members():
         sm = sim.sm[node_id]
         if not sm or sm[-1].data != final:
             raise SafetyViolation(f"liveness: {node_id} did not apply the final write")

@@ -1,7 +1,7 @@
 """Snapshots: their one binary format, and the stores that keep them.
 
 A snapshot is the state machine's bytes at a log index, plus the index, the term of the entry at
-that index and the voters of the configuration there (:class:`SnapshotMeta`, defined in
+that index and the cluster configuration there (:class:`SnapshotMeta`, defined in
 :mod:`engine.types` and re-exported here with the :class:`SnapshotStore` protocol).  The
 encoded form (:func:`encode_snapshot` / :func:`decode_snapshot`) is at once the file on disk and
 what a leader streams to a follower in InstallSnapshot chunks: the follower joins the chunks and
@@ -10,18 +10,25 @@ hands them to ``save_encoded``, which checks them before storing them unchanged.
 Format (little-endian, all integers unsigned)::
 
     offset size  field
-    0      8     magic        b"RAFTSNP\\0"
-    8      4     version      1
-    12     4     crc32c       CRC32C of every byte after this field, [16, end)
-    16     8     index        log index of the last entry the snapshot includes
-    24     8     term         term of that entry
-    32     4     voters_len   bytes of the voters block
-    36     8     data_len     bytes of the state machine data
-    44     v     voters       per voter: 4-byte length, then that many bytes of UTF-8
-    44+v   d     data
+    0      8     magic            b"RAFTSNP\\0"
+    8      4     version          2
+    12     4     crc32c           CRC32C of every byte after this field, [16, end)
+    16     8     index            log index of the last entry the snapshot includes
+    24     8     term             term of that entry
+    32     4     membership_len   bytes of the membership block
+    36     8     data_len         bytes of the state machine data
+    44     m     membership       the configuration: exactly ``Membership.encode()``
+                                  (canonical JSON: voters, outgoing, learners, addresses)
+    44+m   d     data
 
-The length of the whole is exactly ``44 + voters_len + data_len``; anything else (cut short,
-trailing bytes) is corrupt.
+The length of the whole is exactly ``44 + membership_len + data_len``; anything else (cut short,
+trailing bytes) is corrupt, and so is a membership block that ``Membership.decode`` rejects
+(even with a matching CRC).
+
+Version 1 (still read, never written) differs only in the block at offset 44, the *voters
+block*: per voter a 4-byte length, then that many bytes of UTF-8.  It decodes to a configuration
+of just those voters (no learners, no addresses).  A version-1 file is kept and streamed to
+followers as it is; the next snapshot saved is version 2.
 
 Files of :class:`FileSnapshotStore`, in its own directory (``<data dir>/snapshots``, see
 :func:`engine.storage.open.open_snapshot_store`)::
@@ -43,11 +50,11 @@ import re
 import struct
 import tempfile
 import threading
-from collections.abc import Iterable
 from typing import BinaryIO
 
 from engine import codec
 from engine.errors import StorageError
+from engine.membership import Membership
 from engine.storage.base import SnapshotStore
 from engine.storage.filestore import _pwrite_all, storage_error
 from engine.types import SnapshotMeta
@@ -66,8 +73,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_MAGIC = b"RAFTSNP\0"
-SNAPSHOT_VERSION = 1
-SNAPSHOT_HEADER = struct.Struct("<8sIIQQIQ")  # magic, version, crc, index, term, voters, data
+SNAPSHOT_VERSION = 2  # the version written
+SNAPSHOT_VERSIONS_READ = (1, 2)  # 1: a voters block instead of the membership block
+SNAPSHOT_HEADER = struct.Struct("<8sIIQQIQ")  # magic, version, crc, index, term, block, data
 SNAPSHOT_HEADER_SIZE = SNAPSHOT_HEADER.size  # 44
 CRC_START = 16  # the CRC covers [CRC_START, end)
 _VOTER_LEN = struct.Struct("<I")
@@ -78,7 +86,8 @@ _CHUNK = 1 << 20
 
 
 class CorruptSnapshotError(StorageError):
-    """Bytes that are not a valid encoded snapshot (cut short, bad magic, version or CRC).
+    """Bytes that are not a valid encoded snapshot (cut short, bad magic, version or CRC, or a
+    malformed membership block).
 
     ``reason`` says what is wrong (the message also names the file, when there is one).  Raised
     by :func:`decode_snapshot` and ``save_encoded`` (nothing was stored); stores skip such files
@@ -95,19 +104,8 @@ class CorruptSnapshotError(StorageError):
 # --- the format -----------------------------------------------------------------------------
 
 
-def _encode_voters(voters: Iterable[str]) -> bytes:
-    parts = []
-    for voter in voters:
-        try:
-            raw = voter.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"voter {voter!r} is not encodable as UTF-8: {exc}") from None
-        parts.append(_VOTER_LEN.pack(len(raw)))
-        parts.append(raw)
-    return b"".join(parts)
-
-
 def _decode_voters(block: memoryview | bytes) -> tuple[str, ...]:
+    """The voters of a version-1 voters block."""
     voters = []
     at, end = 0, len(block)
     while at < end:
@@ -126,18 +124,43 @@ def _decode_voters(block: memoryview | bytes) -> tuple[str, ...]:
     return tuple(voters)
 
 
-def _header(meta: SnapshotMeta, voters: bytes, data_len: int, crc: int) -> bytes:
+def _decode_meta(version: int, index: int, term: int, block: memoryview | bytes
+                 ) -> SnapshotMeta:
+    """The meta of a snapshot whose header (already checked) and block are given.
+
+    Raises:
+        CorruptSnapshotError: the block is not a valid configuration of its version.
+    """
+    if version == 1:
+        voters = _decode_voters(block)
+        try:
+            membership = Membership(voters=voters)
+        except (ValueError, TypeError) as exc:
+            raise CorruptSnapshotError(
+                f"voters block at offset {SNAPSHOT_HEADER_SIZE} is not a valid configuration: "
+                f"{exc}") from None
+    else:
+        try:
+            membership = Membership.decode(block)
+        except (ValueError, TypeError) as exc:  # TypeError: e.g. ids of mixed JSON types
+            raise CorruptSnapshotError(
+                f"membership block at offset {SNAPSHOT_HEADER_SIZE} ({len(block)} bytes) is "
+                f"malformed: {exc}") from None
+    return SnapshotMeta(index, term, membership)
+
+
+def _header(meta: SnapshotMeta, block: bytes, data_len: int, crc: int) -> bytes:
     return SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, crc, meta.index, meta.term,
-                                len(voters), data_len)
+                                len(block), data_len)
 
 
 def _check_meta(meta: SnapshotMeta) -> bytes:
-    """The encoded voters of a meta that fits the format.
+    """The membership block of a meta that fits the format.
 
     Raises:
         TypeError: ``meta`` is not a SnapshotMeta.
-        ValueError: ``index``/``term`` not an int in ``[0, 2**64)``, ``voters`` not a tuple or
-            list of strings, or a voter not encodable as UTF-8.
+        ValueError: ``index``/``term`` not an int in ``[0, 2**64)``, ``membership`` not a
+            Membership, or an id or address not encodable (e.g. a lone surrogate).
     """
     if not isinstance(meta, SnapshotMeta):
         raise TypeError(f"meta must be a SnapshotMeta, not {type(meta).__name__}")
@@ -145,22 +168,26 @@ def _check_meta(meta: SnapshotMeta) -> bytes:
         value = getattr(meta, name)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < _U64:
             raise ValueError(f"SnapshotMeta.{name}={value!r} must be an int in [0, 2**64)")
-    if not isinstance(meta.voters, tuple | list) or not all(
-            isinstance(v, str) for v in meta.voters):
-        raise ValueError(f"SnapshotMeta.voters={meta.voters!r} must be a tuple of strings")
-    voters = _encode_voters(meta.voters)
-    if len(voters) >= 1 << 32:
-        raise ValueError("the voters do not fit in 4 GiB")
-    return voters
+    membership = meta.membership
+    if not isinstance(membership, Membership):
+        raise ValueError(f"SnapshotMeta.membership={membership!r} must be a Membership")
+    try:
+        block = membership.encode()
+    except TypeError as exc:  # orjson.JSONEncodeError, e.g. a lone surrogate in an id
+        raise ValueError(f"membership {membership.describe()} is not encodable: {exc}"
+                         ) from None
+    if len(block) >= 1 << 32:
+        raise ValueError("the membership does not fit in 4 GiB")
+    return block
 
 
 def _encode_parts(meta: SnapshotMeta, data: bytes | bytearray | memoryview) -> list:
-    """``[header, voters, data]``: the encoded snapshot in pieces (data is not copied)."""
-    voters = _check_meta(meta)
+    """``[header, membership, data]``: the encoded snapshot in pieces (data is not copied)."""
+    block = _check_meta(meta)
     view = memoryview(data).cast("B")
-    body = _header(meta, voters, len(view), 0)[CRC_START:]
-    crc = codec.crc32c(view, codec.crc32c(voters, codec.crc32c(body)))
-    return [_header(meta, voters, len(view), crc), voters, view]
+    body = _header(meta, block, len(view), 0)[CRC_START:]
+    crc = codec.crc32c(view, codec.crc32c(block, codec.crc32c(body)))
+    return [_header(meta, block, len(view), crc), block, view]
 
 
 def encode_snapshot(meta: SnapshotMeta, data: bytes | bytearray | memoryview) -> bytes:
@@ -173,8 +200,10 @@ def encode_snapshot(meta: SnapshotMeta, data: bytes | bytearray | memoryview) ->
     return b"".join(_encode_parts(meta, data))
 
 
-def _check_header(head: bytes | memoryview, total: int) -> tuple[int, int, int, int, int]:
-    """``(crc, index, term, voters_len, data_len)`` of a header whose whole is ``total`` bytes.
+def _check_header(head: bytes | memoryview, total: int
+                  ) -> tuple[int, int, int, int, int, int]:
+    """``(version, crc, index, term, block_len, data_len)`` of a header whose whole is
+    ``total`` bytes.
 
     Raises:
         CorruptSnapshotError: cut short, bad magic or version, lengths that disagree.
@@ -182,27 +211,27 @@ def _check_header(head: bytes | memoryview, total: int) -> tuple[int, int, int, 
     if total < SNAPSHOT_HEADER_SIZE or len(head) < SNAPSHOT_HEADER_SIZE:
         raise CorruptSnapshotError(
             f"{min(total, len(head))} bytes, shorter than the {SNAPSHOT_HEADER_SIZE}-byte header")
-    magic, version, crc, index, term, vlen, dlen = SNAPSHOT_HEADER.unpack_from(head)
+    magic, version, crc, index, term, blen, dlen = SNAPSHOT_HEADER.unpack_from(head)
     if magic != SNAPSHOT_MAGIC:
         raise CorruptSnapshotError("bad magic at offset 0")
-    if version != SNAPSHOT_VERSION:
+    if version not in SNAPSHOT_VERSIONS_READ:
         raise CorruptSnapshotError(f"unsupported format version {version} at offset 8")
-    want = SNAPSHOT_HEADER_SIZE + vlen + dlen
+    want = SNAPSHOT_HEADER_SIZE + blen + dlen
     if want != total:
+        block = "voters" if version == 1 else "membership"
         raise CorruptSnapshotError(
-            f"{total} bytes, but the header (voters {vlen}, data {dlen} bytes) says {want}")
-    return crc, index, term, vlen, dlen
+            f"{total} bytes, but the header ({block} {blen}, data {dlen} bytes) says {want}")
+    return version, crc, index, term, blen, dlen
 
 
 def _verify(view: memoryview) -> tuple[SnapshotMeta, int]:
     """The meta of a whole encoded snapshot and the offset of its data; every check done."""
-    crc, index, term, vlen, _ = _check_header(view, len(view))
+    version, crc, index, term, blen, _ = _check_header(view, len(view))
     got = codec.crc32c(view[CRC_START:])
     if got != crc:
         raise CorruptSnapshotError(f"CRC mismatch (stored {crc:#010x}, computed {got:#010x})")
-    start = SNAPSHOT_HEADER_SIZE + vlen
-    voters = _decode_voters(view[SNAPSHOT_HEADER_SIZE:start])
-    return SnapshotMeta(index, term, voters), start
+    start = SNAPSHOT_HEADER_SIZE + blen
+    return _decode_meta(version, index, term, view[SNAPSHOT_HEADER_SIZE:start]), start
 
 
 def decode_snapshot(buf: bytes | bytearray | memoryview) -> tuple[SnapshotMeta, bytes]:
@@ -304,11 +333,12 @@ class FileSnapshotStore:
     opens.
 
     ``latest`` reads newest first and skips, with a logged warning, a file that fails any
-    check (CRC, length, header, or a header that disagrees with the file name), so a damaged
-    newest snapshot falls back to the one before.  That older snapshot only helps if the log
-    still holds the entries after it: compact the log no further than the oldest kept
-    snapshot, or treat ``log.first_index() > meta.index + 1`` as needing a snapshot from the
-    leader.  Corrupt files are left in place (for inspection) until pruned by later saves.
+    check (CRC, length, header, membership block, or a header that disagrees with the file
+    name), so a damaged newest snapshot falls back to the one before.  That older snapshot
+    only helps if the log still holds the entries after it: compact the log no further than
+    the oldest kept snapshot, or treat ``log.first_index() > meta.index + 1`` as needing a
+    snapshot from the leader.  Corrupt files are left in place (for inspection) until pruned
+    by later saves.
 
     Threading: saves are serialized by a lock; reads take no lock and work on an open file
     descriptor, so a prune during a read (or during streaming from :meth:`open_latest`) does not
@@ -457,12 +487,14 @@ class FileSnapshotStore:
             size = os.fstat(f.fileno()).st_size
             head = f.read(SNAPSHOT_HEADER_SIZE)
             try:
-                crc, index, term, vlen, _ = _check_header(head, size)
+                version, crc, index, term, blen, _ = _check_header(head, size)
             except CorruptSnapshotError as exc:
                 raise CorruptSnapshotError(exc.reason, path) from None
-            voters_raw = f.read(vlen)
-            got = codec.crc32c(voters_raw, codec.crc32c(head[CRC_START:]))
-            left = size - SNAPSHOT_HEADER_SIZE - vlen
+            block = f.read(blen)
+            if len(block) != blen:
+                raise CorruptSnapshotError("file shrank while being read", path)
+            got = codec.crc32c(block, codec.crc32c(head[CRC_START:]))
+            left = size - SNAPSHOT_HEADER_SIZE - blen
             while left > 0:
                 chunk = f.read(min(_CHUNK, left))
                 if not chunk:
@@ -473,11 +505,11 @@ class FileSnapshotStore:
                 raise CorruptSnapshotError(
                     f"CRC mismatch (stored {crc:#010x}, computed {got:#010x})", path)
             try:
-                voters = _decode_voters(voters_raw)
+                meta = _decode_meta(version, index, term, block)
             except CorruptSnapshotError as exc:
                 raise CorruptSnapshotError(exc.reason, path) from None
             f.seek(0)
-            return SnapshotMeta(index, term, voters), None
+            return meta, None
         except OSError as exc:
             raise storage_error(exc, f"cannot read {path}") from exc
 

@@ -11,14 +11,20 @@ and may drop, and Raft's own retries recover.  Two implementations pass the same
 
 Both consult a :class:`~engine.transport.faults.FaultPlan` so that ``LocalCluster.isolate``,
 ``partition`` and ``set_faults`` behave the same over either.
+
+Membership: the runtime calls ``update_peers`` with the full address book (node id ->
+``"host:port"``) whenever the node's effective configuration changes.  The transport only learns
+where to reach nodes; *whom* to talk to is decided by Raft, which never addresses a node outside
+its configuration (and ignores messages it should not act on).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from engine.core.messages import Message
+from engine.errors import ConfigError
 
 MessageHandler = Callable[[Message], None]
 """Called by the transport with each inbound message addressed to its node.
@@ -30,12 +36,33 @@ Exceptions it raises are logged by the transport and otherwise ignored.
 """
 
 
+def check_peer_book(peers: object) -> dict[str, str]:
+    """A plain-dict copy of ``peers`` after checking that it maps non-empty ``str`` node ids to
+    ``str`` addresses (the address format itself is the transport's business).
+
+    Raises:
+        ConfigError: ``peers`` is not a mapping, or a key or value is not a string.
+    """
+    if not isinstance(peers, Mapping):
+        raise ConfigError("peers must be a mapping of node id -> 'host:port', not "
+                          f"{type(peers).__name__}")
+    book: dict[str, str] = {}
+    for node, address in peers.items():
+        if not isinstance(node, str) or not node:
+            raise ConfigError(f"peers: node id {node!r} must be a non-empty str")
+        if not isinstance(address, str):
+            raise ConfigError(f"peers[{node!r}]={address!r} must be a str 'host:port'")
+        book[node] = address
+    return book
+
+
 @runtime_checkable
 class Transport(Protocol):
     """Best-effort delivery of Raft messages from one node to its peers.
 
-    Lifecycle: construct, ``start(handler)`` once, ``send`` any number of times from any thread,
-    ``close()``.  A transport is not restartable; build a new one (for the same node id) instead.
+    Lifecycle: construct, ``start(handler)`` once, ``send`` (and ``update_peers``) any number of
+    times from any thread, ``close()``.  A transport is not restartable; build a new one (for
+    the same node id) instead.
     """
 
     def start(self, handler: MessageHandler) -> None:
@@ -64,5 +91,30 @@ class Transport(Protocol):
 
         Idempotent.  Once it returns, the handler is not called again.  Must not be called from
         inside the handler.
+        """
+        ...
+
+    def update_peers(self, peers: Mapping[str, str]) -> None:
+        """Replace the address book with ``peers`` (node id -> ``"host:port"``), the full book of
+        the node's new effective configuration.
+
+        Thread-safe (callable from any thread except the transport's own, while sends are in
+        flight) and never blocks on the network: connection changes happen asynchronously.  The
+        node's own entry, if present, is ignored (its listen address cannot change).  Compared
+        with the previous book:
+
+        * added ids: later sends to them are delivered (connections open on demand);
+        * removed ids: their outbound connection is closed, messages still queued for them are
+          dropped, and later sends to them are dropped and counted like sends to an unknown id;
+        * changed addresses: the outbound connection is closed and the next message reconnects
+          to the new address.
+
+        Inbound connections are accepted from any (authenticated) id, listed or not, so a new
+        member can reach this node before it learns of that member.  Also allowed before
+        ``start`` and after ``close`` (then it only records the book).
+
+        Raises:
+            ConfigError: ``peers`` is not a mapping of str -> str or an address is malformed;
+                nothing was changed.
         """
         ...

@@ -12,6 +12,12 @@ restart); delayed copies still in flight are then delivered to the new endpoint,
 flight would be.  A delayed copy whose link has been cut (isolate/partition) by the time it is due
 is dropped, as it would be by a cable pulled while it was in flight.
 
+Membership changes: the network routes by node id, and a node id has no address here, so
+``MemoryTransport.update_peers`` only validates its argument.  It does not restrict delivery to
+the listed ids: whom a node talks to is Raft's decision (a removed node's messages are ignored
+by the recipients' Raft state, not by the network), and any endpoint on the network can reach any
+other, as any TCP node can connect to any other.
+
 Threads and locks:
 
 * ``MemoryNetwork._lock`` guards the endpoint registry and the counters.  Senders read the
@@ -31,11 +37,11 @@ import heapq
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from engine.core.messages import Message, MessageKind
 from engine.errors import ConfigError, RaftError
-from engine.transport.base import MessageHandler
+from engine.transport.base import MessageHandler, check_peer_book
 from engine.transport.faults import FaultPlan, LinkOrder
 
 logger = logging.getLogger(__name__)
@@ -83,6 +89,19 @@ class MemoryTransport:
         """Queue messages for delivery; see :meth:`Transport.send`.  Never raises."""
         if messages:
             self._network._send(self, messages)
+
+    def update_peers(self, peers: Mapping[str, str]) -> None:
+        """Accept a new address book; see :meth:`Transport.update_peers`.
+
+        The in-memory network routes by node id and has no addresses, so after checking the
+        argument there is nothing to do: messages to an id with an endpoint on the network are
+        delivered whether or not the id is in ``peers`` (see the module docstring).  Allowed in
+        any state.
+
+        Raises:
+            ConfigError: ``peers`` is not a mapping of non-empty str ids to str addresses.
+        """
+        check_peer_book(peers)
 
     def close(self) -> None:
         """Stop delivering to the handler; waits for deliveries in progress.  Idempotent."""

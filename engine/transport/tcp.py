@@ -20,6 +20,16 @@ Unreachable peers: a failed connect or handshake is retried with exponential bac
 that peer are dropped (counted) rather than piled up, so a returning peer is not flooded with
 stale traffic; Raft retransmits.
 
+Membership changes (``update_peers``, any thread): the new address book is validated, then
+installed copy-on-write (see "Threads and ownership") and the loop is asked to reconcile its
+links with it.  An added peer gets a queue at once (so sends to it are kept from then on) and a
+link on the loop.  A removed peer's queue is detached, so later sends to it are dropped and
+counted exactly like sends to an id that was never a peer; the loop then closes its outbound
+connection (or cancels the connect attempt / backoff timer) and drops, counting them, the
+messages that were still queued.  A peer whose address changed keeps its queue, but its outbound
+connection is closed and the next message reconnects to the new address.  Inbound connections
+are not touched: they belong to the other node, which stops using them when it drops us.
+
 Faults: with a ``faults`` plan, drop/duplicate/delay decisions are taken on the sending side;
 isolation and partitions are also checked on the receiving side (``link_up``, no randomness), so
 a cut takes effect for messages already in flight.  Share one plan between the transports of a
@@ -36,8 +46,13 @@ Authentication (``secret``): mutual HMAC-SHA256 challenge-response when each con
 Both sides verify: the accepting side will not decode a frame from an unauthenticated client, and
 the connecting side will not send Raft traffic to a server that cannot prove it knows the secret.
 A failed handshake closes the connection and logs a warning; nothing from it reaches the handler.
-The accepting side also checks that every frame's ``src`` is the authenticated id.  The secret
-only authenticates; use ``ssl_context_server``/``ssl_context_client`` for confidentiality.
+The accepting side also checks that every frame's ``src`` is the authenticated id.  It accepts any
+id except its own, whether or not the id is in its current address book: during a membership
+change a new member may connect before this node has learned of it, and Raft (not the transport)
+decides what to do with a message from a non-member.  So membership is not an access control:
+with a ``secret``, every holder of the secret may connect under any id; without one, anybody may.
+The secret only authenticates; use ``ssl_context_server``/``ssl_context_client`` for
+confidentiality.
 
 Bad input: a malformed frame closes that connection with a warning; the node keeps running.
 
@@ -45,10 +60,21 @@ Threads and ownership:
 
 * ``raft-<id>-net`` runs the loop; it owns every ``_PeerLink``, protocol object, socket, the delay
   heap and the backoff rng, and is the only thread that calls the handler.
-* ``self._outq`` deques (fixed set of keys) are shared: senders append, the loop pops; deque
-  append/popleft are atomic.  ``self._wake_pending`` is a bool both sides write without a lock:
-  the loop clears it *before* draining, so a message is never left behind (at worst a spare
-  wake-up).
+* ``self._outq`` maps each peer (and this node) to a deque shared by senders, who append, and
+  the loop, which pops; deque append/popleft are atomic.  The dict itself is copy-on-write:
+  it is never mutated in place, only replaced as a whole by ``update_peers`` (holding
+  ``self._book_lock``) with a new dict that reuses the deques of the peers it keeps, so a
+  sender or the loop may read and iterate whichever dict it loaded without a lock.  Only the loop
+  ever removes items from a deque (a deque detached from the dict is emptied by the loop, not by
+  ``update_peers``, so the loop's check-then-popleft never races another consumer).  A send that
+  loaded the old dict just before a peer was removed may append to its detached deque; such
+  messages are dropped (counted as dropped if the loop has not yet emptied that deque, otherwise
+  counted only as sent).  ``self._wake_pending`` is a bool both sides write without a lock: the
+  loop clears it *before* draining, so a message is never left behind (at worst a spare wake-up).
+* ``self._book_lock`` guards the address book (``self._addresses``, also replaced as a whole),
+  the swap of ``self._outq``, ``self._book_version`` and the detached deques not yet emptied.  The
+  loop's ``self._links`` follow the book: the loop compares ``self._book_version`` with the
+  version its links were built from and reconciles them before using them.
 * ``self._order_lock`` guards ``self._order`` (per-link FIFO under delays) and
   ``self._delay_inbox``; ``self._count_lock`` guards the counters; ``self._life_lock`` guards the
   lifecycle state.
@@ -74,7 +100,7 @@ from collections.abc import Mapping, Sequence
 
 from engine.core.messages import Message, MessageKind
 from engine.errors import ConfigError, FrameError, RaftError
-from engine.transport.base import MessageHandler
+from engine.transport.base import MessageHandler, check_peer_book
 from engine.transport.faults import FaultPlan, LinkOrder
 from engine.transport.framing import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -187,8 +213,8 @@ def _tune_socket(transport: asyncio.BaseTransport) -> None:
 class _PeerLink:
     """The outbound side towards one peer.  Owned by the loop thread."""
 
-    __slots__ = ("failures", "host", "paused", "peer_id", "port", "protocol", "state", "task",
-                 "timer")
+    __slots__ = ("epoch", "failures", "host", "paused", "peer_id", "port", "protocol", "state",
+                 "task", "timer")
 
     def __init__(self, peer_id: str, host: str, port: int) -> None:
         self.peer_id = peer_id
@@ -200,6 +226,7 @@ class _PeerLink:
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.paused = False  # the socket asked us to stop writing (flow control)
+        self.epoch = 0  # bumped by _reset_link: a connect attempt from an older epoch is stale
 
 
 class _BaseProtocol(asyncio.Protocol):
@@ -314,8 +341,9 @@ class _InboundProtocol(_BaseProtocol):
         if dst != owner.node_id:
             self._refuse(f"connection meant for node {dst!r} reached {owner.node_id!r}")
             return
-        if src not in owner._peer_ids or src == owner.node_id:
-            self._refuse(f"{src!r} is not a peer of {owner.node_id!r}")
+        # Any other id is accepted, listed in our book or not (see the module docstring).
+        if src == owner.node_id:
+            self._refuse(f"a connection claiming to come from {src!r} reached {src!r} itself")
             return
         wants_auth = bool(flags & _FLAG_AUTH)
         if wants_auth != (owner._secret is not None):
@@ -466,7 +494,8 @@ class _OutboundProtocol(_BaseProtocol):
         self.owner._outbound_lost(self, exc)
 
     def pause_writing(self) -> None:
-        self.link.paused = True
+        if self.link.protocol is self:
+            self.link.paused = True
 
     def resume_writing(self) -> None:
         self.link.paused = False
@@ -480,7 +509,8 @@ class TcpTransport:
     Args:
         node_id: this node's id; ``peers[node_id]`` is the address it listens on (port 0 picks a
             free port, see :attr:`bound_address`).
-        peers: every member's id -> ``"host:port"``, this node included.
+        peers: every member's id -> ``"host:port"``, this node included.  Replaced later with
+            :meth:`update_peers` (this node's own address cannot change).
         faults: a FaultPlan to apply (share one per cluster); None for a perfect network.
         secret: shared key for the HMAC-SHA256 handshake; None disables authentication (then
             every peer must also have None).
@@ -494,6 +524,9 @@ class TcpTransport:
         connect_timeout: seconds allowed for one TCP (and TLS) connect.
         handshake_timeout: seconds allowed for the authentication handshake.
 
+    Inbound connections are accepted from any authenticated id other than ``node_id``, listed
+    in ``peers`` or not (see the module docstring).
+
     Raises:
         ConfigError: ``node_id`` not in ``peers``, an address not ``host:port``, an empty secret
             or a non-positive limit.
@@ -506,6 +539,7 @@ class TcpTransport:
                  max_queue: int = 1024, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
                  seed: int | None = None, backoff_min: float = 0.02, backoff_max: float = 1.0,
                  connect_timeout: float = 2.0, handshake_timeout: float = 2.0) -> None:
+        peers = check_peer_book(peers)
         if node_id not in peers:
             raise ConfigError(f"node_id={node_id!r} must be a key of peers ({sorted(peers)})")
         addresses = {peer: parse_address(peer, addr) for peer, addr in sorted(peers.items())}
@@ -524,8 +558,12 @@ class TcpTransport:
             raise ConfigError(f"backoff_min={backoff_min} must be <= backoff_max={backoff_max}")
 
         self.node_id = node_id
-        self._addresses = addresses
-        self._peer_ids = frozenset(addresses)
+        self._max_queue = max_queue
+        # Guarded by self._book_lock; _addresses and _outq are replaced, never mutated.
+        self._book_lock = threading.Lock()
+        self._addresses: dict[str, tuple[str, int]] = addresses
+        self._book_version = 0  # bumped by every update_peers that changes the book
+        self._detached: list[deque[Message]] = []  # queues of removed peers, emptied by the loop
         self._faults = faults
         self._secret = bytes(secret) if secret is not None else None
         self._ssl_server = ssl_context_server
@@ -536,7 +574,7 @@ class TcpTransport:
         self._connect_timeout = float(connect_timeout)
         self._handshake_timeout = float(handshake_timeout)
 
-        # Shared, see the module docstring: senders append, the loop pops.
+        # Shared, see the module docstring: senders append, the loop pops; copy-on-write.
         self._outq: dict[str, deque[Message]] = {
             peer: deque(maxlen=max_queue) for peer in addresses}
         self._wake_pending = False
@@ -567,6 +605,7 @@ class TcpTransport:
         self._links: dict[str, _PeerLink] = {
             peer: _PeerLink(peer, host, port) for peer, (host, port) in addresses.items()
             if peer != node_id}
+        self._links_version = 0  # the _book_version that _links reflect
         self._protocols: set[_BaseProtocol] = set()
         self._all_closed: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -662,6 +701,50 @@ class TcpTransport:
                 self._dropped += dropped
         self._wake()
 
+    def update_peers(self, peers: Mapping[str, str]) -> None:
+        """Replace the address book; see :meth:`Transport.update_peers`.  Any thread but the
+        transport's own; never blocks on IO (the loop closes and opens connections later).
+
+        ``peers`` is the full new book; this node's own entry, if present, is ignored.  Added
+        peers can be sent to as soon as this returns.  Removed peers: later sends to them are
+        dropped and counted in :meth:`dropped_count` (as for an id that never was a peer), as
+        are the messages still queued for them; their outbound connection is closed.  Changed
+        addresses: queued messages are kept, the outbound connection is closed and the next
+        message connects to the new address.  Allowed in every state (before ``start`` the book
+        is used when the loop starts; after ``close`` it is only recorded).
+
+        Raises:
+            ConfigError: not a mapping of str -> str, or an address is not ``host:port``;
+                nothing was changed.
+        """
+        book = check_peer_book(peers)
+        parsed = {peer: parse_address(peer, address) for peer, address in sorted(book.items())
+                  if peer != self.node_id}
+        with self._book_lock:
+            old = self._addresses
+            parsed[self.node_id] = old[self.node_id]
+            if parsed == old:
+                return
+            old_outq = self._outq
+            outq: dict[str, deque[Message]] = {}
+            for peer in parsed:
+                queue = old_outq.get(peer)
+                outq[peer] = queue if queue is not None else deque(maxlen=self._max_queue)
+            self._detached.extend(queue for peer, queue in old_outq.items() if peer not in outq)
+            self._addresses = parsed
+            self._outq = outq  # one atomic store: senders see the old or the new dict
+            self._book_version += 1
+        added = sorted(set(parsed) - set(old))
+        removed = sorted(set(old) - set(parsed))
+        moved = sorted(p for p in parsed if p in old and parsed[p] != old[p])
+        logger.info("%s: peers updated: added %s, removed %s, address changed %s", self.node_id,
+                    added, removed, moved)
+        loop = self._loop
+        if loop is not None:
+            # Otherwise the loop has not started yet and syncs its links when it does.
+            with contextlib.suppress(RuntimeError):  # loop closed: the transport is closed
+                loop.call_soon_threadsafe(self._sync_links)
+
     def close(self) -> None:
         """Stop the loop, close every socket, join the thread.  Idempotent.
 
@@ -699,10 +782,12 @@ class TcpTransport:
             return {kind.name: self._per_kind[kind] for kind in _KINDS}
 
     def dropped_count(self) -> int:
-        """Messages this transport dropped itself: full queue (oldest first), unknown peer, peer
-        unreachable (backing off), not started or closed, unencodable.  Fault-plan drops and
-        messages lost with a broken connection are not included.  Approximate under concurrent
-        senders (a full-queue drop may be miscounted by one)."""
+        """Messages this transport dropped itself: full queue (oldest first), unknown peer (never
+        in the book, or removed by :meth:`update_peers`, including what was still queued for
+        it), peer unreachable (backing off), not started or closed, unencodable.  Fault-plan
+        drops and messages lost with a broken connection are not included.  Approximate under
+        concurrent senders (a full-queue drop may be miscounted by one; a send racing the
+        removal of its destination may not be counted)."""
         with self._count_lock:
             return self._dropped
 
@@ -784,6 +869,7 @@ class TcpTransport:
         self._started.set()
         if self._stop_requested:
             self._request_stop()
+        self._sync_links()  # update_peers calls made before the loop existed
         self._on_wake()  # messages sent between start() and now
         await self._stop
         await self._shutdown()
@@ -826,6 +912,8 @@ class TcpTransport:
         self._wake_pending = False  # before draining: see the module docstring
         if not self._running:
             return
+        if self._links_version != self._book_version:
+            self._sync_links()
         inbox = self._delay_inbox
         if inbox:
             heap = self._delay_heap
@@ -834,12 +922,15 @@ class TcpTransport:
                 self._delay_seq += 1
                 heapq.heappush(heap, (due, self._delay_seq, dst, msg))
             self._arm_delay_timer()
+        links = self._links
         for peer, queue in self._outq.items():
             if queue:
                 if peer == self.node_id:
                     self._deliver_local(queue)
                 else:
-                    self._flush(self._links[peer])
+                    link = links.get(peer)
+                    if link is not None:  # else: added since the sync above; it flushes
+                        self._flush(link)
 
     def _deliver_local(self, queue: deque[Message]) -> None:
         """Messages a node sends to itself skip the network."""
@@ -871,17 +962,25 @@ class TcpTransport:
         """Move the copies that are due into their queues, in (due, seq) order."""
         self._delay_timer = None
         self._delay_timer_when = math.inf
+        if self._links_version != self._book_version:
+            self._sync_links()
         heap = self._delay_heap
         now = time.monotonic()
         released: list[str] = []
+        queued: set[str] = set()
         dropped = 0
+        outq = self._outq
         while heap and heap[0][0] <= now:
             _, _, dst, msg = heapq.heappop(heap)
-            queue = self._outq[dst]
+            released.append(dst)
+            queue = outq.get(dst)
+            if queue is None:  # the peer was removed while the copy was delayed
+                dropped += 1
+                continue
             if len(queue) == queue.maxlen:
                 dropped += 1
             queue.append(msg)
-            released.append(dst)
+            queued.add(dst)
         with self._order_lock:
             for dst in released:
                 self._order.released(dst)
@@ -889,16 +988,18 @@ class TcpTransport:
             with self._count_lock:
                 self._dropped += dropped
         self._arm_delay_timer()
-        for dst in set(released):
+        for dst in queued:
             if dst == self.node_id:
-                self._deliver_local(self._outq[dst])
+                self._deliver_local(outq[dst])
             else:
-                self._flush(self._links[dst])
+                link = self._links.get(dst)
+                if link is not None:
+                    self._flush(link)
 
     def _flush(self, link: _PeerLink) -> None:
         """Write what is queued for ``link`` (or connect, or drop while backing off)."""
-        queue = self._outq[link.peer_id]
-        if not queue or not self._running:
+        queue = self._outq.get(link.peer_id)
+        if not queue or not self._running:  # None: removed from the book, a sync is pending
             return
         state = link.state
         if state == _CONNECTED:
@@ -930,7 +1031,7 @@ class TcpTransport:
         elif state == _IDLE:
             link.state = _CONNECTING
             assert self._loop is not None
-            link.task = self._loop.create_task(self._connect(link),
+            link.task = self._loop.create_task(self._connect(link, link.epoch),
                                                name=f"raft-{self.node_id}-connect-{link.peer_id}")
         elif state == _BACKOFF:
             count = len(queue)
@@ -939,8 +1040,14 @@ class TcpTransport:
                 self._dropped += count
         # _CONNECTING: keep queueing; the connect task flushes when the handshake completes.
 
-    async def _connect(self, link: _PeerLink) -> None:
-        """Open the connection to ``link`` and authenticate; back off on failure."""
+    async def _connect(self, link: _PeerLink, epoch: int) -> None:
+        """Open the connection to ``link`` and authenticate; back off on failure.
+
+        ``epoch`` is ``link.epoch`` when the attempt started: if ``_reset_link`` ran meanwhile
+        (peer removed or moved) the attempt is stale and leaves the link alone.  The reset also
+        cancels this task, but on Python 3.11 ``wait_for`` swallows a cancellation that arrives
+        when the awaited operation has just completed, hence the checks after each await.
+        """
         assert self._loop is not None
         kwargs: dict[str, object] = {}
         if self._ssl_client is not None:
@@ -951,17 +1058,22 @@ class TcpTransport:
                 self._loop.create_connection(lambda: _OutboundProtocol(self, link), link.host,
                                              link.port, **kwargs),  # type: ignore[arg-type]
                 self._connect_timeout)
-            await asyncio.wait_for(asyncio.shield(protocol.ready), self._handshake_timeout)
+            if link.epoch == epoch:  # else stale (a swallowed cancel): abort below
+                await asyncio.wait_for(asyncio.shield(protocol.ready), self._handshake_timeout)
         except (OSError, TimeoutError, HandshakeError) as exc:
             if transport is not None:
                 transport.abort()
-            link.task = None
-            self._connect_failed(link, exc)
+            if link.epoch == epoch:
+                link.task = None
+                self._connect_failed(link, exc)
             return
         except asyncio.CancelledError:
             if transport is not None:
                 transport.abort()
             raise
+        if link.epoch != epoch:
+            transport.abort()
+            return
         link.task = None
         if link.failures:
             logger.info("%s: connected to %s after %d failed attempts", self.node_id,
@@ -992,6 +1104,62 @@ class TcpTransport:
         if link.state == _BACKOFF:
             link.state = _IDLE
             self._flush(link)
+
+    def _sync_links(self) -> None:
+        """Make ``self._links`` follow the address book (after ``update_peers``) and empty the
+        queues of removed peers.  Loop thread; idempotent."""
+        with self._book_lock:
+            version = self._book_version
+            addresses = self._addresses
+            detached, self._detached = self._detached, []
+        dropped = 0
+        for queue in detached:
+            dropped += len(queue)
+            queue.clear()
+        if dropped:
+            with self._count_lock:
+                self._dropped += dropped
+        if not self._running or version == self._links_version:
+            return  # not running: _main syncs on start-up, _shutdown closes every link
+        self._links_version = version
+        links = self._links
+        for peer in [peer for peer in links if peer not in addresses]:
+            link = links.pop(peer)
+            self._reset_link(link)
+            logger.info("%s: %s removed from the peers; its link is closed", self.node_id, peer)
+        touched: list[_PeerLink] = []
+        for peer, (host, port) in addresses.items():
+            if peer == self.node_id:
+                continue
+            link = links.get(peer)
+            if link is None:
+                link = links[peer] = _PeerLink(peer, host, port)
+                touched.append(link)
+            elif (link.host, link.port) != (host, port):
+                self._reset_link(link)
+                logger.info("%s: %s moved from %s:%s to %s:%s; reconnecting", self.node_id,
+                            peer, link.host, link.port, host, port)
+                link.host, link.port = host, port
+                touched.append(link)
+        for link in touched:
+            self._flush(link)  # messages queued before the link existed or before the move
+
+    def _reset_link(self, link: _PeerLink) -> None:
+        """Close ``link``'s connection (or abandon its connect attempt or backoff) and make it
+        idle, as if it had never connected.  Loop thread."""
+        link.epoch += 1
+        if link.timer is not None:
+            link.timer.cancel()
+            link.timer = None
+        task, link.task = link.task, None
+        if task is not None:
+            task.cancel()  # _connect aborts the half-open connection
+        protocol, link.protocol = link.protocol, None
+        link.state = _IDLE
+        link.paused = False
+        link.failures = 0
+        if protocol is not None:
+            protocol.abort()  # _outbound_lost ignores it: link.protocol is no longer it
 
     def _outbound_lost(self, protocol: _OutboundProtocol, exc: Exception | None) -> None:
         link = protocol.link

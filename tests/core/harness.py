@@ -3,6 +3,12 @@
 Each node has a simulated durable store (hard state + entry list) that survives ``restart``.
 Messages sit in ``self.queue`` until delivered; tests choose what to deliver, drop, duplicate or
 reorder.  Committed entries are recorded per node in ``applied`` for safety checks.
+
+Membership: the nodes given to the constructor are the original members and boot with that
+voter list; :meth:`add_node` starts a joiner that boots with an empty configuration and learns
+the real one from the leader (log or snapshot); :meth:`stop_node` shuts a node down (messages to
+it are lost) and :meth:`start_node` boots it again from its disk.  On every boot the durable
+snapshot and log override the bootstrap configuration.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 
 from engine.core import Message, MessageKind, RaftOptions, RawNode, Ready
+from engine.membership import Membership
 from engine.sim.disk import DurableState
-from engine.types import Entry, HardState, NodeId, SnapshotMeta
+from engine.types import Entry, EntryKind, HardState, NodeId, SnapshotMeta
 
 
 class CoreNetwork:
@@ -22,7 +29,8 @@ class CoreNetwork:
                  options: RaftOptions | None = None, **option_overrides: object) -> None:
         if isinstance(ids, int):
             ids = [str(i) for i in range(1, ids + 1)]
-        self.ids = list(ids)
+        self.ids = list(ids)  #: the running nodes, in the order they are driven
+        self.initial = list(ids)  #: the original members (their bootstrap voter list)
         self.seed = seed
         self.rng = random.Random(seed)
         base = options or RaftOptions()
@@ -38,21 +46,78 @@ class CoreNetwork:
         self.sent: list[Message] = []
         self.read_states: dict[NodeId, list] = {i: [] for i in self.ids}
         self.snapshot_states: dict[tuple[int, int], list[Entry]] = {}
+        #: per node, every Ready.membership it produced (the configurations put in force)
+        self.reported: dict[NodeId, list[Membership]] = {i: [] for i in self.ids}
         for i in self.ids:
             self._boot(i)
+
+    def bootstrap(self, node_id: NodeId) -> list[NodeId] | Membership:
+        """The configuration ``node_id`` boots with before its disk says otherwise: the initial
+        voter list for an original member, the empty configuration for a joiner."""
+        return list(self.initial) if node_id in self.initial else Membership()
 
     def _boot(self, node_id: NodeId) -> None:
         disk = self.disks[node_id]
         self.nodes[node_id] = RawNode(
-            node_id, self.ids, rng=random.Random(self.rng.random()), options=self.options,
-            hard_state=disk.hard_state, entries=list(disk.entries), snapshot=disk.snapshot)
+            node_id, self.bootstrap(node_id), rng=random.Random(self.rng.random()),
+            options=self.options, hard_state=disk.hard_state, entries=list(disk.entries),
+            snapshot=disk.snapshot)
         self.applied[node_id] = list(disk.snapshot_state)
 
+    # -- membership --------------------------------------------------------------------------
+
+    def add_node(self, node_id: NodeId) -> RawNode:
+        """Start a new, empty node that knows no configuration (a joiner): it never campaigns
+        and waits for a leader whose configuration includes it.  Returns its RawNode."""
+        if node_id in self.disks:
+            raise ValueError(f"{node_id} exists already")
+        self.disks[node_id] = DurableState()
+        self.applied[node_id] = []
+        self.read_states[node_id] = []
+        self.reported[node_id] = []
+        self.ids.append(node_id)
+        self._boot(node_id)
+        return self.nodes[node_id]
+
+    def stop_node(self, node_id: NodeId) -> None:
+        """Shut ``node_id`` down (its disk stays): it is no longer driven, messages from and to
+        it are lost, and it can be started again with :meth:`start_node`."""
+        self.ids.remove(node_id)
+        del self.nodes[node_id]
+        self.queue = [m for m in self.queue if m.dst != node_id and m.src != node_id]
+
+    def start_node(self, node_id: NodeId) -> None:
+        """Boot a stopped node again from its disk."""
+        if node_id in self.nodes:
+            raise ValueError(f"{node_id} is running")
+        self.ids.append(node_id)
+        self._boot(node_id)
+
+    def change(self, voters: Sequence[NodeId], learners: Sequence[NodeId] = (), *,
+               leader: NodeId | None = None, ticks: int = 3) -> int:
+        """Propose a membership change at ``leader`` (default: the current leader), then
+        stabilize and tick so the change completes and everyone learns the commit index.
+        Returns the index of the proposed entry."""
+        leader = leader or self.leader()
+        if leader is None:
+            raise AssertionError("no leader")
+        index = self.nodes[leader].propose_membership(voters, learners)
+        self.stabilize()
+        self.tick_all(ticks)
+        return index
+
+    def configs(self, node_id: NodeId) -> list[Membership]:
+        """The configurations of the CONFIG entries in the node's in-memory log, in order."""
+        return [Membership.decode(e.data) for e in self.log(node_id)
+                if e.kind == EntryKind.CONFIG]
+
     def take_snapshot(self, node_id: NodeId) -> SnapshotMeta:
-        """Snapshot what ``node_id`` applied and compact its log (durably) behind it."""
+        """Snapshot what ``node_id`` applied and compact its log (durably) behind it; the
+        snapshot records the configuration in force at its index."""
         applied = self.applied[node_id]
         last = applied[-1]
-        meta = SnapshotMeta(last.index, last.term, tuple(self.ids))
+        raw = self.nodes[node_id]
+        meta = SnapshotMeta(last.index, last.term, raw.raft.memberships.at(last.index))
         self.disks[node_id].compact(meta, applied)
         self.snapshot_states[(meta.index, meta.term)] = list(applied)
         self.nodes[node_id].compact(meta, meta.index)
@@ -105,6 +170,8 @@ class CoreNetwork:
                 self.snapshot_states[(rd.snapshot.index, rd.snapshot.term)])
         self.applied[node_id].extend(rd.committed_entries)
         self.read_states[node_id].extend(rd.read_states)
+        if rd.membership is not None:
+            self.reported[node_id].append(rd.membership)
         return rd
 
     def persist_ready(self, node_id: NodeId, rd: Ready) -> None:
@@ -145,18 +212,18 @@ class CoreNetwork:
     def _post(self, messages: Iterable[Message]) -> None:
         for m in messages:
             self.sent.append(m)
-            if (m.src, m.dst) not in self.cut:
+            if (m.src, m.dst) not in self.cut and m.dst in self.nodes:
                 self.queue.append(m)
 
     def deliver(self, m: Message) -> None:
         """Step ``m`` into its destination.  A SNAPSHOT message stands for a whole completed
         chunk transfer: the sender is told it succeeded (or failed, when the link is cut)."""
-        if (m.src, m.dst) in self.cut:
-            if m.kind is MessageKind.SNAPSHOT:
+        if (m.src, m.dst) in self.cut or m.dst not in self.nodes:  # cut, or to a stopped node
+            if m.kind is MessageKind.SNAPSHOT and m.src in self.nodes:
                 self.nodes[m.src].report_snapshot(m.dst, ok=False)
             return
         self.nodes[m.dst].step(m)
-        if m.kind is MessageKind.SNAPSHOT:
+        if m.kind is MessageKind.SNAPSHOT and m.src in self.nodes:
             self.nodes[m.src].report_snapshot(m.dst, ok=True)
 
     def stabilize(self, max_rounds: int = 100_000,
@@ -164,7 +231,7 @@ class CoreNetwork:
         """Process readys and deliver every queued message until nothing is left."""
         for _ in range(max_rounds):
             progressed = False
-            for i in self.ids:
+            for i in list(self.ids):
                 progressed |= self.process_ready(i)
             if self.queue:
                 batch, self.queue = self.queue, []

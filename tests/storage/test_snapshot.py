@@ -1,8 +1,10 @@
 """Snapshot format and stores (engine/storage/snapshot.py).
 
-Round trips, "newest wins", pruning, corrupt files skipped with a warning (never wrong data),
-leftover temp files, full disks (tmpfs, RLIMIT_FSIZE, monkeypatched ``os``), and a property test
-that decoding random or damaged bytes raises only CorruptSnapshotError.
+Round trips (of full configurations: joint, learners, addresses), "newest wins", pruning,
+corrupt files skipped with a warning (never wrong data), version-1 files (a voters block instead
+of the membership block) still read, leftover temp files, full disks (tmpfs, RLIMIT_FSIZE,
+monkeypatched ``os``), and a property test that decoding random or damaged bytes raises only
+CorruptSnapshotError.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from hypothesis import strategies as st
 
 from engine import codec
 from engine.errors import StorageError
+from engine.membership import Membership
 from engine.storage import snapshot as snapmod
 from engine.storage.base import SnapshotStore
 from engine.storage.open import open_snapshot_store
@@ -39,12 +42,30 @@ from engine.storage.snapshot import (
 from .conftest import use_pure_codec
 
 ROOT = Path(__file__).resolve().parents[2]
-META = SnapshotMeta(index=42, term=7, voters=("n1", "n2", "nœud-3"))
+# Joint (n1,n2,old -> n1,n2,nœud-3), with a learner and an address for each: every field set.
+JOINT = Membership(
+    voters=("n1", "n2", "nœud-3"), outgoing=("n1", "n2", "old"), learners=("l1",),
+    addresses={"n1": "10.0.0.1:7000", "n2": "10.0.0.2:7000", "nœud-3": "[::1]:7003",
+               "old": "10.0.0.9:7000", "l1": "learner.example:7000"})
+META = SnapshotMeta(index=42, term=7, membership=JOINT)
 DATA = bytes(range(256)) * 40
 
 
 def meta_at(index: int, term: int = 1) -> SnapshotMeta:
-    return SnapshotMeta(index=index, term=term, voters=("a", "b", "c"))
+    return SnapshotMeta(index, term, ("a", "b", "c"))
+
+
+def forge(block: bytes, data: bytes = b"", *, version: int = 2, index: int = 1,
+          term: int = 1) -> bytes:
+    """An encoded snapshot built by hand around ``block``, with a correct CRC."""
+    body = struct.pack("<QQIQ", index, term, len(block), len(data)) + block + data
+    return b"RAFTSNP\0" + struct.pack("<II", version, codec.crc32c(body)) + body
+
+
+def v1_snapshot(index: int, term: int, voters: tuple[str, ...], data: bytes) -> bytes:
+    """A snapshot as version 1 wrote it: per voter a 4-byte length and its UTF-8."""
+    block = b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in voters)
+    return forge(block, data, version=1, index=index, term=term)
 
 
 def data_at(index: int) -> bytes:
@@ -78,23 +99,42 @@ def store_factory(request, tmp_path):
 
 def test_format_layout():
     buf = encode_snapshot(META, DATA)
-    voters = b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in META.voters)
+    block = JOINT.encode()
     assert buf[:8] == b"RAFTSNP\0"
     assert struct.unpack_from("<IIQQIQ", buf, 8) == (
-        1, codec.crc32c(buf[16:]), 42, 7, len(voters), len(DATA))
-    assert buf[44:44 + len(voters)] == voters
-    assert buf[44 + len(voters):] == DATA
-    assert len(buf) == SNAPSHOT_HEADER_SIZE + len(voters) + len(DATA)
+        2, codec.crc32c(buf[16:]), 42, 7, len(block), len(DATA))
+    assert buf[44:44 + len(block)] == block
+    assert buf[44 + len(block):] == DATA
+    assert len(buf) == SNAPSHOT_HEADER_SIZE + len(block) + len(DATA)
+    assert buf == forge(block, DATA, index=42, term=7)
     assert decode_snapshot(buf) == (META, DATA)
     assert decode_snapshot(bytearray(buf)) == (META, DATA)
     assert decode_snapshot(memoryview(buf)) == (META, DATA)
 
 
+def test_full_membership_round_trips():
+    meta, data = decode_snapshot(encode_snapshot(META, DATA))
+    assert data == DATA
+    m = meta.membership
+    assert m == JOINT and m.is_joint
+    assert m.voters == ("n1", "n2", "nœud-3") and meta.voters == m.voters
+    assert m.outgoing == ("n1", "n2", "old")
+    assert m.learners == ("l1",)
+    assert m.address_book() == JOINT.address_book()
+    # A demoted voter is outgoing and learner at once while joint.
+    demoting = Membership(("a", "b"), ("a", "b", "c"), ("c",), {"c": "h:1"})
+    meta = SnapshotMeta(3, 2, demoting)
+    assert decode_snapshot(encode_snapshot(meta, b"x")) == (meta, b"x")
+
+
 def test_format_edge_values():
     for meta, data in [
         (SnapshotMeta(0, 0, ()), b""),
-        (SnapshotMeta(2**64 - 1, 2**64 - 1, ("",)), b"\0"),
+        (SnapshotMeta(0, 0), b""),
+        (SnapshotMeta(2**64 - 1, 2**64 - 1, ("é",)), b"\0"),
         (SnapshotMeta(5, 1, ("x" * 5000, "y")), bytes(70_000)),
+        (SnapshotMeta(6, 1, Membership(learners=("only-a-learner",))), b"d"),
+        (SnapshotMeta(7, 1, Membership(("a",), addresses={"a": "\"q\"\\\0\n"})), b"d"),
     ]:
         assert decode_snapshot(encode_snapshot(meta, data)) == (meta, data)
 
@@ -106,21 +146,29 @@ def test_pure_python_crc_reads_native_bytes(monkeypatch):
     assert encode_snapshot(META, DATA[:3000]) == buf
 
 
-@pytest.mark.parametrize(("meta", "exc"), [
-    (SnapshotMeta(-1, 1, ()), ValueError),
-    (SnapshotMeta(1, 2**64, ()), ValueError),
-    (SnapshotMeta(True, 1, ()), ValueError),
-    (SnapshotMeta(1, 1, "abc"), ValueError),
-    (SnapshotMeta(1, 1, ("a", 3)), ValueError),
-    (SnapshotMeta(1, 1, ("\ud800",)), ValueError),
-    ((1, 1, ()), TypeError),
+def _hacked_meta() -> SnapshotMeta:
+    meta = SnapshotMeta(1, 1, ("a",))
+    object.__setattr__(meta, "membership", ("a",))  # bypasses the conversion to Membership
+    return meta
+
+
+@pytest.mark.parametrize(("make", "exc"), [
+    (lambda: SnapshotMeta(-1, 1, ()), ValueError),
+    (lambda: SnapshotMeta(1, 2**64, ()), ValueError),
+    (lambda: SnapshotMeta(True, 1, ()), ValueError),
+    (lambda: SnapshotMeta(1, 1, "abc"), ValueError),  # raised by SnapshotMeta itself
+    (lambda: SnapshotMeta(1, 1, ("",)), ValueError),  # raised by SnapshotMeta itself
+    (lambda: SnapshotMeta(1, 1, ("\ud800",)), ValueError),
+    (lambda: SnapshotMeta(1, 1, Membership(("a",), addresses={"a": "\udfff:1"})), ValueError),
+    (_hacked_meta, ValueError),
+    (lambda: (1, 1, ()), TypeError),
 ])
-def test_unencodable_meta_is_rejected(meta, exc, store_factory):
+def test_unencodable_meta_is_rejected(make, exc, store_factory):
     with pytest.raises(exc):
-        encode_snapshot(meta, b"x")
+        encode_snapshot(make(), b"x")
     store = store_factory()
     with pytest.raises(exc):
-        store.save(meta, b"x")
+        store.save(make(), b"x")
     assert store.latest() is None
 
 
@@ -129,7 +177,8 @@ def test_unencodable_meta_is_rejected(meta, exc, store_factory):
     (lambda b: b[:-1], "says"),
     (lambda b: b + b"\0", "says"),
     (lambda b: b"XAFTSNP\0" + b[8:], "magic"),
-    (lambda b: b[:8] + b"\2" + b[9:], "version"),
+    (lambda b: b[:8] + b"\3" + b[9:], "version"),
+    (lambda b: b[:8] + b"\0" + b[9:], "version"),
     (lambda b: b[:12] + bytes([b[12] ^ 1]) + b[13:], "CRC"),
     (lambda b: b[:20] + bytes([b[20] ^ 0x80]) + b[21:], "CRC"),
     (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "CRC"),
@@ -142,14 +191,106 @@ def test_decode_reports_what_is_wrong(mutate, reason):
     assert reason in info.value.reason
 
 
+@pytest.mark.parametrize(("block", "why"), [
+    (b"", "not valid JSON"),
+    (b"{", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[]", "must be an object"),
+    (b'{"voters":["a"],"extra":1}', "must be an object"),
+    (b'{"voters":"a"}', "voters must be a list"),
+    (b'{"addresses":[]}', "addresses must be an object"),
+    (b'{"voters":[""]}', "non-empty"),
+    (b'{"voters":["a"],"learners":["a"]}', "both voter and learner"),
+    (b'{"outgoing":["a"]}', "incoming voters"),
+    (b'{"addresses":{"a":1}}', "host:port"),
+    (b'{"voters":[1,"a"]}', ""),  # TypeError inside Membership: still reported as corrupt
+    (b'{"voters":[["a"]]}', ""),
+])
+def test_decode_rejects_a_bad_membership_block_even_with_a_good_crc(block, why):
+    """A buffer forged with a valid CRC but a malformed membership block."""
+    with pytest.raises(CorruptSnapshotError, match="membership block at offset 44") as info:
+        decode_snapshot(forge(block, b"data"))
+    assert why in info.value.reason
+    assert f"({len(block)} bytes) is malformed" in info.value.reason
+
+
+def test_a_bit_flip_in_the_membership_block_is_caught_by_the_crc():
+    buf = encode_snapshot(META, DATA)
+    for at in (44, 45, 44 + len(JOINT.encode()) // 2, 44 + len(JOINT.encode()) - 1):
+        bad = buf[:at] + bytes([buf[at] ^ 0x04]) + buf[at + 1:]
+        with pytest.raises(CorruptSnapshotError, match="CRC"):
+            decode_snapshot(bad)
+
+
+def test_version_rewritten_to_1_is_corrupt():
+    """The version field is outside the CRC; a v2 block read as a v1 voters block fails."""
+    buf = encode_snapshot(META, DATA)
+    with pytest.raises(CorruptSnapshotError, match="voter"):
+        decode_snapshot(buf[:8] + struct.pack("<I", 1) + buf[12:])
+
+
+# --- version 1 ------------------------------------------------------------------------------
+
+
+def test_version_1_is_read_as_a_voters_only_membership():
+    buf = v1_snapshot(42, 7, ("n1", "n2", "nœud-3"), DATA)
+    meta, data = decode_snapshot(buf)
+    assert data == DATA
+    assert meta == SnapshotMeta(42, 7, Membership(voters=("n1", "n2", "nœud-3")))
+    assert meta.voters == ("n1", "n2", "nœud-3")
+    assert not meta.membership.is_joint and meta.membership.learners == ()
+    assert meta.membership.addresses == ()
+    assert decode_snapshot(v1_snapshot(0, 0, (), b"")) == (SnapshotMeta(0, 0), b"")
+    # Re-encoding writes version 2.
+    again = encode_snapshot(meta, data)
+    assert struct.unpack_from("<I", again, 8) == (2,)
+    assert decode_snapshot(again) == (meta, data)
+
+
 def test_decode_rejects_bad_voters_even_with_a_good_crc():
-    """A buffer forged with a valid CRC but a malformed voters block."""
+    """A version-1 buffer forged with a valid CRC but a malformed voters block."""
     for block in (b"\5\0\0\0ab", b"\1\0", b"\2\0\0\0\xff\xfe"):
-        head = struct.pack("<QQIQ", 1, 1, len(block), 0)
-        crc = codec.crc32c(head + block)
-        buf = b"RAFTSNP\0" + struct.pack("<II", 1, crc) + head + block
         with pytest.raises(CorruptSnapshotError, match="voter"):
-            decode_snapshot(buf)
+            decode_snapshot(forge(block, version=1))
+    # Well-formed, but not a configuration today (ids are non-empty).
+    with pytest.raises(CorruptSnapshotError, match="not a valid configuration"):
+        decode_snapshot(v1_snapshot(1, 1, ("a", ""), b""))
+
+
+def test_v1_bit_flip_is_caught_by_the_crc():
+    buf = v1_snapshot(5, 2, ("a", "b"), b"data")
+    bad = buf[:49] + bytes([buf[49] ^ 1]) + buf[50:]
+    with pytest.raises(CorruptSnapshotError, match="CRC"):
+        decode_snapshot(bad)
+
+
+def test_file_store_reads_a_version_1_data_directory(tmp_path):
+    """A data directory written before version 2 still loads, by either read path."""
+    old_meta = SnapshotMeta(20, 2, ("a", "b", "c"))
+    v1 = v1_snapshot(20, 2, ("a", "b", "c"), data_at(20))
+    (tmp_path / snapshot_file_name(old_meta)).write_bytes(v1)
+    store = FileSnapshotStore(str(tmp_path), fsync=False)
+    assert store.latest() == (old_meta, data_at(20))
+    meta, stream = store.open_latest()
+    with stream:
+        assert meta == old_meta
+        assert stream.read() == v1  # streamed to followers unchanged
+    store.save(META, DATA)  # new snapshots are version 2
+    assert store.latest() == (META, DATA)
+    raw = (tmp_path / snapshot_file_name(META)).read_bytes()
+    assert struct.unpack_from("<I", raw, 8) == (2,)
+    store.close()
+
+
+def test_save_encoded_accepts_version_1(store_factory):
+    """A follower gets a version-1 snapshot streamed from a leader's old file."""
+    store = store_factory()
+    v1 = v1_snapshot(20, 2, ("a", "b"), b"old state")
+    assert store.save_encoded(v1) == SnapshotMeta(20, 2, ("a", "b"))
+    assert store.latest() == (SnapshotMeta(20, 2, ("a", "b")), b"old state")
+    if store_factory.impl == "file":  # stored byte for byte
+        name = snapshot_file_name(SnapshotMeta(20, 2, ("a", "b")))
+        assert (Path(store.directory) / name).read_bytes() == v1
 
 
 @settings(max_examples=300, deadline=None)
@@ -162,11 +303,23 @@ def test_decode_of_random_bytes_raises_only_corrupt(buf):
     assert encode_snapshot(meta, data) == buf  # only a real snapshot may decode
 
 
+_ID = st.text(min_size=1, max_size=8)
+
+
+@st.composite
+def memberships(draw):
+    voters = draw(st.sets(_ID, max_size=4))
+    outgoing = draw(st.sets(_ID, max_size=4)) if voters else set()
+    learners = draw(st.sets(_ID, max_size=3)) - voters
+    members = sorted(voters | outgoing | learners)
+    addresses = {m: draw(st.text(max_size=12)) for m in members if draw(st.booleans())}
+    return Membership(voters, outgoing, learners, addresses)
+
+
 @st.composite
 def snapshots(draw):
     meta = SnapshotMeta(
-        draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**64 - 1)),
-        tuple(draw(st.lists(st.text(max_size=12), max_size=5))))
+        draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**64 - 1)), draw(memberships()))
     return meta, draw(st.binary(max_size=300))
 
 
@@ -300,6 +453,11 @@ def _flip(path: Path, offset: int) -> None:
 CORRUPTIONS = {
     "flip-data": lambda p: _flip(p, p.stat().st_size - 3),
     "flip-header": lambda p: _flip(p, 17),
+    "flip-membership": lambda p: _flip(p, 46),
+    "bad-membership": lambda p: p.write_bytes(
+        forge(b'{"voters":["a"],"learners":["a"]}', data_at(30), index=30, term=2)),
+    "bad-v1-voters": lambda p: p.write_bytes(
+        forge(b"\x09\0\0\0ab", data_at(30), version=1, index=30, term=2)),
     "flip-magic": lambda p: _flip(p, 0),
     "truncate": lambda p: p.write_bytes(p.read_bytes()[:-100]),
     "truncate-header": lambda p: p.write_bytes(p.read_bytes()[:20]),

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from engine.core.messages import Message, MessageKind
-from engine.errors import RaftError
+from engine.errors import ConfigError, RaftError
 from engine.transport import FaultPlan, MemoryNetwork, TcpTransport, Transport
 
 from .util import Collector, free_port, msg, raft_threads
@@ -26,6 +26,7 @@ class Harness:
         if kind == "memory":
             self.network: MemoryNetwork | None = MemoryNetwork(seed=11)
             self.faults = self.network.faults
+            self.peers = {node: f"memory:{node}" for node in IDS}  # addresses are not used
         else:
             self.network = None
             self.faults = FaultPlan(seed=11)
@@ -114,6 +115,16 @@ def test_isolated_node_neither_sends_nor_receives(harness: Harness) -> None:
     # FIFO links: had term 1 been sent, it would have arrived before term 2.
     assert [m.term for m in got["c"].messages] == [2]
     assert [m.term for m in got["b"].messages] == [2]
+
+
+def test_update_peers_accepts_the_current_book(harness: Harness) -> None:
+    t = harness.start("a", "b")
+    t["a"].update_peers(harness.peers)
+    t["a"].update_peers(dict(harness.peers))
+    t["a"].send([msg("a", "b", 1)])
+    assert harness.collectors["b"].wait_count(1)
+    with pytest.raises(ConfigError):
+        t["a"].update_peers(["a", "b"])  # type: ignore[arg-type]
 
 
 def test_start_twice_raises(harness: Harness) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from types import MappingProxyType
 
 import pytest
 
@@ -227,3 +228,24 @@ def test_handler_exception_is_logged_not_raised(net: MemoryNetwork,
     b.start(broken)
     eps["a"].send([msg("a", "b")])
     assert "handler of b raised" in caplog.text
+
+
+def test_update_peers_validates_and_changes_nothing(net: MemoryNetwork) -> None:
+    eps, got = _endpoints(net, "a", "b")
+    a = eps["a"]
+    a.update_peers({"a": "memory:a", "b": "memory:b"})
+    a.update_peers(MappingProxyType({"a": "127.0.0.1:1"}))  # any Mapping; b left out
+    for bad, pattern in [
+        (["a", "b"], r"peers must be a mapping of node id -> 'host:port', not list"),
+        (None, r"not NoneType"),
+        ({"b": 7}, r"peers\['b'\]=7 must be a str"),
+        ({1: "memory:1"}, r"node id 1 must be a non-empty str"),
+        ({"": "memory:"}, r"node id '' must be a non-empty str"),
+    ]:
+        with pytest.raises(ConfigError, match=pattern):
+            a.update_peers(bad)  # type: ignore[arg-type]
+    # Routing is by id and ignores the book: b, no longer listed, still gets a's messages.
+    a.send([msg("a", "b", 1)])
+    assert [m.term for m in got["b"].messages] == [1]
+    a.close()
+    a.update_peers({"a": "memory:a"})  # allowed in any state

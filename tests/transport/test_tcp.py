@@ -7,12 +7,15 @@ blocking recv (EOF tells us the transport closed the connection).  Nothing sleep
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import shutil
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -30,6 +33,7 @@ SECRET = b"correct horse battery staple"
 TCP_LOGGER = "engine.transport.tcp"
 
 Factory = Callable[..., tuple[dict[str, TcpTransport], dict[str, Collector]]]
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True, params=["uvloop", "asyncio"])
@@ -49,18 +53,20 @@ def peers() -> dict[str, str]:
 
 @pytest.fixture
 def make(peers: dict[str, str]) -> Iterator[Factory]:
-    """Start transports for the given ids (default all); closes everything at the end."""
+    """Start transports for the given ids (default all), each with the address book ``book``
+    (default ``peers``); closes everything at the end."""
     created: list[TcpTransport] = []
 
-    def factory(*ids: str, **kwargs: object) -> tuple[dict[str, TcpTransport],
-                                                      dict[str, Collector]]:
+    def factory(*ids: str, book: dict[str, str] | None = None,
+                **kwargs: object) -> tuple[dict[str, TcpTransport], dict[str, Collector]]:
         kwargs.setdefault("secret", SECRET)
         kwargs.setdefault("backoff_min", 0.005)
         kwargs.setdefault("backoff_max", 0.05)
         transports, collectors = {}, {}
         for node in ids or tuple(peers):
             collectors[node] = Collector()
-            transports[node] = TcpTransport(node, peers, seed=1, **kwargs)  # type: ignore[arg-type]
+            transports[node] = TcpTransport(node, peers if book is None else book, seed=1,
+                                            **kwargs)  # type: ignore[arg-type]
             created.append(transports[node])
             transports[node].start(collectors[node])
         return transports, collectors
@@ -81,6 +87,28 @@ def send_until(sender: TcpTransport, message: Message, collector: Collector,
         if collector.wait_for(predicate, timeout=0.05):
             return True
     return False
+
+
+def on_loop(transport: TcpTransport, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on the transport's loop thread (which owns links and protocols) and return its
+    result.  Callbacks run in FIFO order, so ``fn`` sees every callback scheduled before it."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def call() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    assert transport._loop is not None
+    transport._loop.call_soon_threadsafe(call)
+    return future.result(WAIT)
+
+
+def outbound_to(transport: TcpTransport, peer: str) -> list[tcp._OutboundProtocol]:
+    """The transport's open outbound connections to ``peer`` (call on its loop thread)."""
+    return [p for p in transport._protocols
+            if isinstance(p, tcp._OutboundProtocol) and p.link.peer_id == peer]
 
 
 def _hello(src: str, dst: str, auth: bool) -> tuple[bytes, bytes]:
@@ -409,6 +437,148 @@ def test_full_queue_drops_oldest_and_writes_coalesce(peers: dict[str, str]) -> N
                 assert terms == list(range(12, 20))
         finally:
             a.close()
+
+
+# ---------------------------------------------------------------- membership (update_peers)
+
+def test_update_peers_adds_a_member(make: Factory, peers: dict[str, str]) -> None:
+    old_book = {node: peers[node] for node in ("a", "b")}
+    transports, got = make("a", "b", book=old_book)
+    newcomer, got_c = make("c")  # c starts with the new book: a, b, c
+    a, c = transports["a"], newcomer["c"]
+    # a accepts the authenticated newcomer before it has heard of it.
+    c.send([msg("c", "a", 1)])
+    assert got["a"].wait_count(1)
+    assert got["a"].messages[0].src == "c"
+    a.send([msg("a", "c", 2)])  # c is not in a's book yet: dropped and counted
+    assert a.dropped_count() == 1
+    a.update_peers(peers)
+    a.send([msg("a", "c", 3), msg("a", "b", 3)])
+    assert got_c["c"].wait_count(1) and got["b"].wait_count(1)
+    assert [m.term for m in got_c["c"].messages] == [3]
+    assert a.dropped_count() == 1
+
+
+def test_update_peers_removes_a_member(peers: dict[str, str]) -> None:
+    """b is a raw socket that accepts a's connection but stalls the handshake, so a's messages
+    for b sit in the queue; removing b closes the connection and drops (and counts) them."""
+    warm = TcpTransport("a", {"a": peers["a"]})  # uvloop opens a process-wide pipe once
+    warm.start(Collector())
+    warm.close()
+    before = open_fds()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(WAIT)
+        book = {"a": peers["a"], "b": f"127.0.0.1:{listener.getsockname()[1]}"}
+        a = TcpTransport("a", book, secret=None, max_queue=64, handshake_timeout=WAIT)
+        a.start(Collector())
+        try:
+            a.send([msg("a", "b", 0)])
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(WAIT)
+                _recv_exact(conn, tcp._HELLO.size + 2)  # a now waits for our ACCEPT
+                a.send([msg("a", "b", term) for term in range(1, 6)])
+                assert a.dropped_count() == 0
+                a.update_peers({"a": peers["a"]})
+                assert _wait_eof(conn)  # a closed its connection to b
+            assert a.dropped_count() == 6  # what was queued for b
+            a.send([msg("a", "b", 7)] * 3)  # later sends: like an unknown peer
+            assert a.message_count() == 9 and a.dropped_count() == 9
+            assert on_loop(a, lambda: (sorted(a._links), outbound_to(a, "b"))) == ([], [])
+            assert "b" not in a._outq
+        finally:
+            a.close()
+    assert raft_threads() == []
+    assert open_fds() == before
+
+
+def test_update_peers_moves_a_member(make: Factory, peers: dict[str, str]) -> None:
+    transports, got = make("a", "b")
+    a = transports["a"]
+    a.send([msg("a", "b", 1)])
+    assert got["b"].wait_count(1)
+    moved_book = dict(peers, b=f"127.0.0.1:{free_port()}")
+    moved, got_moved = make("b", book=moved_book)  # b again, listening elsewhere
+    a.update_peers(moved_book)
+    a.send([msg("a", "b", 2)])
+    assert got_moved["b"].wait_count(1)
+    assert [m.term for m in got_moved["b"].messages] == [2]
+    assert [m.term for m in got["b"].messages] == [1]  # nothing more went to the old address
+
+    def link_state() -> tuple[tuple[str, int], int]:
+        link = a._links["b"]
+        return (link.host, link.port), len(outbound_to(a, "b"))
+
+    assert on_loop(a, link_state) == (moved["b"].bound_address, 1)  # old connection closed
+
+
+@pytest.mark.parametrize(
+    ("bad", "pattern"),
+    [
+        ({"c": "nohost"}, r"peers\['c'\]='nohost' must be 'host:port'"),
+        ({"c": "127.0.0.1:99999"}, r"port 99999 must be in 0..65535"),
+        ({"b": "127.0.0.1:x"}, r"port 'x' is not an integer"),
+        ({"c": 5}, r"peers\['c'\]=5 must be a str"),
+        ({"": "127.0.0.1:1"}, r"node id '' must be a non-empty str"),
+    ],
+)
+def test_update_peers_rejects_a_malformed_book_and_changes_nothing(
+        make: Factory, peers: dict[str, str], bad: dict[str, object], pattern: str) -> None:
+    book = {node: peers[node] for node in ("a", "b")}
+    transports, got = make("a", "b", book=book)
+    a = transports["a"]
+    addresses, outq = a._addresses, a._outq
+    with pytest.raises(ConfigError, match=pattern):
+        a.update_peers({**book, **bad})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        a.update_peers(["a", "b"])  # type: ignore[arg-type]
+    assert a._addresses is addresses and a._outq is outq and a._book_version == 0
+    a.send([msg("a", "b", 1)])
+    assert got["b"].wait_count(1)
+
+
+def test_update_peers_ignores_own_entry_and_unchanged_books(make: Factory,
+                                                            peers: dict[str, str]) -> None:
+    transports, got = make("a", "b")
+    a = transports["a"]
+    a.update_peers(dict(peers, a="127.0.0.1:1"))  # cannot move its own listener
+    a.update_peers({node: address for node, address in peers.items() if node != "a"})
+    assert a._book_version == 0
+    transports["b"].send([msg("b", "a", 1)])
+    assert got["a"].wait_count(1)
+
+
+def test_update_peers_while_sends_are_in_flight(make: Factory, peers: dict[str, str]) -> None:
+    """c leaves and rejoins a's book repeatedly while another thread sends to b and c: no
+    exception on a's loop, and both links work afterwards."""
+    transports, got = make()
+    a = transports["a"]
+    errors: list[dict[str, object]] = []
+    on_loop(a, lambda: a._loop.set_exception_handler(  # type: ignore[union-attr]
+        lambda loop, context: errors.append(context)))
+    without_c = {node: peers[node] for node in ("a", "b")}
+    stop = threading.Event()
+
+    def blast() -> None:
+        while not stop.is_set():
+            a.send([msg("a", "b"), msg("a", "c")])
+
+    sender = threading.Thread(target=blast, name="test-blaster")
+    sender.start()
+    try:
+        for _ in range(25):
+            a.update_peers(without_c)
+            a.update_peers(peers)
+        assert got["b"].wait_count(1) and got["c"].wait_count(1)
+    finally:
+        stop.set()
+        sender.join()
+    assert send_until(a, msg("a", "c", 99), got["c"], lambda ms: ms[-1].term == 99)
+    assert send_until(a, msg("a", "b", 99), got["b"], lambda ms: ms[-1].term == 99)
+    assert on_loop(a, lambda: len(outbound_to(a, "c"))) == 1
+    assert errors == []
 
 
 # ---------------------------------------------------------------- lifecycle
