@@ -738,7 +738,7 @@ def run_membership(case: Case, ctx: Context) -> Outcome:
                              state_machine=wl.TableStateMachine) as c:
             wl.preload(c, t.join_entries, wl.payload_of(p["payload"]), progress=ctx.say)
             ctx.say(f"joining a new node to {t.join_entries:,} entries via the {name}")
-            result = wl.join_new_node(c, f"n{p['n'] + 1}")
+            result = wl.join_new_node(c, f"n{p['n'] + 1}", wl.TableStateMachine)
         results[name] = result
         series.append(Series(f"{case.label} join via {name}",
                              [(1, [result["seconds_to_catch_up"]])],

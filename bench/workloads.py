@@ -669,19 +669,21 @@ def preload(cluster: LocalCluster, entries: int, payload: bytes,
     return leader.status().commit_index
 
 
-def join_new_node(cluster: LocalCluster, node_id: str) -> dict[str, Any]:
+def join_new_node(cluster: LocalCluster, node_id: str,
+                  state_machine: Callable[[], Any]) -> dict[str, Any]:
     """Bring a new, empty node into the cluster through the public API, as an operator would:
     start it with ``join=True``, ``add_learner`` it, wait until it has applied everything the
     leader had committed, then ``promote`` it.  Memory transport only (the new endpoint comes
     from the cluster's network).  Reports seconds to catch up and to become a voter, and the
-    bytes and messages it received."""
+    bytes and messages it received.  ``state_machine()`` builds the new node's machine (the
+    same kind as the cluster's)."""
     assert cluster.network is not None, "join_new_node needs the in-memory transport"
     leader = ready_leader(cluster)
     commit = leader.status().commit_index
     transport = ByteCountingTransport(cluster.network.endpoint(node_id))
     address = f"memory:{node_id}"
     node = RaftNode(node_id, {**cluster.addresses, node_id: address},
-                    cluster._factory(), config=cluster.config, transport=transport, join=True)
+                    state_machine(), config=cluster.config, transport=transport, join=True)
     node.start()
     try:
         start = time.perf_counter()

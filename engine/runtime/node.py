@@ -53,14 +53,9 @@ from engine.runtime.snapshots import SnapshotReceiver, SnapshotSender
 from engine.runtime.workers import join_thread, start_thread
 from engine.statemachine import StateMachine
 from engine.status import Status
-from engine.storage.base import LogStore, StableStore
+from engine.storage.base import IncomingSnapshot, LogStore, StableStore
 from engine.storage.memory import MemoryLogStore, MemoryStableStore
-from engine.storage.snapshot import (
-    MemorySnapshotStore,
-    SnapshotStore,
-    decode_snapshot,
-    encode_snapshot,
-)
+from engine.storage.snapshot import MemorySnapshotStore, SnapshotStore, encode_snapshot
 from engine.transport.base import Transport
 from engine.types import SnapshotMeta
 
@@ -175,19 +170,25 @@ class RaftNode:
         self._halt_thread: threading.Thread | None = None  # set when a node thread fails
         # Owned by the loop thread: the leader's per-peer progress as of the last tick.
         self._progress: dict[str, PeerProgress] = {}
-        # Snapshots.  The store is shared by the snapshot thread (local snapshots), the storage
-        # writer (snapshots received from the leader) and start(): all calls hold the lock, as
-        # does every access to _incoming_snapshots (loop thread inserts, storage writer pops).
+        # Snapshots.  The store is shared by the snapshot thread (save: local snapshots), the
+        # loop thread (begin_incoming: a snapshot arriving from the leader), the storage writer
+        # (commit_incoming) and start()/stop(): all store calls hold the lock, as does every
+        # access to _incoming_snapshots.  A snapshot received from the leader goes to a
+        # temporary file of the store (IncomingSnapshot), owned by the loop thread while it is
+        # written, verified (the receiver), installed (_accepted_snapshot, until the core hands
+        # it out in a Ready) and read back (_drive); then it waits in _incoming_snapshots, keyed
+        # by (index, term), for the storage writer to commit it.  None of these hold its bytes.
         self._snapshot_store: SnapshotStore | None = None
         self._snapshot_lock = threading.Lock()
-        self._incoming_snapshots: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+        self._incoming_snapshots: dict[tuple[int, int], IncomingSnapshot] = {}
+        self._accepted_snapshot: IncomingSnapshot | None = None  # owned by the loop thread
         self._snapshot_jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._snapshot_thread: threading.Thread | None = None
         # Owned by the loop thread: the newest durable snapshot (meta, encoded bytes), which is
         # what followers that fell behind the log are sent; and the chunk protocol endpoints.
         self._latest_snapshot: tuple[SnapshotMeta, bytes] | None = None
         self._snapshot_sender: SnapshotSender | None = None
-        self._snapshot_receiver = SnapshotReceiver(node_id, decode_snapshot)
+        self._snapshot_receiver = SnapshotReceiver(node_id, self._begin_incoming_snapshot)
         # Owned by the loop thread: the pending leadership transfer (target, future), the
         # membership change in progress, and the address book last given to the transport.
         self._transfer: tuple[str, Future] | None = None
@@ -368,6 +369,8 @@ class RaftNode:
             self._change = None
         self._inbox_closed = True
         self._fail_inbox(stopped)
+        if graceful:
+            self._abort_incoming_snapshots()
         if self._owns_stores:
             for store in (self._log_store, self._stable_store, self._snapshot_store):
                 if store is not None:
@@ -711,12 +714,33 @@ class RaftNode:
             if job is not None and job[2] is not None:
                 settle(job[2], error=error)
 
-    def _store_received_snapshot(self, meta: SnapshotMeta) -> None:
-        """Storage thread: make a snapshot received from the leader durable."""
+    def _begin_incoming_snapshot(self, index: int, term: int, total: int) -> IncomingSnapshot:
+        """Loop thread (the receiver's ``begin``): a new temporary place in the snapshot store
+        for a snapshot the leader starts sending."""
         assert self._snapshot_store is not None
         with self._snapshot_lock:
-            data, _ = self._incoming_snapshots.pop((meta.index, meta.term))
-            self._snapshot_store.save(meta, data)
+            return self._snapshot_store.begin_incoming(index, term, total)
+
+    def _store_received_snapshot(self, meta: SnapshotMeta) -> None:
+        """Storage thread: make a snapshot received from the leader durable (its temporary file
+        flushed and renamed into place)."""
+        assert self._snapshot_store is not None
+        with self._snapshot_lock:
+            incoming = self._incoming_snapshots.pop((meta.index, meta.term))
+            self._snapshot_store.commit_incoming(incoming)
+
+    def _abort_incoming_snapshots(self) -> None:
+        """stop(), once the loop and storage threads are joined: delete the incoming snapshots
+        not committed (the one being received; one installed but never written).  A crash
+        leaves them, as a power cut would: the file store deletes them when it opens."""
+        self._snapshot_receiver.abort()
+        accepted, self._accepted_snapshot = self._accepted_snapshot, None
+        with self._snapshot_lock:
+            leftovers = list(self._incoming_snapshots.values())
+            self._incoming_snapshots.clear()
+        for incoming in [accepted, *leftovers]:
+            if incoming is not None:
+                incoming.abort()
 
     def _handle_snapshot_message(self, raw: RawNode, m: Message) -> None:
         """Loop thread: the chunk sub-protocol of InstallSnapshot (engine.runtime.snapshots)."""
@@ -730,13 +754,22 @@ class RaftNode:
             return  # a deposed leader's transfer
         response, done = self._snapshot_receiver.on_chunk(m)
         self._transport.send([response])
-        if done is not None:
-            meta, data, encoded = done
-            with self._snapshot_lock:
-                self._incoming_snapshots[(meta.index, meta.term)] = (data, encoded)
-            raw.step(Message(kind=_SNAPSHOT, src=m.src, dst=self._id, term=m.term,
-                             index=meta.index, log_term=meta.term,
-                             data=meta.membership.encode()))
+        if done is None:
+            return
+        meta, incoming = done
+        before = raw.raft.snapshot
+        raw.step(Message(kind=_SNAPSHOT, src=m.src, dst=self._id, term=m.term,
+                         index=meta.index, log_term=meta.term, data=meta.membership.encode()))
+        if raw.raft.snapshot is before:
+            # Not installed: the log had committed past it meanwhile (the core answered the
+            # leader from the log).  Nothing will ask for this one.
+            incoming.abort()
+            return
+        if self._accepted_snapshot is not None:
+            # Installed over by this one before the core handed the earlier one out: the next
+            # Ready carries only the newest.
+            self._accepted_snapshot.abort()
+        self._accepted_snapshot = incoming
 
     def _on_snapshot_saved(self, raw: RawNode, meta: SnapshotMeta, encoded: bytes,
                            future: Future | None) -> None:
@@ -903,9 +936,16 @@ class RaftNode:
                     messages = [m for m in messages if m.kind is not _SNAPSHOT]
                 transport.send(messages)
             if rd.snapshot is not None:
+                # A snapshot received from the leader was installed: read it back from its
+                # temporary file (the state machine needs the data; the encoded bytes are what
+                # this node sends if it leads), then let the storage thread commit the file.
                 meta = rd.snapshot
+                incoming, self._accepted_snapshot = self._accepted_snapshot, None
+                assert incoming is not None and (incoming.index, incoming.term) == (
+                    meta.index, meta.term), (incoming, meta)
+                encoded, data = incoming.read()
                 with self._snapshot_lock:
-                    data, encoded = self._incoming_snapshots[(meta.index, meta.term)]
+                    self._incoming_snapshots[(meta.index, meta.term)] = incoming
                 self._latest_snapshot = (meta, encoded)
                 applier.submit_restore(meta, data)
             if rd.must_persist() or rd.messages_after_persist:

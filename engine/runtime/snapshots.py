@@ -13,10 +13,18 @@ format, with its own checksum) travel as SNAPSHOT_CHUNK messages:
   offset);
 * bounded: after ``max_stalls`` silent periods in a row the transfer is abandoned and the core is
   told (``report_snapshot(ok=False)``); it will ask again later;
-* verified: the receiver checks the whole snapshot's checksum before the core sees it, and
-  rejects a corrupt one (the sender then gives up on that transfer).
+* written as it arrives: the receiver appends each chunk to an incoming snapshot of the node's
+  snapshot store (``store.begin_incoming``: a temporary file in the snapshot directory, a
+  bytearray for a memory store; see :mod:`engine.storage.snapshot`), never to a buffer of its
+  own;
+* verified: when the last byte is in, the receiver has the incoming snapshot check itself
+  (``finish()``: length, header, the whole snapshot's checksum, the announced index and term)
+  before the core sees it, and rejects a corrupt one (it is deleted; the sender then gives up
+  on that transfer).  A local write error also rejects the transfer (the leader tries again
+  later).
 
-Both classes are owned by the node's loop thread.
+Both classes are owned by the node's loop thread.  A verified incoming snapshot is handed to the
+node, which installs it and has its storage thread commit it (``store.commit_incoming``).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from dataclasses import dataclass
 
 from engine.core import Message, MessageKind
 from engine.errors import StorageError
+from engine.storage.base import IncomingSnapshot
 from engine.types import NodeId, SnapshotMeta
 
 logger = logging.getLogger(__name__)
@@ -35,6 +44,8 @@ SNAPSHOT_CHUNK = MessageKind.SNAPSHOT_CHUNK
 SNAPSHOT_CHUNK_RESPONSE = MessageKind.SNAPSHOT_CHUNK_RESPONSE
 
 SendFn = Callable[[list[Message]], None]
+BeginFn = Callable[[int, int, int], IncomingSnapshot]
+"""``begin(index, term, total)``: a new incoming snapshot (``SnapshotStore.begin_incoming``)."""
 
 
 @dataclass(slots=True)
@@ -89,6 +100,8 @@ class SnapshotSender:
         total = len(transfer.encoded)
         if m.context > transfer.acked:
             transfer.acked = min(m.context, total)
+            # A restarted transfer learns here how much the receiver already has: skip that.
+            transfer.sent = max(transfer.sent, transfer.acked)
             transfer.idle_ticks = transfer.stalls = transfer.duplicate_acks = 0
         elif transfer.sent > transfer.acked:
             # The receiver asks again for an offset it asked for before while later chunks
@@ -142,48 +155,77 @@ class _Incoming:
     index: int
     log_term: int
     total: int
-    buffer: bytearray
+    snapshot: IncomingSnapshot
 
 
 class SnapshotReceiver:
-    """Follower side: reassembles one snapshot at a time and verifies it."""
+    """Follower side: writes one snapshot at a time, through an incoming snapshot of the store
+    that ``begin`` makes (``begin(index, term, total)``), and has it verified.
 
-    def __init__(self, node_id: NodeId,
-                 decode: Callable[[bytes], tuple[SnapshotMeta, bytes]]) -> None:
+    A chunk of another transfer (another sender, index, term or size) starts a new one when it
+    is the first chunk (offset 0), aborting (deleting) the incoming snapshot in progress; other
+    chunks of another transfer are answered with offset 0, and leave the one in progress alone
+    (a late chunk of an old transfer does not wipe the current one).  A repeated chunk of the
+    current transfer -- offset 0 included: a leader restarting the same transfer -- is answered
+    with the offset wanted next, so the sender resumes from there.
+    """
+
+    def __init__(self, node_id: NodeId, begin: BeginFn) -> None:
         self._id = node_id
-        self._decode = decode
+        self._begin = begin
         self._incoming: _Incoming | None = None
 
-    def on_chunk(self, m: Message) -> tuple[Message, tuple[SnapshotMeta, bytes, bytes] | None]:
+    @property
+    def in_progress(self) -> IncomingSnapshot | None:
+        """The incoming snapshot being written, if any."""
+        return self._incoming.snapshot if self._incoming is not None else None
+
+    def abort(self) -> None:
+        """Abort (delete) the incoming snapshot being written, if any (the node stops)."""
+        incoming, self._incoming = self._incoming, None
+        if incoming is not None:
+            incoming.snapshot.abort()
+
+    def on_chunk(self, m: Message) -> tuple[Message, tuple[SnapshotMeta, IncomingSnapshot] | None]:
         """Take one chunk; returns the response to send and, when the snapshot is complete and
-        verified, (meta, state machine data, encoded bytes)."""
+        verified, (its meta, the finished incoming snapshot).  The caller then owns that: it
+        reads, commits or aborts it."""
         incoming = self._incoming
+        reject = False
         if (incoming is None or incoming.src != m.src or incoming.index != m.index
                 or incoming.log_term != m.log_term or incoming.total != m.commit):
             incoming = None
             if m.context == 0:
-                incoming = self._incoming = _Incoming(m.src, m.index, m.log_term, m.commit,
-                                                      bytearray())
-        received = 0 if incoming is None else len(incoming.buffer)
-        if incoming is not None and m.context == received:
-            incoming.buffer += m.data
-            received = len(incoming.buffer)
-        done: tuple[SnapshotMeta, bytes, bytes] | None = None
-        reject = False
+                self.abort()
+                try:
+                    snapshot = self._begin(m.index, m.log_term, m.commit)
+                except (StorageError, ValueError) as exc:
+                    logger.error("%s: cannot receive snapshot %d from %s: %s", self._id, m.index,
+                                 m.src, exc)
+                    reject = True
+                else:
+                    incoming = self._incoming = _Incoming(m.src, m.index, m.log_term, m.commit,
+                                                          snapshot)
+        if incoming is not None and m.context == incoming.snapshot.received:
+            try:
+                incoming.snapshot.write(m.data)
+            except StorageError as exc:
+                logger.error("%s: writing snapshot %d from %s failed: %s", self._id, m.index,
+                             m.src, exc)
+                self.abort()
+                incoming, reject = None, True
+        received = 0 if incoming is None else incoming.snapshot.received
+        done: tuple[SnapshotMeta, IncomingSnapshot] | None = None
         if incoming is not None and received >= incoming.total:
-            encoded = bytes(incoming.buffer)
             self._incoming = None
             try:
-                meta, data = self._decode(encoded)
-                if meta.index != m.index or meta.term != m.log_term:
-                    raise StorageError(f"snapshot header says {meta.term}/{meta.index}, "
-                                       f"the leader announced {m.log_term}/{m.index}")
+                meta = incoming.snapshot.finish()  # deletes it when that fails
             except StorageError as exc:
-                logger.warning("%s: snapshot %d from %s is corrupt: %s", self._id, m.index,
+                logger.warning("%s: snapshot %d from %s is rejected: %s", self._id, m.index,
                                m.src, exc)
                 reject = True
             else:
-                done = (meta, data, encoded)
+                done = (meta, incoming.snapshot)
         response = Message(kind=SNAPSHOT_CHUNK_RESPONSE, src=self._id, dst=m.src, term=m.term,
                            index=m.index, log_term=m.log_term, context=received, reject=reject)
         return response, done

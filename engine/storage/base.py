@@ -1,4 +1,5 @@
-"""The interfaces of durable storage: LogStore, StableStore and SnapshotStore.
+"""The interfaces of durable storage: LogStore, StableStore, SnapshotStore (and the
+IncomingSnapshot a snapshot store hands out for a snapshot being received from the leader).
 
 Every log/stable implementation (in-memory for tests and ``data_dir=None``; native C; pure-Python
 file store) passes the same contract suite in ``tests/storage/test_contract.py``; the snapshot
@@ -144,6 +145,74 @@ class StableStore(Protocol):
 
 
 @runtime_checkable
+class IncomingSnapshot(Protocol):
+    """An encoded snapshot being received from the leader in InstallSnapshot chunks, written as
+    it arrives to a temporary place of its store (a ``snapshot-incoming-*.tmp`` file of a
+    :class:`~engine.storage.snapshot.FileSnapshotStore`, a bytearray in memory); made by
+    :meth:`SnapshotStore.begin_incoming`.
+
+    Life cycle: :meth:`write` the chunks in order, :meth:`finish` (verify), :meth:`read` the
+    verified bytes back, then either :meth:`SnapshotStore.commit_incoming` (it becomes a
+    regular snapshot, the store's latest) or :meth:`abort` (it is deleted).  A failed
+    ``finish`` has already deleted it.  An incoming snapshot that is neither committed nor
+    aborted (the process crashed) is a leftover temporary file, which the file store deletes
+    the next time it opens.  It holds no open file between calls.
+
+    Threading: not thread-safe; one thread at a time.  In the runtime the loop thread writes,
+    finishes, reads and aborts it, then hands it to the storage thread, which commits it.
+    """
+
+    index: int
+    """The log index the leader announced for the snapshot."""
+    term: int
+    """The term the leader announced for it."""
+    total: int
+    """The size of the encoded snapshot the leader announced, in bytes."""
+
+    @property
+    def received(self) -> int:
+        """Bytes written so far (the offset the next chunk is written at)."""
+        ...
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` at offset :attr:`received`.
+
+        Raises:
+            StorageError: the write failed (e.g. disk full); :attr:`received` is unchanged.
+            ValueError: already finished, committed or aborted.
+        """
+        ...
+
+    def finish(self) -> SnapshotMeta:
+        """Verify the whole: exactly :attr:`total` bytes, header, CRC32C and membership block
+        (the checks of :func:`~engine.storage.snapshot.decode_snapshot`, reading a file in
+        1 MiB pieces), and the header's index and term equal the announced ones.  Returns the
+        snapshot's meta.  Idempotent once it succeeded.
+
+        Raises:
+            CorruptSnapshotError: anything does not match; the incoming snapshot was deleted.
+            StorageError: it could not be read back; it was deleted.
+            ValueError: already committed or aborted.
+        """
+        ...
+
+    def read(self) -> tuple[bytes, bytes]:
+        """``(encoded, data)`` of a finished incoming snapshot: its encoded bytes (what a leader
+        streams to followers) and the state machine data in them, read back in one piece.
+
+        Raises:
+            StorageError: it could not be read.
+            ValueError: not finished (or already committed or aborted).
+        """
+        ...
+
+    def abort(self) -> None:
+        """Delete it (unfinished or finished, not committed).  Idempotent; a no-op after
+        commit."""
+        ...
+
+
+@runtime_checkable
 class SnapshotStore(Protocol):
     """Keeps the newest snapshots of the state machine (format: :mod:`engine.storage.snapshot`).
 
@@ -152,6 +221,23 @@ class SnapshotStore(Protocol):
     ``data_dir=None``; survives a node restart when the same object is passed again) and
     :class:`~engine.storage.snapshot.FileSnapshotStore` (``<data dir>/snapshots``, see
     :func:`engine.storage.open.open_snapshot_store`).
+
+    Two ways in: :meth:`save` (a snapshot this node took) and the incoming-snapshot protocol
+    for one received from the leader in InstallSnapshot chunks, which never holds the whole
+    snapshot in memory before it is verified::
+
+        incoming = store.begin_incoming(index, term, total)   # a temporary file
+        incoming.write(chunk) ...                             # each chunk, in order
+        meta = incoming.finish()                              # CRC etc.; CorruptSnapshotError
+        encoded, data = incoming.read()                       # for the state machine
+        store.commit_incoming(incoming)                       # fsync, rename: now latest()
+        # or, at any point before the commit: incoming.abort()
+
+    Threading in the runtime (:class:`~engine.runtime.node.RaftNode`): the store is shared by
+    the snapshot thread (``save``), the storage thread (``commit_incoming``), the loop thread
+    (``begin_incoming``) and ``start()`` (``latest``); the node serializes these calls with a
+    lock of its own, so an implementation needs none for them.  The :class:`IncomingSnapshot`
+    objects are used by one thread at a time (see there).
     """
 
     def save(self, meta: SnapshotMeta, data: bytes) -> None:
@@ -165,12 +251,34 @@ class SnapshotStore(Protocol):
         ...
 
     def save_encoded(self, buf: bytes | bytearray | memoryview) -> SnapshotMeta:
-        """Check bytes in the encoded format (e.g. a follower's joined InstallSnapshot chunks),
-        then store them as :meth:`save` does; returns their meta.
+        """Check bytes in the encoded format (e.g. a snapshot file copied from another node),
+        then store them as :meth:`save` does; returns their meta.  (A follower receiving
+        InstallSnapshot chunks uses :meth:`begin_incoming` instead.)
 
         Raises:
             CorruptSnapshotError: the bytes are not a valid snapshot; nothing was stored.
             StorageError: the write failed, as in :meth:`save`.
+        """
+        ...
+
+    def begin_incoming(self, index: Index, term: Term, total: int) -> IncomingSnapshot:
+        """Start receiving the encoded snapshot the leader announced as ``index``/``term``,
+        ``total`` bytes long, into a new temporary place of this store (nothing else changes).
+
+        Raises:
+            ValueError: ``index``, ``term`` or ``total`` is not an int >= 0.
+            StorageError: the temporary file cannot be created, or the store is closed.
+        """
+        ...
+
+    def commit_incoming(self, incoming: IncomingSnapshot) -> None:
+        """Make a finished incoming snapshot of this store a regular one, as :meth:`save` does
+        (durable when this returns, if fsync is on; older ones pruned).  It is then used up.
+
+        Raises:
+            ValueError: ``incoming`` is not a finished incoming snapshot of this store.
+            StorageError: the flush or rename failed; the incoming snapshot was deleted and the
+                previously saved snapshots are unchanged.
         """
         ...
 

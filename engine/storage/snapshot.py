@@ -4,8 +4,20 @@ A snapshot is the state machine's bytes at a log index, plus the index, the term
 that index and the cluster configuration there (:class:`SnapshotMeta`, defined in
 :mod:`engine.types` and re-exported here with the :class:`SnapshotStore` protocol).  The
 encoded form (:func:`encode_snapshot` / :func:`decode_snapshot`) is at once the file on disk and
-what a leader streams to a follower in InstallSnapshot chunks: the follower joins the chunks and
-hands them to ``save_encoded``, which checks them before storing them unchanged.
+what a leader streams to a follower in InstallSnapshot chunks.
+
+Receiving a snapshot (the incoming-snapshot protocol of :class:`SnapshotStore`, objects of the
+:class:`IncomingSnapshot` protocol): the follower's store hands out an incoming snapshot
+(``begin_incoming(index, term, total)``) that the chunks are appended to as they arrive -- a
+temporary file in the store's directory for :class:`FileSnapshotStore`, a bytearray for
+:class:`MemorySnapshotStore` -- so the whole snapshot is never buffered in memory before it is
+verified.  ``finish()`` checks it exactly as a stored file is checked (streamed in 1 MiB reads:
+length, header, CRC32C, membership block, and the index and term the leader announced) and
+deletes it when anything is wrong (CorruptSnapshotError); ``read()`` gives back the verified
+bytes; ``commit_incoming()`` flushes it and renames it into place as a regular snapshot file
+(then fsyncs the directory and prunes, as ``save`` does); ``abort()`` deletes it.  In the runtime
+the loop thread writes, finishes, reads and aborts, and the storage thread commits (see
+:mod:`engine.runtime.snapshots` and ``RaftNode``).
 
 Format (little-endian, all integers unsigned)::
 
@@ -35,6 +47,9 @@ Files of :class:`FileSnapshotStore`, in its own directory (``<data dir>/snapshot
 
     snapshot-<term:016x>-<index:016x>.snap   one snapshot each
     snapshot-*.tmp                           a save in progress; deleted when the store opens
+    snapshot-incoming-<term>-<index>-*.tmp   a snapshot being received from the leader (not
+                                             committed or aborted yet); deleted when the store
+                                             opens, like any ``snapshot-*.tmp``
 
 "Newest" means the highest ``(index, term)``: snapshots of one history only move forward, and a
 higher index is a later state.
@@ -55,13 +70,16 @@ from typing import BinaryIO
 from engine import codec
 from engine.errors import StorageError
 from engine.membership import Membership
-from engine.storage.base import SnapshotStore
+from engine.storage.base import IncomingSnapshot, SnapshotStore
 from engine.storage.filestore import _pwrite_all, storage_error
 from engine.types import SnapshotMeta
 
 __all__ = [
     "CorruptSnapshotError",
+    "FileIncomingSnapshot",
     "FileSnapshotStore",
+    "IncomingSnapshot",
+    "MemoryIncomingSnapshot",
     "MemorySnapshotStore",
     "SnapshotMeta",
     "SnapshotStore",
@@ -82,6 +100,7 @@ _VOTER_LEN = struct.Struct("<I")
 _U64 = 1 << 64
 _NAME = re.compile(r"^snapshot-([0-9a-f]{16})-([0-9a-f]{16})\.snap$")
 _TMP = re.compile(r"^snapshot-.*\.tmp$")
+INCOMING_PREFIX = "snapshot-incoming-"  # + "<term:016x>-<index:016x>-<random>.tmp"; matches _TMP
 _CHUNK = 1 << 20
 
 
@@ -262,6 +281,198 @@ def _newer(a: SnapshotMeta, b: SnapshotMeta) -> bool:
     return (a.index, a.term) > (b.index, b.term)
 
 
+# --- incoming snapshots ---------------------------------------------------------------------
+
+_WRITING, _FINISHED, _COMMITTED, _ABORTED = "being written", "finished", "committed", "aborted"
+
+
+def _check_incoming_args(index: int, term: int, total: int) -> None:
+    for name, value in (("index", index), ("term", term), ("total", total)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name}={value!r} must be an int >= 0")
+
+
+class _IncomingBase:
+    """What both kinds of :class:`IncomingSnapshot` share: the states (being written ->
+    finished -> committed, or aborted from the first two) and the checks of ``finish``.
+    Subclasses keep the bytes (``_append``, ``_check_bytes``, ``_read_all``, ``_discard``)."""
+
+    def __init__(self, index: int, term: int, total: int) -> None:
+        self.index = index
+        self.term = term
+        self.total = total
+        self._received = 0
+        self._meta: SnapshotMeta | None = None
+        self._state = _WRITING
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} index={self.index} term={self.term} "
+                f"{self._received}/{self.total} bytes, {self._state}>")
+
+    @property
+    def received(self) -> int:
+        """Bytes written so far (the offset the next chunk is written at)."""
+        return self._received
+
+    @property
+    def meta(self) -> SnapshotMeta | None:
+        """The verified meta once :meth:`finish` succeeded, else None."""
+        return self._meta
+
+    @property
+    def state(self) -> str:
+        """``"being written"``, ``"finished"``, ``"committed"`` or ``"aborted"``."""
+        return self._state
+
+    def _require(self, state: str, what: str) -> None:
+        if self._state != state:
+            raise ValueError(f"cannot {what} {self!r}")
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` at offset :attr:`received` (see :class:`IncomingSnapshot`)."""
+        self._require(_WRITING, "write to")
+        view = memoryview(data).cast("B")
+        self._append(view)
+        self._received += len(view)
+
+    def finish(self) -> SnapshotMeta:
+        """Verify the whole (see :class:`IncomingSnapshot`); deletes it when that fails."""
+        if self._state == _FINISHED:
+            assert self._meta is not None
+            return self._meta
+        self._require(_WRITING, "finish")
+        where = self._where()
+        try:
+            if self._received != self.total:
+                raise CorruptSnapshotError(
+                    f"{self._received} bytes received, the leader announced {self.total}", where)
+            meta = self._check_bytes()
+            if (meta.index, meta.term) != (self.index, self.term):
+                raise CorruptSnapshotError(
+                    f"the header says index {meta.index} term {meta.term}, the leader announced "
+                    f"index {self.index} term {self.term}", where)
+        except BaseException:
+            self.abort()
+            raise
+        self._meta = meta
+        self._state = _FINISHED
+        return meta
+
+    def read(self) -> tuple[bytes, bytes]:
+        """``(encoded, data)`` of a finished incoming snapshot (see :class:`IncomingSnapshot`)."""
+        self._require(_FINISHED, "read")
+        encoded = self._read_all()
+        try:
+            _, _, _, _, blen, _ = _check_header(encoded, len(encoded))
+        except CorruptSnapshotError as exc:  # changed since finish(): not by this process
+            raise CorruptSnapshotError(exc.reason, self._where()) from None
+        return encoded, encoded[SNAPSHOT_HEADER_SIZE + blen:]
+
+    def abort(self) -> None:
+        """Delete it unless committed.  Idempotent."""
+        if self._state in (_WRITING, _FINISHED):
+            self._state = _ABORTED
+            self._discard()
+
+    # --- for the subclasses and their stores ---
+
+    def _where(self) -> str | None:
+        return None
+
+    def _append(self, view: memoryview) -> None:
+        raise NotImplementedError
+
+    def _check_bytes(self) -> SnapshotMeta:
+        raise NotImplementedError
+
+    def _read_all(self) -> bytes:
+        raise NotImplementedError
+
+    def _discard(self) -> None:
+        raise NotImplementedError
+
+
+class MemoryIncomingSnapshot(_IncomingBase):
+    """An :class:`IncomingSnapshot` of a :class:`MemorySnapshotStore`: a bytearray."""
+
+    def __init__(self, store: MemorySnapshotStore, index: int, term: int, total: int) -> None:
+        super().__init__(index, term, total)
+        self._store = store
+        self._buffer = bytearray()
+
+    def _append(self, view: memoryview) -> None:
+        self._buffer += view
+
+    def _check_bytes(self) -> SnapshotMeta:
+        meta, _ = _verify(memoryview(self._buffer))
+        return meta
+
+    def _read_all(self) -> bytes:
+        return bytes(self._buffer)
+
+    def _discard(self) -> None:
+        self._buffer = bytearray()  # rebound, not cleared: a memoryview may still be alive
+
+    def _take_data(self) -> bytes:
+        """The state machine data, once, for the store's commit."""
+        view = memoryview(self._buffer)
+        _, _, _, _, blen, _ = _check_header(view, len(view))
+        data = bytes(view[SNAPSHOT_HEADER_SIZE + blen:])
+        self._state = _COMMITTED
+        self._buffer = bytearray()
+        return data
+
+
+class FileIncomingSnapshot(_IncomingBase):
+    """An :class:`IncomingSnapshot` of a :class:`FileSnapshotStore`: the temporary file
+    :attr:`path` (``snapshot-incoming-<term:016x>-<index:016x>-<random>.tmp`` in the store's
+    directory).  Each write opens the file, writes at offset :attr:`received` and closes it, so
+    nothing stays open between calls."""
+
+    def __init__(self, store: FileSnapshotStore, path: str, index: int, term: int,
+                 total: int) -> None:
+        super().__init__(index, term, total)
+        self._store = store
+        self.path = path
+
+    def _where(self) -> str:
+        return self.path
+
+    def _append(self, view: memoryview) -> None:
+        self._store._check_open()
+        try:
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                _pwrite_all(fd, view, self._received)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot write to {self.path}") from exc
+
+    def _check_bytes(self) -> SnapshotMeta:
+        try:
+            with open(self.path, "rb") as f:  # _check_file turns its own OSErrors into
+                meta, _ = FileSnapshotStore._check_file(f, self.path, whole=False)  # StorageError
+        except OSError as exc:
+            raise storage_error(exc, f"cannot open {self.path}") from exc
+        return meta
+
+    def _read_all(self) -> bytes:
+        try:
+            with open(self.path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise storage_error(exc, f"cannot read {self.path}") from exc
+
+    def _discard(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # left for the next open of the store to delete
+            logger.warning("cannot remove the incoming snapshot file %s: %s", self.path, exc)
+
+
 # --- stores ---------------------------------------------------------------------------------
 
 
@@ -271,7 +482,8 @@ class MemorySnapshotStore:
     Keeps only the newest snapshot.  Like the memory log store it models a disk whose writes are
     durable at once, and :meth:`close` keeps the snapshot, so a node restarted with the same
     object (as ``LocalCluster`` does with its memory stores) finds it.  Every method takes one
-    lock, so any thread may call it.
+    lock, so any thread may call it.  An incoming snapshot (:meth:`begin_incoming`) is a
+    bytearray of its own until :meth:`commit_incoming` stores its data.
     """
 
     def __init__(self) -> None:
@@ -306,6 +518,29 @@ class MemorySnapshotStore:
         self._put(meta, data)
         return meta
 
+    def begin_incoming(self, index: int, term: int, total: int) -> MemoryIncomingSnapshot:
+        """Start receiving a snapshot from the leader into a bytearray (see
+        :class:`~engine.storage.base.SnapshotStore`).
+
+        Raises:
+            ValueError: ``index``, ``term`` or ``total`` is not an int >= 0.
+        """
+        _check_incoming_args(index, term, total)
+        return MemoryIncomingSnapshot(self, index, term, total)
+
+    def commit_incoming(self, incoming: IncomingSnapshot) -> None:
+        """Store a finished incoming snapshot of this store, as :meth:`save` does.
+
+        Raises:
+            ValueError: not a finished incoming snapshot of this store.
+        """
+        if not isinstance(incoming, MemoryIncomingSnapshot) or incoming._store is not self:
+            raise ValueError(f"{incoming!r} is not an incoming snapshot of this store")
+        incoming._require(_FINISHED, "commit")
+        meta = incoming.meta
+        assert meta is not None
+        self._put(meta, incoming._take_data())
+
     def latest(self) -> tuple[SnapshotMeta, bytes] | None:
         """The newest snapshot, or None."""
         with self._lock:
@@ -332,6 +567,13 @@ class FileSnapshotStore:
     ``fsync=False`` nothing is flushed.  Leftover temporary files are deleted when the store
     opens.
 
+    A snapshot received from the leader is written to its own temporary file
+    (:meth:`begin_incoming`, ``snapshot-incoming-*.tmp``; not flushed while it is written),
+    verified from that file (``finish``), and made a regular snapshot by
+    :meth:`commit_incoming` exactly as :meth:`save` finishes its own temporary file (fsync,
+    rename, directory fsync, prune).  The scan for snapshots only matches ``*.snap`` names, so
+    incoming files are never read, streamed or pruned as snapshots.
+
     ``latest`` reads newest first and skips, with a logged warning, a file that fails any
     check (CRC, length, header, membership block, or a header that disagrees with the file
     name), so a damaged newest snapshot falls back to the one before.  That older snapshot
@@ -340,9 +582,10 @@ class FileSnapshotStore:
     snapshot from the leader.  Corrupt files are left in place (for inspection) until pruned
     by later saves.
 
-    Threading: saves are serialized by a lock; reads take no lock and work on an open file
-    descriptor, so a prune during a read (or during streaming from :meth:`open_latest`) does not
-    disturb it.
+    Threading: saves and commits are serialized by a lock; reads take no lock and work on an
+    open file descriptor, so a prune during a read (or during streaming from
+    :meth:`open_latest`) does not disturb it.  ``begin_incoming`` takes no lock (each incoming
+    file has a fresh name); an incoming snapshot is used by one thread at a time.
 
     Raises (constructor):
         ValueError: ``keep < 1``.
@@ -399,35 +642,41 @@ class FileSnapshotStore:
         """Store the encoded snapshot given in pieces under its name, then prune."""
         with self._lock:
             self._check_open()
-            final = os.path.join(self.directory, snapshot_file_name(meta))
             try:
                 fd, tmp = tempfile.mkstemp(prefix="snapshot-", suffix=".tmp", dir=self.directory)
             except OSError as exc:
                 raise storage_error(exc, f"cannot create a snapshot file in {self.directory}"
                                     ) from exc
+            self._install(tmp, meta, fd, parts)
+
+    def _install(self, tmp: str, meta: SnapshotMeta, fd: int, parts: list) -> None:
+        """With the lock held: write ``parts`` (maybe none) to the temporary file ``tmp`` open
+        as ``fd``, flush and close it, rename it to the snapshot's name, flush the directory,
+        prune.  On failure ``tmp`` is deleted (``fd`` is always closed)."""
+        final = os.path.join(self.directory, snapshot_file_name(meta))
+        try:
             try:
-                try:
-                    at = 0
-                    for part in parts:
-                        _pwrite_all(fd, part, at)
-                        at += len(part)
-                    if self._fsync:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, final)
+                at = 0
+                for part in parts:
+                    _pwrite_all(fd, part, at)
+                    at += len(part)
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise storage_error(exc, f"cannot save snapshot {final}") from exc
+        if self._fsync:
+            try:
+                os.fsync(self._dirfd)
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise storage_error(exc, f"cannot save snapshot {final}") from exc
-            if self._fsync:
-                try:
-                    os.fsync(self._dirfd)
-                except OSError as exc:
-                    raise storage_error(
-                        exc, f"fsync of {self.directory} after saving {final} (it may not be "
-                        "durable)") from exc
-            self._prune(meta)
+                raise storage_error(
+                    exc, f"fsync of {self.directory} after saving {final} (it may not be "
+                    "durable)") from exc
+        self._prune(meta)
 
     def _prune(self, saved: SnapshotMeta) -> None:
         candidates = self._candidates()
@@ -537,6 +786,53 @@ class FileSnapshotStore:
         meta, _ = _verify(view)
         self._write(meta, [view])
         return meta
+
+    def begin_incoming(self, index: int, term: int, total: int) -> FileIncomingSnapshot:
+        """Start receiving a snapshot from the leader into a new temporary file of this
+        directory (see :class:`~engine.storage.base.SnapshotStore`).  It is not flushed until
+        :meth:`commit_incoming`; a leftover one is deleted when the store opens.
+
+        Raises:
+            ValueError: ``index``, ``term`` or ``total`` is not an int >= 0.
+            StorageError: the file cannot be created, or the store is closed.
+        """
+        _check_incoming_args(index, term, total)
+        self._check_open()
+        try:
+            fd, path = tempfile.mkstemp(prefix=f"{INCOMING_PREFIX}{term:016x}-{index:016x}-",
+                                        suffix=".tmp", dir=self.directory)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot create an incoming snapshot file in "
+                                f"{self.directory}") from exc
+        os.close(fd)
+        return FileIncomingSnapshot(self, path, index, term, total)
+
+    def commit_incoming(self, incoming: IncomingSnapshot) -> None:
+        """Make a finished incoming snapshot of this store a regular snapshot file: fsync it,
+        rename it to its name, fsync the directory, prune (as :meth:`save`).
+
+        Raises:
+            ValueError: not a finished incoming snapshot of this store.
+            StorageError: the flush or rename failed, or the store is closed; the incoming
+                file was deleted and the previous snapshots are untouched.
+        """
+        if not isinstance(incoming, FileIncomingSnapshot) or incoming._store is not self:
+            raise ValueError(f"{incoming!r} is not an incoming snapshot of this store")
+        incoming._require(_FINISHED, "commit")
+        meta = incoming.meta
+        assert meta is not None
+        try:
+            with self._lock:
+                self._check_open()
+                try:
+                    fd = os.open(incoming.path, os.O_RDONLY)
+                except OSError as exc:
+                    raise storage_error(exc, f"cannot open {incoming.path}") from exc
+                self._install(incoming.path, meta, fd, [])
+        except BaseException:
+            incoming.abort()  # (the file is gone already if the rename happened)
+            raise
+        incoming._state = _COMMITTED
 
     def latest(self) -> tuple[SnapshotMeta, bytes] | None:
         """The newest valid snapshot and its data, or None when there is none.

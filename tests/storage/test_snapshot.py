@@ -3,8 +3,9 @@
 Round trips (of full configurations: joint, learners, addresses), "newest wins", pruning,
 corrupt files skipped with a warning (never wrong data), version-1 files (a voters block instead
 of the membership block) still read, leftover temp files, full disks (tmpfs, RLIMIT_FSIZE,
-monkeypatched ``os``), and a property test that decoding random or damaged bytes raises only
-CorruptSnapshotError.
+monkeypatched ``os``), a property test that decoding random or damaged bytes raises only
+CorruptSnapshotError, and incoming snapshots (InstallSnapshot chunks written to a temporary file
+or bytearray, verified at finish, committed or aborted).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from engine import codec
 from engine.errors import StorageError
 from engine.membership import Membership
 from engine.storage import snapshot as snapmod
-from engine.storage.base import SnapshotStore
+from engine.storage.base import IncomingSnapshot, SnapshotStore
 from engine.storage.open import open_snapshot_store
 from engine.storage.snapshot import (
     SNAPSHOT_HEADER_SIZE,
@@ -642,3 +643,281 @@ def test_rlimit_fsize(tmp_path):
     assert report["index"] == 10 and report["ok"]
     assert _no_temp_files(tmp_path)
     assert snap_files(tmp_path) == [snapshot_file_name(SnapshotMeta(10, 1, ("a",)))]
+
+
+# --- incoming snapshots (InstallSnapshot chunks written as they arrive) ---------------------
+
+
+def chunks(buf: bytes, size: int = 1000) -> list[bytes]:
+    return [buf[at:at + size] for at in range(0, len(buf), size)]
+
+
+def incoming_files(directory: Path) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.startswith(snapmod.INCOMING_PREFIX))
+
+
+def receive(store, buf: bytes, meta: SnapshotMeta = META, size: int = 1000,
+            total: int | None = None):
+    """An incoming snapshot of ``store`` with all of ``buf`` written, not finished."""
+    incoming = store.begin_incoming(meta.index, meta.term, len(buf) if total is None else total)
+    for chunk in chunks(buf, size):
+        incoming.write(chunk)
+    return incoming
+
+
+def test_incoming_happy_path(store_factory):
+    """Chunks appended in order, verified, read back, committed: then it is the latest."""
+    store = store_factory()
+    store.save(meta_at(10), data_at(10))
+    buf = encode_snapshot(META, DATA)
+    incoming = store.begin_incoming(META.index, META.term, len(buf))
+    assert isinstance(incoming, IncomingSnapshot)
+    assert (incoming.index, incoming.term, incoming.total, incoming.received) == (
+        META.index, META.term, len(buf), 0)
+    if store_factory.impl == "file":
+        directory = Path(store.directory)
+        assert incoming_files(directory) == [os.path.basename(incoming.path)]
+        assert incoming.path.startswith(str(directory / "snapshot-incoming-0000000000000007-"))
+    for k, chunk in enumerate(chunks(buf)):
+        incoming.write(memoryview(chunk) if k % 2 else chunk)
+        assert incoming.received == min(len(buf), (k + 1) * 1000)
+        if store_factory.impl == "file":
+            assert Path(incoming.path).stat().st_size == incoming.received
+    assert store.latest() == (meta_at(10), data_at(10))  # not a snapshot of the store yet
+    assert incoming.finish() == META
+    assert incoming.finish() == META  # idempotent
+    assert incoming.read() == (buf, DATA)
+    with pytest.raises(ValueError):
+        incoming.write(b"more")
+    store.commit_incoming(incoming)
+    assert incoming.state == "committed"
+    assert store.latest() == (META, DATA)
+    incoming.abort()  # a no-op once committed
+    assert store.latest() == (META, DATA)
+    with pytest.raises(ValueError):
+        store.commit_incoming(incoming)
+    if store_factory.impl == "file":
+        assert incoming_files(directory) == []
+        assert snap_files(directory) == sorted([snapshot_file_name(meta_at(10)),
+                                                snapshot_file_name(META)])
+        assert (directory / snapshot_file_name(META)).read_bytes() == buf
+    again = store_factory()
+    assert again.latest() == (META, DATA)
+
+
+def _flipped(buf: bytes, at: int) -> bytes:
+    return buf[:at] + bytes([buf[at] ^ 0x10]) + buf[at + 1:]
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (lambda buf, meta: (_flipped(buf, len(buf) // 2), meta), "CRC mismatch"),
+    (lambda buf, meta: (_flipped(buf, 20), meta), "CRC mismatch"),  # in the header's index
+    (lambda buf, meta: (buf[:-5], meta), "bytes, but the header"),
+    (lambda buf, meta: (buf[:30], meta), "shorter than the 44-byte header"),
+    (lambda buf, meta: (buf, meta_at(meta.index + 1, meta.term)), "the leader announced"),
+    (lambda buf, meta: (buf, meta_at(meta.index, meta.term + 1)), "the leader announced"),
+])
+def test_incoming_corruption_is_detected_at_finish(store_factory, damage, reason):
+    """A damaged chunk (or a header that disagrees with what the leader announced) fails
+    finish() with CorruptSnapshotError, and the incoming snapshot is gone."""
+    store = store_factory()
+    store.save(meta_at(10), data_at(10))
+    buf, announced = damage(encode_snapshot(META, DATA), META)
+    incoming = receive(store, buf, announced)
+    with pytest.raises(CorruptSnapshotError, match=reason) as info:
+        incoming.finish()
+    assert incoming.state == "aborted"
+    if store_factory.impl == "file":
+        assert incoming.path in str(info.value)
+        assert incoming_files(Path(store.directory)) == []
+    for call in (incoming.finish, incoming.read, lambda: store.commit_incoming(incoming)):
+        with pytest.raises(ValueError):
+            call()
+    incoming.abort()  # idempotent
+    assert store.latest() == (meta_at(10), data_at(10))
+
+
+def test_incoming_size_must_match_the_announced_total(store_factory):
+    store = store_factory()
+    buf = encode_snapshot(META, DATA)
+    incoming = store.begin_incoming(META.index, META.term, len(buf) + 1)
+    incoming.write(buf)
+    with pytest.raises(CorruptSnapshotError, match="received, the leader announced"):
+        incoming.finish()
+    assert store.latest() is None
+
+
+@pytest.mark.parametrize("when", ["writing", "finished"])
+def test_incoming_abort_removes_it(store_factory, when):
+    store = store_factory()
+    buf = encode_snapshot(META, DATA)
+    incoming = receive(store, buf if when == "finished" else buf[:2500], total=len(buf))
+    if when == "finished":
+        incoming.finish()
+    if store_factory.impl == "file":
+        assert os.path.exists(incoming.path)
+    incoming.abort()
+    incoming.abort()
+    assert incoming.state == "aborted"
+    if store_factory.impl == "file":
+        assert not os.path.exists(incoming.path)
+        assert os.listdir(store.directory) == []
+    with pytest.raises(ValueError):
+        incoming.write(b"x")
+    with pytest.raises(ValueError):
+        store.commit_incoming(incoming)
+    assert store.latest() is None
+
+
+def test_incoming_keeps_no_file_open(tmp_path):
+    """Between calls an incoming snapshot holds no file descriptor (a node that crashes or is
+    dropped mid-transfer leaks none)."""
+    store = FileSnapshotStore(str(tmp_path), fsync=True)
+    buf = encode_snapshot(META, DATA)
+    before = len(os.listdir("/proc/self/fd"))
+    incoming = store.begin_incoming(META.index, META.term, len(buf))
+    for chunk in chunks(buf):
+        incoming.write(chunk)
+        assert len(os.listdir("/proc/self/fd")) == before
+    incoming.finish()
+    incoming.read()
+    assert len(os.listdir("/proc/self/fd")) == before
+    store.commit_incoming(incoming)
+    assert len(os.listdir("/proc/self/fd")) == before
+    store.close()
+
+
+def test_stale_incoming_files_are_removed_at_open(tmp_path):
+    """An incoming file left by a crash (unfinished or finished, never committed) is not a
+    snapshot: latest() ignores it, and the next open of the store deletes it."""
+    store = FileSnapshotStore(str(tmp_path), fsync=False)
+    store.save(meta_at(10), data_at(10))
+    newer = encode_snapshot(meta_at(20), data_at(20))
+    half = receive(store, newer[:100], meta_at(20), total=len(newer))
+    whole = receive(store, newer, meta_at(20))
+    whole.finish()
+    assert len(incoming_files(tmp_path)) == 2
+    assert store.latest() == (meta_at(10), data_at(10))
+    meta, stream = store.open_latest()
+    stream.close()
+    assert meta == meta_at(10)
+    store.save(meta_at(11), data_at(11))  # pruning leaves them alone
+    store.save(meta_at(12), data_at(12))
+    assert len(incoming_files(tmp_path)) == 2
+    del half, whole  # the process "crashed": nobody aborts them
+    store.close()
+    store = FileSnapshotStore(str(tmp_path), fsync=False)
+    assert incoming_files(tmp_path) == []
+    assert snap_files(tmp_path) == [snapshot_file_name(meta_at(11)),
+                                    snapshot_file_name(meta_at(12))]
+    assert store.latest() == (meta_at(12), data_at(12))
+    store.close()
+
+
+def test_commit_incoming_makes_it_latest_and_prunes(tmp_path):
+    store = FileSnapshotStore(str(tmp_path), fsync=True, keep=2)
+    for index in (10, 20):
+        store.save(meta_at(index), data_at(index))
+    incoming = receive(store, encode_snapshot(meta_at(30, 2), data_at(30)), meta_at(30, 2))
+    incoming.finish()
+    store.commit_incoming(incoming)
+    assert snap_files(tmp_path) == [snapshot_file_name(meta_at(20)),
+                                    snapshot_file_name(meta_at(30, 2))]
+    assert sorted(os.listdir(tmp_path)) == snap_files(tmp_path)  # no temporary file left
+    assert store.latest() == (meta_at(30, 2), data_at(30))
+    store.close()
+    reopened = FileSnapshotStore(str(tmp_path))
+    assert reopened.latest() == (meta_at(30, 2), data_at(30))
+    reopened.close()
+
+
+def test_commit_incoming_refuses_others(store_factory, tmp_path):
+    """Only a finished incoming snapshot of the same store can be committed."""
+    store = store_factory()
+    other = MemorySnapshotStore() if store_factory.impl == "file" else FileSnapshotStore(
+        str(tmp_path / "other"), fsync=False)
+    buf = encode_snapshot(META, DATA)
+    foreign = receive(other, buf)
+    foreign.finish()
+    with pytest.raises(ValueError, match="not an incoming snapshot of this store"):
+        store.commit_incoming(foreign)
+    unfinished = receive(store, buf)
+    with pytest.raises(ValueError, match="commit"):
+        store.commit_incoming(unfinished)
+    unfinished.abort()
+    foreign.abort()
+    other.close()
+    assert store.latest() is None
+
+
+@pytest.mark.parametrize(("index", "term", "total"), [(-1, 1, 10), (1, True, 10), (1, 1, 2.0)])
+def test_begin_incoming_checks_its_arguments(store_factory, index, term, total):
+    with pytest.raises(ValueError):
+        store_factory().begin_incoming(index, term, total)
+
+
+def test_closed_file_store_refuses_incoming(tmp_path):
+    store = FileSnapshotStore(str(tmp_path), fsync=False)
+    buf = encode_snapshot(META, DATA)
+    incoming = receive(store, buf[:1000], total=len(buf))
+    finished = receive(store, buf)
+    finished.finish()
+    store.close()
+    with pytest.raises(StorageError, match="closed"):
+        store.begin_incoming(1, 1, 100)
+    with pytest.raises(StorageError, match="closed"):
+        incoming.write(buf[1000:])
+    with pytest.raises(StorageError, match="closed"):
+        store.commit_incoming(finished)
+    assert finished.state == "aborted"
+    incoming.abort()
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_incoming_write_keeps_the_offset(tmp_path, monkeypatch):
+    """A chunk that does not fit (disk full) raises StorageError with errno; received does not
+    move, so the same chunk can be written again once there is space."""
+    from engine.storage import filestore
+
+    store = FileSnapshotStore(str(tmp_path), fsync=False)
+    buf = encode_snapshot(META, DATA)
+    incoming = store.begin_incoming(META.index, META.term, len(buf))
+    incoming.write(buf[:2000])
+    real = os.pwrite
+
+    def full(fd, data, offset):
+        real(fd, bytes(data[: len(data) // 2]), offset)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(filestore.os, "pwrite", full)
+    with pytest.raises(StorageError) as info:
+        incoming.write(buf[2000:3000])
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC
+    assert incoming.received == 2000
+    incoming.write(buf[2000:])
+    assert incoming.finish() == META
+    assert incoming.read() == (buf, DATA)
+    incoming.abort()
+    store.close()
+
+
+@pytest.mark.parametrize("call", ["fsync", "replace"])
+def test_failed_commit_deletes_the_incoming_file(tmp_path, monkeypatch, call):
+    store = FileSnapshotStore(str(tmp_path), fsync=True)
+    store.save(meta_at(10), data_at(10))
+    incoming = receive(store, encode_snapshot(meta_at(20), data_at(20)), meta_at(20))
+    incoming.finish()
+
+    def failing(*args, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(snapmod.os, call, failing)
+    with pytest.raises(StorageError) as info:
+        store.commit_incoming(incoming)
+    monkeypatch.undo()
+    assert info.value.errno == errno.EIO
+    assert incoming.state == "aborted"
+    assert _no_temp_files(tmp_path)
+    assert store.latest() == (meta_at(10), data_at(10))
+    store.close()
