@@ -6,7 +6,10 @@
         --data-dir /var/lib/kv/n1 --client 127.0.0.1:6401 \\
         --clients n1=127.0.0.1:6401,n2=127.0.0.1:6402,n3=127.0.0.1:6403
     raft-engine cluster --nodes 3            # three such nodes as local subprocesses
-    raft-engine status 127.0.0.1:6401        # role, term, leader, commit and apply indexes
+    raft-engine status 127.0.0.1:6401        # role, term, leader, indexes, voters, learners
+    raft-engine node --id n4 --join ...      # a new node (--peers: the members and itself)
+    raft-engine member 127.0.0.1:6401 add n4 127.0.0.1:7004   # on the leader: n4 as a learner
+    raft-engine member 127.0.0.1:6401 promote n4              # then a voter (or: remove n4)
 
 ``node`` reads the same settings from a TOML file (``--config node.toml``, keys as the long
 flags with ``_`` or ``-``, e.g. ``election_timeout_min = 0.3``, ``fsync = false``,
@@ -100,6 +103,7 @@ _NODE_SETTINGS: dict[str, Callable[[Any], Any]] = {
     "max_batch_entries": int,
     "max_inflight": int,
     "fsync": bool,
+    "join": bool,
     "log_level": str,
 }
 """Every flag of ``node`` (TOML key = flag name with ``_``), with the type it must have."""
@@ -237,7 +241,7 @@ def run_node(settings: Mapping[str, Any]) -> int:
     try:
         transport = None if secret is None else TcpTransport(node_id, peers, secret=secret)
         node = RaftNode(node_id, peers, KVMachine(), config=config, data_dir=data_dir,
-                        transport=transport)
+                        transport=transport, join=bool(settings.get("join", False)))
         server = KVServer(node, settings["client"], client_addresses=settings.get("clients"))
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
@@ -280,9 +284,21 @@ def fetch_status(address: str, timeout: float = 2.0) -> dict[str, Any]:
         OSError: unreachable, timed out or closed before answering.
         RaftError: the node answered with an error or something that is not a status.
     """
-    host, port = parse_address("status", address)
+    return _json_request(address, [b"RAFT.STATUS"], timeout, "a status")
+
+
+def _json_request(address: str, command: list[bytes], timeout: float,
+                  what: str) -> dict[str, Any]:
+    """Send one RESP command to a node's client address; its reply must be a JSON object.
+
+    Raises:
+        ConfigError: ``address`` is not ``host:port``.
+        OSError: unreachable, timed out or closed before answering.
+        RaftError: the node answered with an error or something that is not ``what``.
+    """
+    host, port = parse_address("address", address)
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(encode([b"RAFT.STATUS"]))
+        sock.sendall(encode(command))
         buf = b""
         deadline = time.monotonic() + timeout
         while (parsed := parse_reply(buf)) is None:
@@ -295,11 +311,37 @@ def fetch_status(address: str, timeout: float = 2.0) -> dict[str, Any]:
     if isinstance(reply, Error):
         raise RaftError(f"{address} answered -{reply}")
     if not isinstance(reply, bytes):
-        raise RaftError(f"{address} answered {reply!r}, not a status")
-    status = orjson.loads(reply)
-    if not isinstance(status, dict):
-        raise RaftError(f"{address} answered {reply!r}, not a status")
-    return status
+        raise RaftError(f"{address} answered {reply!r}, not {what}")
+    result = orjson.loads(reply)
+    if not isinstance(result, dict):
+        raise RaftError(f"{address} answered {reply!r}, not {what}")
+    return result
+
+
+def run_member(address: str, action: str, node_id: str, raft_address: str | None, *,
+               timeout: float) -> int:
+    """``raft-engine member``: ask the leader serving clients at ``address`` to add, promote or
+    remove a node; prints the new configuration.  1 when it failed."""
+    command = [b"RAFT.MEMBER", action.encode(), node_id.encode()]
+    if action == "add":
+        if raft_address is None:
+            raise UsageError("member add needs the new node's raft address (HOST:PORT)")
+        try:
+            parse_address(node_id, raft_address)
+        except ConfigError as exc:
+            raise UsageError(f"RAFT_HOST:PORT: {exc}") from None
+        command.append(raft_address.encode())
+    elif raft_address is not None:
+        raise UsageError(f"member {action} takes only the node id")
+    try:
+        result = _json_request(address, command, timeout, "a configuration")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except (OSError, RaftError, orjson.JSONDecodeError) as exc:
+        print(f"{PROG} member: {action} {node_id} failed: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(result).decode())
+    return 0
 
 
 def format_status(status: Mapping[str, Any]) -> str:
@@ -312,6 +354,9 @@ def format_status(status: Mapping[str, Any]) -> str:
             ("commit index", status.get("commit_index")),
             ("applied index", status.get("last_applied")),
             ("last log index", status.get("last_log_index"))]
+    for key in ("voters", "outgoing", "learners"):
+        if status.get(key):
+            rows.append((key, ", ".join(status[key])))
     if status.get("running") is False:
         rows.append(("running", "no"))
     return "\n".join(f"{name:<15} {value}" for name, value in rows)
@@ -434,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
             ("max-batch-entries", int, "most entries in one AppendEntries"),
             ("max-inflight", int, "AppendEntries in flight per follower")):
         node.add_argument(f"--{name}", type=kind, metavar="N", help=text)
+    node.add_argument("--join", action="store_const", const=True,
+                      help="this node is being added to a running cluster: start with no "
+                           "configuration (then RAFT.MEMBER ADD it on the leader)")
     node.add_argument("--no-fsync", dest="fsync", action="store_const", const=False,
                       help="do not fsync the log (benchmarks; a power cut may lose writes)")
     node.add_argument("--log-level", type=str.upper, metavar="LEVEL",
@@ -460,6 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("address", metavar="HOST:PORT", help="the node's client address")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
+
+    member = sub.add_parser("member", help="add, promote or remove a cluster member",
+                            description="Send RAFT.MEMBER to the leader's client address; "
+                                        "prints the new configuration once committed.")
+    member.add_argument("address", metavar="HOST:PORT", help="the leader's client address")
+    member.add_argument("action", choices=("add", "promote", "remove"))
+    member.add_argument("node_id", metavar="ID")
+    member.add_argument("raft_address", metavar="RAFT_HOST:PORT", nargs="?",
+                        help="for add: the new node's raft (peer) address")
+    member.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
     return parser
 
 
@@ -475,6 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_node(node_settings(args))
         if args.command == "cluster":
             return run_cluster(args)
+        if args.command == "member":
+            return run_member(args.address, args.action, args.node_id, args.raft_address,
+                              timeout=args.timeout)
         return run_status(args.address, as_json=args.json, timeout=args.timeout)
     except UsageError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)

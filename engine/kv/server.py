@@ -23,6 +23,11 @@ arguments``, ``-ERR syntax error``):
 ``-ERR Protocol error: ...``
     malformed input; the server closes that connection (only that one).
 
+Administration: ``RAFT.STATUS`` (JSON, with the configuration), and on the leader
+``RAFT.MEMBER ADD <id> <raft host:port>`` (a learner; start that node with ``--join``),
+``RAFT.MEMBER PROMOTE <id>`` (voter once caught up) and ``RAFT.MEMBER REMOVE <id>``, each
+answering the new configuration as JSON once it is committed.
+
 Clients must speak RESP2: redis-py >= 6 needs ``protocol=2`` (``HELLO 3`` gets ``-NOPROTO``).
 
 Threads: the server runs its own asyncio loop (uvloop when importable) in the thread
@@ -45,7 +50,14 @@ from typing import Any, cast
 
 import orjson
 
-from engine.errors import NodeStopped, NotLeaderError, ProposalDropped, RaftError, ReadTimeout
+from engine.errors import (
+    ConfigError,
+    NodeStopped,
+    NotLeaderError,
+    ProposalDropped,
+    RaftError,
+    ReadTimeout,
+)
 from engine.kv.machine import COMMANDS, KVMachine, Op, arity_ok, check_args, encode_command
 from engine.kv.resp import (
     DEFAULT_MAX_ARRAY,
@@ -57,6 +69,7 @@ from engine.kv.resp import (
     RespParser,
     encode_many,
 )
+from engine.membership import Membership
 from engine.runtime.node import RaftNode
 from engine.transport.tcp import parse_address
 
@@ -68,7 +81,8 @@ _QUIT = object()  # reply placeholder: send what came before, then +OK, then clo
 
 # Connection-level commands (name -> Redis arity); data commands are in machine.COMMANDS.
 _LOCAL_ARITY = {b"ping": -1, b"echo": 2, b"command": -1, b"config": -2, b"select": 2,
-                b"quit": -1, b"hello": -1, b"client": -2, b"raft.status": 1}
+                b"quit": -1, b"hello": -1, b"client": -2, b"raft.status": 1,
+                b"raft.member": -3}
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
@@ -276,7 +290,39 @@ class KVServer:
             "last_applied": status.last_applied,
             "last_log_index": status.last_log_index,
             "running": status.running,
+            **_membership_fields(status.membership),
         })
+
+    def member_command(self, args: list[bytes]) -> object:
+        """RAFT.MEMBER ADD|PROMOTE|REMOVE: a Future of the new configuration as JSON, or an
+        error reply for bad arguments."""
+        sub, rest = args[0].lower(), [a.decode("utf-8", "replace") for a in args[1:]]
+        if sub == b"add" and len(rest) == 2:
+            if not rest[0]:
+                return Error("ERR the node id must not be empty")
+            # The address travels in the configuration to every member's transport, which
+            # would fail on a malformed one: refuse it here, before anything is proposed.
+            try:
+                parse_address(rest[0], rest[1])
+            except ConfigError:
+                return Error(f"ERR invalid raft address '{_text(args[2])}' (want host:port)")
+            future = self._node.add_learner(rest[0], rest[1])
+        elif sub in (b"promote", b"remove") and len(rest) == 1:
+            future = (self._node.promote(rest[0]) if sub == b"promote"
+                      else self._node.remove_member(rest[0]))
+        else:
+            return Error("ERR syntax: RAFT.MEMBER ADD <id> <host:port> | PROMOTE <id> | "
+                         "REMOVE <id>")
+        reply: Future = Future()
+
+        def done(f: Future) -> None:
+            exc = f.exception()
+            if exc is not None:
+                reply.set_exception(exc)
+            else:
+                reply.set_result(orjson.dumps(_membership_fields(f.result())))
+        future.add_done_callback(done)
+        return reply
 
     def local_command(self, name: bytes, args: list[bytes], connection_id: int) -> object:
         """Run a connection-level command (arity already checked); returns its reply."""
@@ -286,6 +332,8 @@ class KVServer:
             return args[0]
         if name == b"raft.status":
             return self.status_json()
+        if name == b"raft.member":
+            return self.member_command(args)
         if name == b"command":
             return []  # no command table: enough for redis-cli and redis-benchmark
         if name == b"config":
@@ -310,6 +358,13 @@ class KVServer:
                 return connection_id
             return Error(f"ERR CLIENT {_text(args[0])} is not supported")
         raise RaftError(f"not a local command: {name!r}")  # _LOCAL_ARITY and this agree
+
+
+def _membership_fields(membership: Membership | None) -> dict[str, Any]:
+    if membership is None:
+        return {}
+    return {"voters": list(membership.voters), "outgoing": list(membership.outgoing),
+            "learners": list(membership.learners)}
 
 
 class _Connection(asyncio.Protocol):

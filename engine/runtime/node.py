@@ -573,6 +573,7 @@ class RaftNode:
             ProposalDropped: leadership was lost before the change completed (a new leader
                 may still complete it: check ``membership``).
             NodeStopped: the node stopped first.
+            ConfigError: an address the transport cannot use (nothing is proposed).
             TypeError / ValueError: at once, for ids that are not non-empty strings.
         """
         voter_set = _id_set(voters, "voters")
@@ -627,6 +628,10 @@ class RaftNode:
             if raw.raft.role.value != "leader":
                 raise NotLeaderError(raw.raft.leader_id)
             current = raw.membership
+            if addresses:
+                check = getattr(self._transport, "check_peers", None)
+                if check is not None:
+                    check(dict(addresses))  # ConfigError: nothing is proposed
             voters, learners = target(current)
             if voters == frozenset(current.voters) and learners == frozenset(current.learners):
                 raise MembershipError(f"{current.describe()} is already the configuration")
@@ -655,7 +660,11 @@ class RaftNode:
             self._address_book = book
             update = getattr(self._transport, "update_peers", None)
             if update is not None:
-                update(book)
+                try:
+                    update(book)
+                except ConfigError as exc:  # checked before proposing; only a foreign entry
+                    logger.error("%s: cannot use the configuration's address book: %s",
+                                 self._id, exc)
 
     @property
     def last_applied(self) -> int:

@@ -94,6 +94,16 @@ class Transport(Protocol):
         """
         ...
 
+    def check_peers(self, peers: Mapping[str, str]) -> object:
+        """Check that ``peers`` is an address book this transport could use, changing nothing
+        (a node checks the addresses of a membership change before proposing it, since every
+        member will hand them to its transport).
+
+        Raises:
+            ConfigError: ``peers`` is not a mapping of str -> str or an address is malformed.
+        """
+        ...
+
     def update_peers(self, peers: Mapping[str, str]) -> None:
         """Replace the address book with ``peers`` (node id -> ``"host:port"``), the full book of
         the node's new effective configuration.

@@ -90,6 +90,14 @@ class MemoryTransport:
         if messages:
             self._network._send(self, messages)
 
+    def check_peers(self, peers: Mapping[str, str]) -> None:
+        """Check an address book without using it (any str address will do here).
+
+        Raises:
+            ConfigError: ``peers`` is not a mapping of non-empty str ids to str addresses.
+        """
+        check_peer_book(peers)
+
     def update_peers(self, peers: Mapping[str, str]) -> None:
         """Accept a new address book; see :meth:`Transport.update_peers`.
 

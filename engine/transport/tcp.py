@@ -701,6 +701,17 @@ class TcpTransport:
                 self._dropped += dropped
         self._wake()
 
+    def check_peers(self, peers: Mapping[str, str]) -> dict[str, tuple[str, int]]:
+        """Check an address book without using it; returns the parsed addresses of the other
+        nodes.  See :meth:`Transport.check_peers`.
+
+        Raises:
+            ConfigError: not a mapping of str -> str, or an address is not ``host:port``.
+        """
+        book = check_peer_book(peers)
+        return {peer: parse_address(peer, address) for peer, address in sorted(book.items())
+                if peer != self.node_id}
+
     def update_peers(self, peers: Mapping[str, str]) -> None:
         """Replace the address book; see :meth:`Transport.update_peers`.  Any thread but the
         transport's own; never blocks on IO (the loop closes and opens connections later).
@@ -717,9 +728,7 @@ class TcpTransport:
             ConfigError: not a mapping of str -> str, or an address is not ``host:port``;
                 nothing was changed.
         """
-        book = check_peer_book(peers)
-        parsed = {peer: parse_address(peer, address) for peer, address in sorted(book.items())
-                  if peer != self.node_id}
+        parsed = self.check_peers(peers)
         with self._book_lock:
             old = self._addresses
             parsed[self.node_id] = old[self.node_id]

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 
@@ -46,6 +47,18 @@ BASE = ["node", "--id", "n1", "--peers", PEERS, "--client", "127.0.0.1:6401"]
     (["launch"], "invalid choice"),
     (["status", "localhost"], "host:port"),
     (["cluster", "--nodes", "0"], "--nodes 0"),
+    ([*BASE, "--join", "yes"], "unrecognized arguments"),
+    (["member", "127.0.0.1:6401"], "the following arguments are required: action, ID"),
+    (["member", "127.0.0.1:6401", "add", "n4"], "member add needs the new node's raft address"),
+    (["member", "127.0.0.1:6401", "add", "n4", "nowhere"], "RAFT_HOST:PORT"),
+    (["member", "127.0.0.1:6401", "promote", "n4", "127.0.0.1:7004"],
+     "member promote takes only the node id"),
+    (["member", "127.0.0.1:6401", "remove", "n4", "127.0.0.1:7004"],
+     "member remove takes only the node id"),
+    (["member", "127.0.0.1:6401", "promote", "n4", "a", "b"], "unrecognized arguments"),
+    (["member", "127.0.0.1:6401", "demote", "n4"], "invalid choice"),
+    (["member", "localhost", "remove", "n4"], "host:port"),
+    (["member", "127.0.0.1:6401", "remove", "n4", "--timeout", "soon"], "invalid float value"),
 ])
 def test_bad_flags_exit_2_with_a_message(argv: list[str], message: str,
                                          capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,12 +106,24 @@ def test_toml_settings_with_flags_overriding(tmp_path: Path) -> None:
     assert (config.tick_interval, config.read_timeout, config.max_inflight) == (0.005, 2.0, 16)
 
 
+def test_join_reaches_the_node_settings(tmp_path: Path) -> None:
+    parser = build_parser()
+    assert "join" not in node_settings(parser.parse_args(BASE))
+    assert node_settings(parser.parse_args([*BASE, "--join"]))["join"] is True
+    config = write(tmp_path / "node.toml", "join = true\n")
+    assert node_settings(parser.parse_args([*BASE, "--config", config]))["join"] is True
+    config = write(tmp_path / "node.toml", "join = false\n")
+    assert node_settings(parser.parse_args([*BASE, "--config", config]))["join"] is False
+    assert node_settings(parser.parse_args([*BASE, "--config", config, "--join"]))["join"] is True
+
+
 @pytest.mark.parametrize("text, message", [
     ("colour = 'blue'", "unknown key 'colour'"),
     ("max_inflight = 'many'", "must be an integer"),
     ("fsync = 1", "must be true or false"),
     ("peers = 7", "must be ID=HOST:PORT"),
     ("id = ", "invalid TOML"),
+    ("join = 'yes'", "join='yes' must be true or false"),
 ])
 def test_bad_toml_exits_2(tmp_path: Path, text: str, message: str,
                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,6 +158,54 @@ def test_format_status_of_an_unknown_leader() -> None:
                           "commit_index": 5, "last_applied": 4, "last_log_index": 6})
     assert "leader          unknown" in text
     assert "applied index   4" in text
+
+
+def test_format_status_shows_the_configuration() -> None:
+    base = {"id": "n1", "role": "leader", "term": 2, "leader_id": "n1", "commit_index": 9,
+            "last_applied": 9, "last_log_index": 9}
+    text = format_status({**base, "voters": ["n1", "n2", "n3"], "outgoing": [],
+                          "learners": ["n4"]})
+    assert "voters          n1, n2, n3" in text.splitlines()
+    assert "learners        n4" in text.splitlines()
+    assert "outgoing" not in text  # only while joint
+    joint = format_status({**base, "voters": ["n1", "n2", "n3", "n4"],
+                           "outgoing": ["n1", "n2", "n3"], "learners": []})
+    assert "voters          n1, n2, n3, n4" in joint.splitlines()
+    assert "outgoing        n1, n2, n3" in joint.splitlines()
+    assert "learners" not in joint
+    assert "voters" not in format_status(base)  # a status without a configuration
+
+
+def test_member_command_against_a_running_node(make_cluster: Callable[..., LocalCluster],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = make_cluster(1, state_machine=KVMachine)
+    leader = cluster.wait_for_leader(timeout=LIVENESS)
+    with KVServer(leader, "127.0.0.1:0") as server:
+        host, port = server.address or ("", 0)
+        address = f"{host}:{port}"
+        # n2 need not run: a learner does not count towards any majority.
+        assert main(["member", address, "add", "n2", "127.0.0.1:7002"]) == 0
+        assert orjson.loads(capsys.readouterr().out) == {
+            "voters": ["n1"], "outgoing": [], "learners": ["n2"]}
+        assert main(["status", address]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert "voters          n1" in out and "learners        n2" in out
+
+        assert main(["member", address, "promote", "n1"]) == 1
+        err = capsys.readouterr().err
+        assert "member: promote n1 failed" in err and "n1 is not a learner" in err
+
+        assert main(["member", address, "remove", "n2"]) == 0
+        assert orjson.loads(capsys.readouterr().out) == {
+            "voters": ["n1"], "outgoing": [], "learners": []}
+        assert main(["status", address]) == 0
+        assert "learners" not in capsys.readouterr().out
+
+
+def test_member_unreachable_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    (port,) = free_ports(1)
+    assert main(["member", f"127.0.0.1:{port}", "remove", "n2", "--timeout", "2"]) == 1
+    assert "member: remove n2 failed" in capsys.readouterr().err
 
 
 # -- processes ---------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ import threading
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
-from engine.cli import fetch_status
+from engine.cli import fetch_status, main
 from engine.errors import RaftError
 
 from .util import LIVENESS, RedirectingClient, free_ports, wait_until
@@ -29,24 +30,31 @@ NODE_FLAGS = ["--heartbeat-interval", "0.05", "--election-timeout-min", "0.3",
 
 
 class NodeProcesses:
-    """Three KV node processes on loopback, each with its own data directory and log file."""
+    """KV node processes on loopback, each with its own data directory and log file: three
+    founders (n1..n3, the bootstrap configuration) and ``joiners`` more to be added later."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, joiners: int = 0) -> None:
         self.root = root
-        self.ids = ["n1", "n2", "n3"]
-        ports = free_ports(6)
-        self.peers = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, ports[:3], strict=True)}
-        self.clients = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, ports[3:], strict=True)}
+        self.ids = [f"n{k}" for k in range(1, 4 + joiners)]
+        self.founders = self.ids[:3]
+        n = len(self.ids)
+        ports = free_ports(2 * n)
+        self.peers = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, ports[:n], strict=True)}
+        self.clients = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, ports[n:], strict=True)}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         (root / "secret").write_text("e2e-secret\n")
 
     def start(self, node_id: str) -> None:
+        """Start a node; a joiner with ``--join`` and peers = the founders and itself."""
+        join = node_id not in self.founders
+        peers = {i: a for i, a in self.peers.items() if i in self.founders or i == node_id}
         log = open(self.root / f"{node_id}.log", "ab")  # noqa: SIM115 - the child owns it
         argv = [sys.executable, "-m", "engine.cli", "node", "--id", node_id,
-                "--peers", ",".join(f"{i}={a}" for i, a in self.peers.items()),
+                "--peers", ",".join(f"{i}={a}" for i, a in peers.items()),
                 "--clients", ",".join(f"{i}={a}" for i, a in self.clients.items()),
                 "--client", self.clients[node_id], "--data-dir", str(self.root / node_id),
-                "--secret-file", str(self.root / "secret"), *NODE_FLAGS]
+                "--secret-file", str(self.root / "secret"), *NODE_FLAGS,
+                *(["--join"] if join else [])]
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
         with log:
@@ -93,8 +101,8 @@ class NodeProcesses:
             raise AssertionError(f"{exc}\n{self.log_tails()}") from None
 
     def converged(self) -> bool:
-        """Every node runs and has applied everything the leader committed."""
-        statuses = [self.status(i) for i in self.ids]
+        """Every founder runs and has applied everything the leader committed."""
+        statuses = [self.status(i) for i in self.founders]
         if not all(statuses):
             return False
         leaders = [s for s in statuses if s and s["role"] == "leader"]
@@ -161,7 +169,7 @@ def test_acknowledged_writes_survive_leader_kills(tmp_path: Path) -> None:
     client = RedirectingClient(list(nodes.clients.values()))
     writer = Writer(client)
     try:
-        for node_id in nodes.ids:
+        for node_id in nodes.founders:
             nodes.start(node_id)
         nodes.leader()
         writer.start()
@@ -189,8 +197,61 @@ def test_acknowledged_writes_survive_leader_kills(tmp_path: Path) -> None:
             nodes.start(node_id)
         nodes.leader()
         check_all_present(client, acked)
+        # Every node has its SIGTERM handler (it answers), so the graceful stop below is one.
+        wait_until(nodes.converged, what="all three nodes back")
     finally:
         writer.stopping.set()
         codes = nodes.stop_all()
         client.close()
+    assert codes == {i: 0 for i in nodes.ids}, f"{codes}\n{nodes.log_tails()}"
+
+
+def member(capsys: pytest.CaptureFixture[str], leader_client: str, *args: str) -> dict:
+    """``raft-engine member <leader> ...`` (in this process); the configuration it printed."""
+    code = main(["member", leader_client, *args, "--timeout", str(LIVENESS)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return orjson.loads(out)
+
+
+@pytest.mark.slow
+def test_a_joining_node_is_added_promoted_and_removed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    nodes = NodeProcesses(tmp_path, joiners=1)
+    client = RedirectingClient([nodes.clients[i] for i in nodes.founders])
+    via_n4 = RedirectingClient([nodes.clients["n4"]])
+    try:
+        for node_id in nodes.ids:
+            nodes.start(node_id)
+        # Once a node answers, it also stops gracefully on SIGTERM (exit status 0).
+        wait_until(lambda: all(nodes.status(i) for i in nodes.ids), what="all four answer")
+        leader, _ = nodes.leader()
+        assert leader != "n4"
+        n4 = nodes.status("n4")
+        assert n4 and (n4["voters"], n4["learners"]) == ([], [])  # --join: no configuration
+        client.call("SET", "before", "1", deadline=time.monotonic() + LIVENESS)
+
+        leader_client = nodes.clients[leader]
+        assert member(capsys, leader_client, "add", "n4", nodes.peers["n4"]) == {
+            "voters": nodes.founders, "outgoing": [], "learners": ["n4"]}
+        assert member(capsys, leader_client, "promote", "n4") == {
+            "voters": nodes.ids, "outgoing": [], "learners": []}
+        client.call("SET", "after", "2", deadline=time.monotonic() + LIVENESS)
+        commit = (nodes.status(leader) or {})["commit_index"]
+        n4 = wait_until(lambda: (s := nodes.status("n4")) and s["last_applied"] >= commit and s,
+                        what="n4 applies the write")
+        assert (n4["role"], n4["leader_id"], n4["voters"]) == ("follower", leader, nodes.ids)
+        # Reads go to the leader: n4 redirects there.
+        deadline = time.monotonic() + LIVENESS
+        assert via_n4.call("MGET", "before", "after", deadline=deadline) == [b"1", b"2"]
+        assert via_n4.redirects == 1
+
+        assert member(capsys, leader_client, "remove", "n4") == {
+            "voters": nodes.founders, "outgoing": [], "learners": []}
+        client.call("SET", "removed", "3", deadline=time.monotonic() + LIVENESS)
+        assert (nodes.status(leader) or {})["voters"] == nodes.founders
+    finally:
+        codes = nodes.stop_all()
+        client.close()
+        via_n4.close()
     assert codes == {i: 0 for i in nodes.ids}, f"{codes}\n{nodes.log_tails()}"

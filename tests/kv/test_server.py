@@ -12,10 +12,11 @@ import orjson
 import pytest
 import redis
 
-from engine import LocalCluster, Status
+from engine import LocalCluster, RaftNode, Status
 from engine.errors import ProposalDropped
 from engine.kv import KVMachine, KVServer
 from engine.kv.resp import OK, Error, SimpleString, encode
+from tests.conftest import FAST
 
 from .util import LIVENESS, RawClient, free_ports, wait_until
 
@@ -223,6 +224,140 @@ def test_address_in_use_raises_and_leaves_no_thread(kv: KV) -> None:
         second.start()
     second.stop()
     assert len(kv_threads()) == 3
+
+
+# -- membership: RAFT.MEMBER and the configuration in RAFT.STATUS ------------------------------
+
+STATUS_FIELDS = {"id", "role", "term", "leader_id", "leader_address", "commit_index",
+                 "last_applied", "last_log_index", "running", "voters", "outgoing", "learners"}
+N4_RAFT = "127.0.0.1:7004"  # the memory network routes by id; the address must be host:port
+
+
+def member(client: redis.Redis, *args: str) -> dict:
+    return orjson.loads(client.execute_command("RAFT.MEMBER", *args))
+
+
+def raft_status(client: redis.Redis) -> dict:
+    return orjson.loads(client.execute_command("RAFT.STATUS"))
+
+
+class Joiner:
+    """Node n4 on the cluster's memory network, started with join=True, with its KVServer."""
+
+    def __init__(self, kv: KV) -> None:
+        network = kv.cluster.network
+        assert network is not None
+        self.node = RaftNode("n4", {**kv.cluster.addresses, "n4": "memory:n4"}, KVMachine(),
+                             config=FAST, transport=network.endpoint("n4"), join=True)
+        self.node.start()
+        self.server = KVServer(self.node, "127.0.0.1:0", client_addresses=kv.addresses)
+        self.server.start()
+        host, port = self.server.address or ("", 0)
+        self.client = redis.Redis(host=host, port=port, protocol=2, socket_timeout=LIVENESS)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.server.stop()
+        self.node.stop()
+
+
+@pytest.fixture
+def joiner(kv: KV) -> Iterator[Joiner]:
+    n4 = Joiner(kv)
+    yield n4
+    n4.stop()  # before the kv and make_cluster fixtures check for leftover threads
+
+
+def test_status_reports_the_configuration(kv: KV, joiner: Joiner) -> None:
+    leader_i = kv.leader_index()
+    for i in range(3):
+        status = raft_status(kv.client(i))
+        assert set(status) == STATUS_FIELDS
+        assert status["role"] == ("leader" if i == leader_i else "follower")
+        assert (status["voters"], status["outgoing"], status["learners"]) == (
+            ["n1", "n2", "n3"], [], [])
+        assert status["running"] is True
+    status = raft_status(joiner.client)  # no configuration until the leader adds it
+    assert (status["id"], status["role"], status["leader_id"]) == ("n4", "follower", None)
+    assert (status["voters"], status["outgoing"], status["learners"]) == ([], [], [])
+
+
+def test_member_add_promote_remove(kv: KV, joiner: Joiner) -> None:
+    leader_i = kv.leader_index()
+    leader = kv.client(leader_i)
+    leader_id = kv.cluster.nodes[leader_i].id
+    assert leader.set("k", "v") is True
+
+    assert member(leader, "ADD", "n4", N4_RAFT) == {
+        "voters": ["n1", "n2", "n3"], "outgoing": [], "learners": ["n4"]}
+    assert raft_status(leader)["learners"] == ["n4"]
+    assert member(leader, "promote", "n4") == {  # subcommands are case-insensitive
+        "voters": ["n1", "n2", "n3", "n4"], "outgoing": [], "learners": []}
+    assert raft_status(leader)["voters"] == ["n1", "n2", "n3", "n4"]
+
+    # n4 copied the log: it holds the write made before it joined and follows the leader.
+    wait_until(lambda: raft_status(joiner.client)["voters"] == ["n1", "n2", "n3", "n4"],
+               what="n4 learns that it votes")
+    commit = kv.cluster.nodes[leader_i].status().commit_index
+    assert joiner.node.wait_applied(commit, timeout=LIVENESS)
+    assert joiner.node.state_machine.data.get(b"k") == b"v"  # applied: nothing writes now
+    status = raft_status(joiner.client)
+    assert (status["role"], status["leader_id"]) == ("follower", leader_id)
+    with pytest.raises(redis.ResponseError) as info:
+        joiner.client.get("k")
+    assert str(info.value) == f"NOTLEADER {leader_id} {kv.addresses[leader_id]}"
+
+    assert member(leader, "REMOVE", "n4") == {
+        "voters": ["n1", "n2", "n3"], "outgoing": [], "learners": []}
+    assert leader.set("k2", "v2") is True  # three voters commit without n4
+    assert raft_status(leader)["voters"] == ["n1", "n2", "n3"]
+
+
+MEMBER_ERRORS = [
+    ((), "wrong number of arguments for 'raft.member' command"),
+    (("ADD",), "wrong number of arguments for 'raft.member' command"),
+    (("ADD", "n4"), "syntax: RAFT.MEMBER ADD <id> <host:port> | PROMOTE <id> | REMOVE <id>"),
+    (("ADD", "n4", N4_RAFT, "extra"), "syntax: RAFT.MEMBER"),
+    (("PROMOTE", "n4", "extra"), "syntax: RAFT.MEMBER"),
+    (("DEMOTE", "n1"), "syntax: RAFT.MEMBER"),
+    (("ADD", "n4", "nowhere"), "invalid raft address 'nowhere' (want host:port)"),
+    (("ADD", "n4", "127.0.0.1:99999"), "invalid raft address '127.0.0.1:99999'"),
+    (("ADD", "", N4_RAFT), "the node id must not be empty"),
+    (("PROMOTE", "n9"), "n9 is not a learner"),
+    (("PROMOTE", "n1"), "n1 is not a learner"),  # a voter already
+    (("REMOVE", "n9"), "n9 is not a member"),
+    (("ADD", "n1", N4_RAFT), "n1 is already a member"),
+]
+
+
+def test_member_errors_on_the_leader(kv: KV) -> None:
+    leader_i = kv.leader_index()
+    raw = kv.raw(leader_i)  # to see the exact error lines (redis-py strips "ERR ")
+    try:
+        for args, message in MEMBER_ERRORS:
+            raw.command("RAFT.MEMBER", *args)
+            reply = raw.reply()
+            assert isinstance(reply, Error) and reply.startswith("ERR "), (args, reply)
+            assert message in reply, (args, reply)
+        raw.command("PING")
+        assert raw.reply() == SimpleString("PONG")  # the connection survived every error
+    finally:
+        raw.close()
+    assert all(n.status().running for n in kv.cluster.nodes)
+    assert raft_status(kv.client(leader_i))["voters"] == ["n1", "n2", "n3"]  # nothing changed
+
+
+def test_member_on_a_follower_answers_notleader(kv: KV) -> None:
+    leader_i = kv.leader_index()
+    leader_id = kv.cluster.nodes[leader_i].id
+    follower = kv.client((leader_i + 1) % 3)
+    expected = f"NOTLEADER {leader_id} {kv.addresses[leader_id]}"
+    for args in (("ADD", "n4", N4_RAFT), ("PROMOTE", "n4"), ("REMOVE", "n1")):
+        with pytest.raises(redis.ResponseError) as info:
+            follower.execute_command("RAFT.MEMBER", *args)
+        assert str(info.value) == expected
+    with pytest.raises(redis.ResponseError, match=r"^syntax: RAFT\.MEMBER"):
+        follower.execute_command("RAFT.MEMBER", "ADD", "n4")  # checked before leadership
 
 
 # -- with a fake node: how a pipeline is proposed --------------------------------------------

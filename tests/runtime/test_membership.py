@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from engine import Config, LocalCluster, NotLeaderError, ProposalDropped, RaftNode
-from engine.errors import MembershipError
+from engine.errors import ConfigError, MembershipError
 from engine.membership import Membership
 from tests.conftest import FAST, LIVENESS, raft_threads
 from tests.runtime.scenario import (
@@ -581,6 +581,11 @@ def test_membership_changes_over_tcp(seed: int) -> None:
         added = cluster.add_node()
         one(cluster, b"with-n4")
         assert added.last_applied > 0
+        leader = cluster.wait_for_leader(LIVENESS)
+        before = leader.membership
+        with pytest.raises(ConfigError, match="nowhere"):
+            leader.add_learner("n9", "nowhere").result(LIVENESS)
+        assert leader.membership == before  # a malformed address is never proposed
         cluster.remove_node(0)
         one(cluster, b"without-n1")
         config = _settled_config(cluster)
