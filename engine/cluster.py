@@ -19,7 +19,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from engine.config import Config
-from engine.errors import ConfigError, MembershipError, NotLeaderError, ProposalDropped
+from engine.errors import (
+    ConfigError,
+    MembershipError,
+    NotLeaderError,
+    ProposalDropped,
+    RaftError,
+)
 from engine.membership import Membership
 from engine.runtime.node import RaftNode
 from engine.statemachine import LogStateMachine, StateMachine
@@ -175,7 +181,9 @@ class LocalCluster:
         Raises:
             TimeoutError: the change did not complete in time (the node stays in ``nodes``).
             MembershipError: the leader refused the change for good.
+            RaftError: the cluster is not running.
         """
+        self._check_running("add_node")
         node_id = f"n{self._next_number}"
         self._next_number += 1
         if self.network is not None:
@@ -205,7 +213,9 @@ class LocalCluster:
         Raises:
             TimeoutError: the change did not complete in time (the node keeps running).
             MembershipError: the leader refused the change for good.
+            RaftError: the cluster is not running.
         """
+        self._check_running("remove_node")
         node = self.nodes[i]
         node_id = node.id
         deadline = time.monotonic() + timeout
@@ -217,6 +227,11 @@ class LocalCluster:
         del self.ids[i]
         self._notify()
         return node
+
+    def _check_running(self, what: str) -> None:
+        if not self._started or self._stopped:
+            raise RaftError(f"{what}() needs a running cluster: call start() first "
+                            "(and not after stop())")
 
     def _change_until(self, goal: Callable[[Membership], bool],
                       request: Callable[[RaftNode], object], deadline: float) -> None:

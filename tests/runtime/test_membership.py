@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from engine import Config, LocalCluster, NotLeaderError, ProposalDropped, RaftNode
-from engine.errors import ConfigError, MembershipError
+from engine.errors import ConfigError, MembershipError, RaftError
 from engine.membership import Membership
 from tests.conftest import FAST, LIVENESS, raft_threads
 from tests.runtime.scenario import (
@@ -602,3 +602,14 @@ def test_config_rejects_bad_catchup_timeout() -> None:
     """catchup_timeout must be a positive number of seconds."""
     with pytest.raises(ValueError, match="catchup_timeout=0 must be > 0"):
         Config(catchup_timeout=0)
+
+
+def test_add_and_remove_need_a_running_cluster() -> None:
+    """add_node/remove_node on a cluster that was never started (or is stopped) fail clearly
+    instead of waiting for a leader that cannot exist."""
+    cluster = LocalCluster(3, config=FAST, seed=1)
+    with pytest.raises(RaftError, match="needs a running cluster"):
+        cluster.add_node()
+    with pytest.raises(RaftError, match="needs a running cluster"):
+        cluster.remove_node(0)
+    assert len(cluster.nodes) == 3 and cluster.ids == ["n1", "n2", "n3"]
