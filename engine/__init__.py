@@ -12,6 +12,7 @@ from engine.errors import (
     CorruptLogError,
     FrameError,
     InvariantError,
+    MembershipError,
     NodeStopped,
     NotLeaderError,
     Overloaded,
@@ -19,7 +20,9 @@ from engine.errors import (
     RaftError,
     ReadTimeout,
     StorageError,
+    TransferError,
 )
+from engine.membership import Membership
 from engine.runtime.node import RaftNode
 from engine.statemachine import CounterStateMachine, LogStateMachine, StateMachine
 from engine.status import Status
@@ -37,6 +40,8 @@ __all__ = [
     "InvariantError",
     "LocalCluster",
     "LogStateMachine",
+    "Membership",
+    "MembershipError",
     "NodeStopped",
     "NotLeaderError",
     "Overloaded",
@@ -47,6 +52,7 @@ __all__ = [
     "StateMachine",
     "Status",
     "StorageError",
+    "TransferError",
 ]
 
 __version__ = "0.1.0"

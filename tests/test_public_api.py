@@ -90,3 +90,19 @@ class _NullTransport:
 
     def close(self) -> None:
         pass
+
+
+def test_membership_api_of_issue_7() -> None:
+    """The membership names the issue gives: RaftNode.change_membership(voters, learners=...)
+    -> Future, add_learner / promote / remove_member, LocalCluster.add_node() / remove_node(i),
+    transfer_leadership(target_id); MembershipError is a RaftError and a ValueError."""
+    params = inspect.signature(RaftNode.change_membership).parameters
+    assert list(params)[1:3] == ["voters", "learners"]
+    for name in ("add_learner", "promote", "remove_member", "transfer_leadership"):
+        assert callable(getattr(RaftNode, name))
+    assert "join" in inspect.signature(RaftNode).parameters
+    assert list(inspect.signature(LocalCluster.remove_node).parameters)[1] == "i"
+    assert callable(LocalCluster.add_node)
+    assert issubclass(engine.MembershipError, RaftError)
+    assert issubclass(engine.MembershipError, ValueError)
+    assert "Membership" in engine.__all__
