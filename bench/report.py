@@ -123,7 +123,9 @@ def one_line(r: dict[str, Any]) -> str:
     if fam.startswith("ablation_"):
         return " | ".join(
             f"{pair['situation']}: "
-            + "; ".join(f"{k}: {_num(v['commits_per_s'])}/s" for k, v in pair["arms"].items())
+            + "; ".join(f"{k}: {_num(v['commits_per_s'])}/s"
+                        + (f" p50={_num(v['latency'].get('p50_us'))}us" if "latency" in v else "")
+                        for k, v in pair["arms"].items())
             + f"; ratio {_ratio(pair['ratio'])}" for pair in m["pairs"])
     if fam == "snapshots":
         c = m["catchup"]
@@ -525,6 +527,13 @@ def _section_ablations(rs: list[dict[str, Any]]) -> list[str]:
                              f"{a}: {_num(ma['commits_per_s'])}",
                              f"{b}: {_num(mb['commits_per_s'])}",
                              _ratio(pair["ratio"]) + f" ({b}/{a})"])
+                if "p50_ratio" in pair:
+                    rows.append(["", "sequential commit latency p50 / p99 us",
+                                 f"{a}: {_num(ma['latency'].get('p50_us'))} / "
+                                 f"{_num(ma['latency'].get('p99_us'))}",
+                                 f"{b}: {_num(mb['latency'].get('p50_us'))} / "
+                                 f"{_num(mb['latency'].get('p99_us'))}",
+                                 _ratio(pair["p50_ratio"]) + f" (p50 {a}/{b})"])
     return _table(["ablation", "metric", "A", "B", "ratio"], rows)
 
 

@@ -552,6 +552,44 @@ def run_ablation_switch_interval(case: Case, ctx: Context) -> Outcome:
         ("switch=0.5ms", {"switch": 0.0005})])
 
 
+def run_ablation_storage_thread(case: Case, ctx: Context) -> Outcome:
+    """Durable writes on a ``raft-<id>-storage`` thread (group commit) vs inline on the loop
+    thread (``Config.storage_thread``), over TCP with the native store and fsync: sequential
+    commit latency and throughput, the arms alternating on fresh clusters in one run."""
+    t = ctx.timing
+    p = case.params
+    if reason := _needs(ctx, {"transport": "tcp", "store": "native"}):
+        return Outcome(skipped=reason)
+    arms = [("storage thread", True), ("inline", False)]
+    latencies: dict[str, list[float]] = {name: [] for name, _ in arms}
+    windows: dict[str, list[tuple[float, int]]] = {name: [] for name, _ in arms}
+    errors = dict.fromkeys(windows, 0)
+    for _round in range(t.ab_rounds):
+        for name, on in arms:
+            config = dataclasses.replace(BASE_CONFIG, storage_thread=on)
+            with running_cluster(ctx, f"{case.label} {name} {_round}", p["n"], config=config,
+                                 store="native", transport="tcp") as c:
+                values, _ = _latency(ctx, c, p["payload"])
+                r = _throughput(ctx, c, p["payload"], windows=t.ab_windows,
+                                window_s=t.ab_window_s, warmup_s=min(0.3, t.tput_warmup_s))
+            latencies[name] += values
+            windows[name] += r.windows
+            errors[name] += r.errors
+    pair: dict[str, Any] = {"situation": "tcp + native store + fsync", "arms": {}}
+    series = []
+    for name, _ in arms:
+        r = wl.ThroughputResult(windows[name], errors[name], t.outstanding)
+        pair["arms"][name] = r.summary() | {"latency": wl.latency_summary(latencies[name])}
+        series += [_tput_series(f"{case.label} {name} throughput", r),
+                   _latency_series(f"{case.label} {name} latency", latencies[name])]
+    a, b = (pair["arms"][name] for name, _ in arms)
+    pair["ratio"] = b["commits_per_s"] / a["commits_per_s"] if a["commits_per_s"] else math.nan
+    pair["ratio_of"] = "inline / storage thread"
+    pair["p50_ratio"] = (a["latency"].get("p50_us", math.nan)
+                         / b["latency"].get("p50_us", math.nan))
+    return Outcome({"pairs": [pair]}, series)
+
+
 def run_ablation_fast_backup(case: Case, ctx: Context) -> Outcome:
     t = ctx.timing
     p = case.params
@@ -776,6 +814,8 @@ FAMILIES = {f.name: f for f in [
            run_ablation_fast_backup),
     Family("ablation_prevote", "Ablation: pre-vote + check-quorum off vs on under 5% drop",
            run_ablation_prevote),
+    Family("ablation_storage_thread", "Ablation: durable writes on a storage thread vs inline "
+           "on the loop thread (TCP, native store, fsync)", run_ablation_storage_thread),
     Family("ablation_switch_interval",
            "Ablation: GIL switch interval (sys.setswitchinterval) default vs 0.5 ms",
            run_ablation_switch_interval),
@@ -833,6 +873,7 @@ def build_cases(mode: str = "quick", *, explicit: bool = False) -> list[Case]:
     specs.append(("ablation_fast_backup", {"n": 3}))
     for timing in (["default", "aggressive"] if full else ["default"]):
         specs.append(("ablation_prevote", {"n": 3, "drop": 0.05, "timing": timing}))
+    specs.append(("ablation_storage_thread", {"n": 3, "payload": 16}))
     specs.append(("ablation_switch_interval", {"n": 3, "payload": 16}))
     for point in TUNING_POINTS["full" if full else "quick"]:
         specs.append(("timeout_tuning", {"n": 3, "point": point, "drop": 0.05}))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 
 from engine.errors import ConfigError
 
-_BOOL_FIELDS = ("pre_vote", "check_quorum", "fast_backup", "fsync")
+_BOOL_FIELDS = ("pre_vote", "check_quorum", "fast_backup", "fsync", "storage_thread")
 _MAY_BE_ZERO = ("snapshot_threshold", "snapshot_trailing_entries")
 _INT_FIELDS = ("max_batch_entries", "max_batch_bytes", "max_inflight", "max_pending_proposals",
                "snapshot_threshold", "snapshot_trailing_entries", "snapshot_chunk_bytes")
@@ -62,6 +62,14 @@ class Config:
 
     fsync: bool = True
     """fdatasync durable writes.  False is for benchmarks and tests that do not need durability."""
+
+    storage_thread: bool = False
+    """Write on-disk stores from a ``raft-<id>-storage`` thread (group commit across Readys)
+    instead of on the loop thread.  Inline writes (the default, as etcd's and hashicorp's loops
+    do) save two thread hand-offs per commit: about 20% lower commit latency with a fast disk
+    (``python -m bench --scenario ablation_storage_thread``).  Turn it on when an fsync can take
+    a sizeable part of the heartbeat interval (slow disks, network storage): the loop then keeps
+    ticking, answering heartbeats and serving reads while the disk works."""
 
     max_pending_proposals: int = 100_000
     """Proposals accepted by the leader and not yet committed and applied; beyond it propose()

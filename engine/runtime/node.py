@@ -8,7 +8,9 @@ Threads (all named, all joined by ``stop()``):
     the transport, proposals, reads, persistence notices.  It drains everything queued, steps it
     all into the core, proposes all pending commands as one batch, ticks, and hands the Ready out.
 ``raft-<id>-storage``
-    Only with on-disk stores: the :class:`~engine.runtime.persister.Persister` (group commit).
+    Only with ``Config.storage_thread``: the
+    :class:`~engine.runtime.persister.Persister` (group commit); by default the loop thread
+    writes inline.
 ``raft-<id>-apply``
     The :class:`~engine.runtime.applier.Applier`: owns the state machine.
 transport threads
@@ -257,7 +259,7 @@ class RaftNode:
                 stall_ticks=2 * self._config.heartbeat_ticks)
             self._persister = Persister(
                 self._id, self._log_store, self._stable_store,
-                threaded=not isinstance(self._log_store, MemoryLogStore),
+                threaded=self._config.storage_thread,
                 send=self._transport.send, on_persisted=self._on_persisted,
                 on_error=self._on_storage_error, install_snapshot=self._store_received_snapshot)
             self._publish_status()

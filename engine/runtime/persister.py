@@ -3,11 +3,14 @@ that depended on them leave.
 
 Two modes, one code path (:meth:`Persister._write_group`):
 
-* threaded (stores on disk): the thread ``raft-<id>-storage`` owns the stores.  It takes every
-  Ready queued while the previous write ran and writes them as one group: their entries in order,
-  the newest hard state, then ONE sync for the whole group (group commit).
-* inline (in-memory stores, where a write costs less than a thread hand-off): the loop thread
-  writes at once.
+* threaded (``Config.storage_thread``): the thread ``raft-<id>-storage``
+  owns the stores.  It takes every Ready queued while the previous write ran and writes them as
+  one group: their entries in order, the newest hard state, then ONE sync for the whole group
+  (group commit).
+* inline (the default): the loop thread writes at once.  Group
+  commit happens all the same one level up: the loop drains every message that arrived during
+  the previous write into the next Ready, so one sync covers them all; what is saved is the two
+  thread hand-offs per commit.
 
 Only term and vote changes are saved to the StableStore synchronously; a commit-index change
 alone is saved along with the next term/vote change or at a graceful stop, because losing it is
@@ -63,7 +66,7 @@ class Persister:
         """Make ``rd`` durable, then send its after-persist messages and report it."""
         if self._threaded:
             self._queue.put(rd)
-        else:
+        elif not self._failed:
             self._write_group([rd])
 
     def stop(self, *, flush: bool) -> None:

@@ -4,7 +4,11 @@ replaying the log into a fresh instance."""
 
 from __future__ import annotations
 
-from tests.conftest import LIVENESS
+import dataclasses
+
+import pytest
+
+from tests.conftest import FAST, LIVENESS
 from tests.runtime.scenario import agreed_commands, assert_identical, commands, one
 
 
@@ -71,12 +75,14 @@ def test_restart_all_nodes_repeatedly(make_cluster):
     assert agreed_commands(cluster.nodes) == [*expected, b"end"]
 
 
-def test_committed_entries_survive_crashes_of_their_majority(make_cluster):
+@pytest.mark.parametrize("storage_thread", [False, True], ids=["inline", "storage-thread"])
+def test_committed_entries_survive_crashes_of_their_majority(make_cluster, storage_thread):
     """6.824 TestPersist2: five nodes; two followers crash, the other three commit a command,
     then those three crash too.  The two stale nodes plus one of the three restart: the command
     the crashed majority committed must survive (the restarted holder wins the election) and new
-    commands commit on top of it.  Repeated a few times."""
-    cluster = make_cluster(5)
+    commands commit on top of it.  Repeated a few times; with writes inline on the loop thread
+    and on a storage thread (Config.storage_thread)."""
+    cluster = make_cluster(5, config=dataclasses.replace(FAST, storage_thread=storage_thread))
     expected: list[bytes] = []
     for round_ in range(3):
         command = b"all-%d" % round_

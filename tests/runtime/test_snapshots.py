@@ -117,7 +117,7 @@ def test_lagging_follower_receives_snapshot(make_cluster: Callable[..., LocalClu
     assert cluster.wait_for(_caught_up(cluster, commit), LIVENESS)
     follower = cluster.nodes[lagging]
     assert follower.state_machine.restores >= 1, "the follower never installed a snapshot"
-    assert follower.status().snapshot_index > 0
+    assert cluster.wait_for(lambda: follower.status().snapshot_index > 0, LIVENESS)
     _same_state(cluster)
 
 
@@ -267,13 +267,16 @@ class IncomingWatch:
         monkeypatch.setattr(FileSnapshotStore, "commit_incoming", commit)
 
 
+@pytest.mark.parametrize("storage_thread", [False, True], ids=["inline", "storage-thread"])
 def test_received_snapshot_goes_through_a_temp_file(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    storage_thread: bool) -> None:
     """With a data directory, a lagging follower writes the chunks to a temporary file in its
-    snapshot directory (on disk as they arrive, the loop thread writing), which the storage
-    thread then renames into place as a regular snapshot file; nothing temporary remains."""
+    snapshot directory (on disk as they arrive, the loop thread writing), which the thread that
+    owns the stores (the loop thread, or the storage thread with Config.storage_thread) then
+    renames into place as a regular snapshot file; nothing temporary remains."""
     watch = IncomingWatch(monkeypatch)
-    config = dataclasses.replace(SNAPPY, snapshot_chunk_bytes=512)
+    config = dataclasses.replace(SNAPPY, snapshot_chunk_bytes=512, storage_thread=storage_thread)
     with LocalCluster(3, config=config, data_dir=str(tmp_path), seed=11) as cluster:
         leader = cluster.wait_for_leader(LIVENESS)
         lagging = (cluster.nodes.index(leader) + 1) % 3
@@ -299,8 +302,7 @@ def test_received_snapshot_goes_through_a_temp_file(tmp_path: Path,
         assert commits and all(not temp and final for _, temp, final in commits)
         assert {path for path, *_ in commits} <= {path for path, *_ in writes}
         assert _incoming_names(snapshots) == []
-        installed = follower.status().snapshot_index
-        assert installed > 0
+        assert cluster.wait_for(lambda: follower.status().snapshot_index > 0, LIVENESS)
         assert any(name.endswith(".snap") for name in os.listdir(snapshots))
         _same_state(cluster)
     assert _incoming_names(snapshots) == []
@@ -358,7 +360,9 @@ def test_incoming_file_of_a_halted_follower(tmp_path: Path, monkeypatch: pytest.
         cluster.rejoin(lagging)
         leader = cluster.wait_for_leader(LIVENESS)
         assert cluster.wait_for(_caught_up(cluster, leader.status().commit_index), LIVENESS)
-        assert node.status().snapshot_index > 0
+        # last_applied is read live from the apply thread, the rest of status() once the loop
+        # thread finishes its round (which includes making the snapshot durable).
+        assert cluster.wait_for(lambda: node.status().snapshot_index > 0, LIVENESS)
         assert cluster.wait_for(lambda: watch.commits, LIVENESS)
         assert _incoming_names(snapshots) == []
         _same_state(cluster)

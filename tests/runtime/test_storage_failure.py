@@ -3,6 +3,7 @@ the pending futures, status() reports it stopped, and no thread is left behind."
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 
@@ -41,7 +42,8 @@ class FailingLogStore(MemoryLogStore):
         super().append(entries)
 
 
-@pytest.mark.parametrize("config", [FAST], ids=["fast"])
+@pytest.mark.parametrize("config", [FAST, dataclasses.replace(FAST, storage_thread=True)],
+                         ids=["inline", "storage-thread"])
 def test_failed_write_stops_the_node_and_fails_futures(config: Config) -> None:
     network = MemoryNetwork(seed=1)
     store = FailingLogStore()

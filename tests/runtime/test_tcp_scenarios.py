@@ -77,11 +77,12 @@ def test_tcp_crash_restart_and_unreliable_network(tcp_cluster: LocalCluster, see
     assert all(c in agreed for c in committed)
 
 
-def test_tcp_snapshot_catch_up(seed: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage_thread", [False, True], ids=["inline", "storage-thread"])
+def test_tcp_snapshot_catch_up(seed: int, tmp_path: Path, storage_thread: bool) -> None:
     """With the native store on disk, a follower that missed compacted entries catches up over
-    TCP through InstallSnapshot."""
+    TCP through InstallSnapshot (writes inline on the loop thread, or on a storage thread)."""
     config = dataclasses.replace(FAST, snapshot_threshold=100, snapshot_trailing_entries=10,
-                                 snapshot_chunk_bytes=1024)
+                                 snapshot_chunk_bytes=1024, storage_thread=storage_thread)
     with LocalCluster(3, config=config, transport="tcp", data_dir=str(tmp_path),
                       seed=seed) as cluster:
         leader = cluster.wait_for_leader(LIVENESS)
@@ -96,7 +97,7 @@ def test_tcp_snapshot_catch_up(seed: int, tmp_path: Path) -> None:
         cluster.rejoin(lagging)
         wait_all_applied(cluster)
         follower = cluster.nodes[lagging]
-        assert follower.status().snapshot_index > 0
+        assert cluster.wait_for(lambda: follower.status().snapshot_index > 0, LIVENESS)
         assert list(follower.state_machine.commands) == list(leader.state_machine.commands)
     assert not raft_threads()
 
