@@ -173,8 +173,8 @@ class RaftNode:
         # Owned by the loop thread: the leader's per-peer progress as of the last tick.
         self._progress: dict[str, PeerProgress] = {}
         # Snapshots.  The store is shared by the snapshot thread (save: local snapshots), the
-        # loop thread (begin_incoming: a snapshot arriving from the leader), the storage writer
-        # (commit_incoming) and start()/stop(): all store calls hold the lock, as does every
+        # loop thread (begin_incoming: a snapshot arriving from the leader), the log writer (the
+        # Persister, inline or on its thread: commit_incoming) and start()/stop(): all store calls hold the lock, as does every
         # access to _incoming_snapshots.  A snapshot received from the leader goes to a
         # temporary file of the store (IncomingSnapshot), owned by the loop thread while it is
         # written, verified (the receiver), installed (_accepted_snapshot, until the core hands
@@ -949,7 +949,7 @@ class RaftNode:
             if rd.snapshot is not None:
                 # A snapshot received from the leader was installed: read it back from its
                 # temporary file (the state machine needs the data; the encoded bytes are what
-                # this node sends if it leads), then let the storage thread commit the file.
+                # this node sends if it leads), then let the log writer commit the file.
                 meta = rd.snapshot
                 incoming, self._accepted_snapshot = self._accepted_snapshot, None
                 assert incoming is not None and (incoming.index, incoming.term) == (

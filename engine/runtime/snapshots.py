@@ -24,7 +24,7 @@ format, with its own checksum) travel as SNAPSHOT_CHUNK messages:
   later).
 
 Both classes are owned by the node's loop thread.  A verified incoming snapshot is handed to the
-node, which installs it and has its storage thread commit it (``store.commit_incoming``).
+node, which installs it and has its log-writing thread commit it (``store.commit_incoming``).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ Every log/stable implementation (in-memory for tests and ``data_dir=None``; nati
 file store) passes the same contract suite in ``tests/storage/test_contract.py``; the snapshot
 stores (:mod:`engine.storage.snapshot`) pass ``tests/storage/test_snapshot.py``.
 
-Threading: a store is used by one thread at a time.  The runtime's storage thread owns it while
-the node runs; the node's constructor reads it before that thread starts.  Implementations need
+Threading: a store is used by one thread at a time.  While the node runs it belongs to the
+thread that writes the log (the loop thread, or the storage thread with
+``Config.storage_thread``); ``start()`` reads it before that thread starts.  Implementations need
 no locking of their own unless they document otherwise.
 
 Durability: ``append``/``truncate_suffix``/``compact_prefix``/``reset``/``save`` make data
@@ -159,7 +160,7 @@ class IncomingSnapshot(Protocol):
     the next time it opens.  It holds no open file between calls.
 
     Threading: not thread-safe; one thread at a time.  In the runtime the loop thread writes,
-    finishes, reads and aborts it, then hands it to the storage thread, which commits it.
+    finishes, reads and aborts it; the thread that writes the log commits it.
     """
 
     index: int
@@ -234,7 +235,7 @@ class SnapshotStore(Protocol):
         # or, at any point before the commit: incoming.abort()
 
     Threading in the runtime (:class:`~engine.runtime.node.RaftNode`): the store is shared by
-    the snapshot thread (``save``), the storage thread (``commit_incoming``), the loop thread
+    the snapshot thread (``save``), the log-writing thread (``commit_incoming``), the loop thread
     (``begin_incoming``) and ``start()`` (``latest``); the node serializes these calls with a
     lock of its own, so an implementation needs none for them.  The :class:`IncomingSnapshot`
     objects are used by one thread at a time (see there).

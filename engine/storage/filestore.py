@@ -262,7 +262,7 @@ class FileLogStore:
     :meth:`reset`).  A zero-length last segment is a torn creation: it is removed and recreated
     empty at the index its name says (reported as a repair).
 
-    Threading: one thread at a time (the runtime's storage thread); no locks.  Extra methods
+    Threading: one thread at a time (the node's log-writing thread); no locks.  Extra methods
     beyond the protocol: :meth:`append_encoded`, :meth:`entries_encoded`.
     """
 

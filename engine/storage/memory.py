@@ -4,7 +4,7 @@ They model a disk whose every write is durable at once: ``LocalCluster.crash()``
 restarted node finds exactly what it wrote.  Nothing survives the process.
 
 Locking: each store has one lock (``self._lock``) taken by every method, so the cluster's control
-thread may inspect a store while a node's storage thread writes to it.
+thread may inspect a store while a node's thread writes to it.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ class NativeLogStore:
     log as it was, so the store is usable again once space is freed.  A failed fsync is the
     exception: the store then refuses writes until reopened (see raftlog.h).
 
-    Threading: one thread at a time (the runtime's storage thread owns it while the node runs);
+    Threading: one thread at a time (the node's log-writing thread owns it while the node runs);
     no locks.  The GIL is released inside every C call.
     """
 

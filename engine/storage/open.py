@@ -31,7 +31,7 @@ def open_stores(directory: str, *, fsync: bool = True) -> tuple[LogStore, Stable
     :class:`~engine.storage.filestore.FileStableStore`, with a logged warning.  Both read and
     write the same files, so a directory can move between them.
 
-    The returned stores belong to the caller's storage thread (one thread at a time); close
+    The returned stores belong to the caller's writing thread (one thread at a time); close
     both when the node stops.  The log store's ``recovery_report`` lists any torn tail that was
     repaired (already logged as a warning).
 

@@ -16,7 +16,7 @@ length, header, CRC32C, membership block, and the index and term the leader anno
 deletes it when anything is wrong (CorruptSnapshotError); ``read()`` gives back the verified
 bytes; ``commit_incoming()`` flushes it and renames it into place as a regular snapshot file
 (then fsyncs the directory and prunes, as ``save`` does); ``abort()`` deletes it.  In the runtime
-the loop thread writes, finishes, reads and aborts, and the storage thread commits (see
+the loop thread writes, finishes, reads and aborts, and the log-writing thread commits (see
 :mod:`engine.runtime.snapshots` and ``RaftNode``).
 
 Format (little-endian, all integers unsigned)::
