@@ -177,9 +177,10 @@ class RaftNode:
         # Persister, inline or on its thread: commit_incoming) and start()/stop(): all store
         # calls hold the lock, as does every access to _incoming_snapshots.  A snapshot
         # received from the leader goes to a temporary file of the store (IncomingSnapshot),
-        # owned by the loop thread while it is written, verified (the receiver), installed (_accepted_snapshot, until the core hands
-        # it out in a Ready) and read back (_drive); then it waits in _incoming_snapshots, keyed
-        # by (index, term), for the storage writer to commit it.  None of these hold its bytes.
+        # owned by the loop thread while it is written, verified (the receiver), installed
+        # (_accepted_snapshot, until the core hands it out in a Ready) and read back (_drive);
+        # then it waits in _incoming_snapshots, keyed by (index, term), for the log writer to
+        # commit it.  None of these hold its bytes.
         self._snapshot_store: SnapshotStore | None = None
         self._snapshot_lock = threading.Lock()
         self._incoming_snapshots: dict[tuple[int, int], IncomingSnapshot] = {}
