@@ -36,3 +36,13 @@ class Status:
     """The configuration in force on this node (None while stopped)."""
     membership_committed: bool = False
     """True when this node knows that configuration's entry to be committed."""
+
+    @property
+    def voters(self) -> tuple[str, ...]:
+        """The voters of :attr:`membership` (the incoming ones while joint); () when stopped."""
+        return self.membership.voters if self.membership is not None else ()
+
+    @property
+    def learners(self) -> tuple[str, ...]:
+        """The learners of :attr:`membership`; () when stopped."""
+        return self.membership.learners if self.membership is not None else ()

@@ -106,3 +106,13 @@ def test_membership_api_of_issue_7() -> None:
     assert issubclass(engine.MembershipError, RaftError)
     assert issubclass(engine.MembershipError, ValueError)
     assert "Membership" in engine.__all__
+
+
+def test_status_reports_the_configuration() -> None:
+    """Status.membership with voters/learners shortcuts; a stopped node reports none."""
+    with LocalCluster(3, seed=3) as cluster:
+        leader = cluster.wait_for_leader()
+        status = leader.status()
+        assert status.voters == ("n1", "n2", "n3") and status.learners == ()
+        assert status.membership is not None and not status.membership.is_joint
+    assert cluster.nodes[0].status().voters == ()
