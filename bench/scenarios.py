@@ -725,6 +725,20 @@ def run_timeout_tuning(case: Case, ctx: Context) -> Outcome:
     return Outcome(metrics, [s for s in series if s.runs])
 
 
+def _log_then_snapshot(ctx: Context, case: Case, what: str, every: int,
+                       trailing: int) -> Iterator[tuple[str, LocalCluster]]:
+    """Two running clusters of the 10,000-key table machine, one after the other: ``("log",
+    cluster)`` with snapshots off, then ``("snapshot", cluster)`` with automatic snapshots every
+    ``every`` entries (at least 100) keeping ``trailing`` entries behind each."""
+    for name, spec in (("log", {"snapshot_threshold": 0}),
+                       ("snapshot", {"snapshot_threshold": max(100, every),
+                                     "snapshot_trailing_entries": trailing})):
+        config = dataclasses.replace(BASE_CONFIG, **spec)
+        with running_cluster(ctx, f"{case.label} {what} {name}", case.params["n"],
+                             config=config, state_machine=wl.TableStateMachine) as c:
+            yield name, c
+
+
 def run_snapshots(case: Case, ctx: Context) -> Outcome:
     """Snapshots: commit throughput with frequent snapshots of a 10,000-key state machine vs
     none (same-run ratio); a follower that missed ``catchup_entries`` entries catching up from
@@ -738,13 +752,8 @@ def run_snapshots(case: Case, ctx: Context) -> Outcome:
         state_machine=wl.TableStateMachine)
     catchup: dict[str, Any] = {}
     series = list(ratio.series)
-    for name, spec in (("log", {"snapshot_threshold": 0}),
-                       ("snapshot", {"snapshot_threshold": max(100, t.catchup_entries // 4),
-                                     "snapshot_trailing_entries": 100})):
-        config = dataclasses.replace(BASE_CONFIG, **spec)
-        with running_cluster(ctx, f"{case.label} catch-up {name}", p["n"], config=config,
-                             state_machine=wl.TableStateMachine) as c:
-            result = wl.follower_catch_up(c, t.catchup_entries, progress=ctx.say)
+    for name, c in _log_then_snapshot(ctx, case, "catch-up", t.catchup_entries // 4, 100):
+        result = wl.follower_catch_up(c, t.catchup_entries, progress=ctx.say)
         catchup[name] = result
         series.append(Series(f"{case.label} catch-up via {name}", [(1, [result["seconds"]])],
                              f"seconds for a follower {t.catchup_entries} entries behind"))
@@ -768,15 +777,10 @@ def run_membership(case: Case, ctx: Context) -> Outcome:
     p = case.params
     results: dict[str, Any] = {}
     series: list[Series] = []
-    for name, spec in (("log", {"snapshot_threshold": 0}),
-                       ("snapshot", {"snapshot_threshold": max(100, t.join_entries // 4),
-                                     "snapshot_trailing_entries": 1000})):
-        config = dataclasses.replace(BASE_CONFIG, **spec)
-        with running_cluster(ctx, f"{case.label} join via {name}", p["n"], config=config,
-                             state_machine=wl.TableStateMachine) as c:
-            wl.preload(c, t.join_entries, wl.payload_of(p["payload"]), progress=ctx.say)
-            ctx.say(f"joining a new node to {t.join_entries:,} entries via the {name}")
-            result = wl.join_new_node(c, f"n{p['n'] + 1}", wl.TableStateMachine)
+    for name, c in _log_then_snapshot(ctx, case, "join via", t.join_entries // 4, 1000):
+        wl.preload(c, t.join_entries, wl.payload_of(p["payload"]), progress=ctx.say)
+        ctx.say(f"joining a new node to {t.join_entries:,} entries via the {name}")
+        result = wl.join_new_node(c, f"n{p['n'] + 1}", wl.TableStateMachine)
         results[name] = result
         series.append(Series(f"{case.label} join via {name}",
                              [(1, [result["seconds_to_catch_up"]])],

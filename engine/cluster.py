@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from engine.config import Config
 from engine.errors import (
     ConfigError,
-    MembershipError,
+    MembershipChangeInProgress,
     NotLeaderError,
     ProposalDropped,
     RaftError,
@@ -243,15 +243,13 @@ class LocalCluster:
             if remaining <= 0:
                 raise TimeoutError(f"membership change not complete in time (seed {self.seed})")
             leader = self.wait_for_leader(remaining)
-            if goal(leader.membership):
-                if self._committed_config(leader):
-                    return
-                # Already in the leader's configuration (a change that survived its leader, or
-                # one whose commit the new leader has not learned yet): asking again would be
-                # refused ("not a member" / "already a member"); wait for the commit instead.
-                self.wait_for(lambda leader=leader: self._committed_config(leader)
-                              or leader.status().role != "leader", min(remaining, 0.5))
+            if not self._committed_config(leader):
+                # A change is under way (joint, or an entry the leader has not seen commit,
+                # maybe one that survived its leader): its outcome decides what to ask for.
+                self._wait_settled(leader, min(remaining, 0.5))
                 continue
+            if goal(leader.membership):
+                return
             future = request(leader)
             try:
                 result = future.result(  # type: ignore[attr-defined]
@@ -260,14 +258,17 @@ class LocalCluster:
                     return
             except (NotLeaderError, ProposalDropped) as exc:
                 logger.info("membership change retried: %s", exc)
-            except MembershipError as exc:
-                if "in progress" not in str(exc) and "already" not in str(exc):
-                    raise
+            except MembershipChangeInProgress:
                 # Another change (a joint configuration's second half, say) is finishing.
-                self.wait_for(lambda leader=leader: self._committed_config(leader)
-                              or leader.status().role != "leader", 0.5)
+                self._wait_settled(leader, 0.5)
             except TimeoutError:
                 continue
+
+    def _wait_settled(self, leader: RaftNode, timeout: float) -> None:
+        """Wait until ``leader``'s configuration is committed and not joint, or it stops
+        leading (then the caller looks for the next leader)."""
+        self.wait_for(lambda: self._committed_config(leader)
+                      or leader.status().role != "leader", timeout)
 
     @staticmethod
     def _committed_config(node: RaftNode) -> bool:

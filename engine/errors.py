@@ -105,3 +105,9 @@ class MembershipError(RaftError, ValueError):
 
     Nothing was proposed; the configuration in force is unchanged.
     """
+
+
+class MembershipChangeInProgress(MembershipError):
+    """A membership change was refused because another one has not finished yet (a joint
+    configuration, an uncommitted configuration entry, or a change the node is still driving):
+    retry once it completes."""

@@ -105,6 +105,7 @@ def test_membership_api_of_issue_7() -> None:
     assert callable(LocalCluster.add_node)
     assert issubclass(engine.MembershipError, RaftError)
     assert issubclass(engine.MembershipError, ValueError)
+    assert issubclass(engine.MembershipChangeInProgress, engine.MembershipError)
     assert "Membership" in engine.__all__
 
 

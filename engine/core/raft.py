@@ -36,6 +36,7 @@ from engine.core.tracker import Progress, ProgressState
 from engine.errors import (
     ConfigError,
     InvariantError,
+    MembershipChangeInProgress,
     MembershipError,
     NotLeaderError,
     ProposalDropped,
@@ -737,7 +738,7 @@ class Raft:
         if self.lead_transferee is not None:
             raise MembershipError(f"leadership is being transferred to {self.lead_transferee}")
         if self.membership.is_joint or self.pending_config_index > self.log.committed:
-            raise MembershipError(
+            raise MembershipChangeInProgress(
                 f"a membership change is in progress: configuration entry "
                 f"{max(self.pending_config_index, self.memberships.current_index)} is not "
                 f"committed or the cluster is still joint ({self.membership.describe()})")

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 ReadWaiter = tuple[Callable[[Any], Any], Future]
 SnapshotTaken = Callable[[SnapshotMeta, bytes, "Future | None"], None]
 _STOP = object()
+_SNAPSHOT_SAVED = object()  # queued by snapshot_saved(): re-check the automatic threshold
 _NORMAL = EntryKind.NORMAL  # hoisted: an IntEnum class attribute lookup costs ~0.1 us in 3.11
 _CONFIG = EntryKind.CONFIG
 
@@ -95,8 +96,13 @@ class Applier:
         self._queue.put(_TakeSnapshot(future))
 
     def snapshot_saved(self) -> None:
-        """The snapshot handed off last is durable; automatic snapshots may resume."""
+        """The snapshot handed off last is durable; automatic snapshots may resume.
+
+        The apply thread then checks the threshold again: entries applied while the snapshot
+        was being written may already call for the next one, and no further entry may come
+        to trigger it (an idle cluster would keep an uncompacted log)."""
         self._snapshot_in_flight = False
+        self._queue.put(_SNAPSHOT_SAVED)
 
     def stop(self) -> None:
         """Stop after the work already queued; parked reads fail with NodeStopped."""
@@ -135,6 +141,9 @@ class Applier:
             if isinstance(item, _TakeSnapshot):
                 self._take_snapshot(item.future)
                 continue
+            if item is _SNAPSHOT_SAVED:
+                self._maybe_snapshot()
+                continue
             if isinstance(item, _Restore):
                 self._state_machine.restore(item.data)
                 if not item.meta.membership.is_empty:
@@ -146,10 +155,7 @@ class Applier:
                             item.meta.index)
             else:
                 self._apply(item)
-                if (self._snapshot_threshold and not self._snapshot_in_flight
-                        and self.last_applied - self._last_snapshot_index
-                        >= self._snapshot_threshold):
-                    self._take_snapshot(None)
+                self._maybe_snapshot()
             if self._parked_reads:
                 ready = [w for i, w in self._parked_reads if i <= self.last_applied]
                 self._parked_reads = [(i, w) for i, w in self._parked_reads
@@ -193,6 +199,13 @@ class Applier:
         self._last_snapshot_index = meta.index
         self._snapshot_in_flight = True
         self._on_snapshot(meta, data, future)
+
+    def _maybe_snapshot(self) -> None:
+        """Take the automatic snapshot once ``snapshot_threshold`` entries were applied since
+        the last one, unless one is still being written (snapshot_saved() re-checks)."""
+        if (self._snapshot_threshold and not self._snapshot_in_flight
+                and self.last_applied - self._last_snapshot_index >= self._snapshot_threshold):
+            self._take_snapshot(None)
 
     def _serve(self, waiters: list[ReadWaiter]) -> None:
         for fn, future in waiters:

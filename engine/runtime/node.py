@@ -37,6 +37,7 @@ from engine.core import Message, MessageKind, PeerProgress, RaftOptions, RawNode
 from engine.errors import (
     ConfigError,
     CorruptLogError,
+    MembershipChangeInProgress,
     MembershipError,
     NodeStopped,
     NotLeaderError,
@@ -626,7 +627,7 @@ class RaftNode:
 
         def start(raw: RawNode) -> None:
             if self._change is not None:
-                raise MembershipError("a membership change is in progress "
+                raise MembershipChangeInProgress("a membership change is in progress "
                                       f"({self._change.stage.value} stage)")
             if raw.raft.role.value != "leader":
                 raise NotLeaderError(raw.raft.leader_id)

@@ -65,6 +65,7 @@ import re
 import struct
 import tempfile
 import threading
+from abc import ABC, abstractmethod
 from typing import BinaryIO
 
 from engine import codec
@@ -292,7 +293,7 @@ def _check_incoming_args(index: int, term: int, total: int) -> None:
             raise ValueError(f"{name}={value!r} must be an int >= 0")
 
 
-class _IncomingBase:
+class _IncomingBase(ABC):
     """What both kinds of :class:`IncomingSnapshot` share: the states (being written ->
     finished -> committed, or aborted from the first two) and the checks of ``finish``.
     Subclasses keep the bytes (``_append``, ``_check_bytes``, ``_read_all``, ``_discard``)."""
@@ -379,17 +380,21 @@ class _IncomingBase:
     def _where(self) -> str | None:
         return None
 
+    @abstractmethod
     def _append(self, view: memoryview) -> None:
-        raise NotImplementedError
+        """Add ``view`` at the end of what was received."""
 
+    @abstractmethod
     def _check_bytes(self) -> SnapshotMeta:
-        raise NotImplementedError
+        """Verify everything received (header, CRC, membership); its meta."""
 
+    @abstractmethod
     def _read_all(self) -> bytes:
-        raise NotImplementedError
+        """Everything received, as one bytes object."""
 
+    @abstractmethod
     def _discard(self) -> None:
-        raise NotImplementedError
+        """Drop what was received (delete the file, free the buffer)."""
 
 
 class MemoryIncomingSnapshot(_IncomingBase):
@@ -465,12 +470,22 @@ class FileIncomingSnapshot(_IncomingBase):
             raise storage_error(exc, f"cannot read {self.path}") from exc
 
     def _discard(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:  # left for the next open of the store to delete
-            logger.warning("cannot remove the incoming snapshot file %s: %s", self.path, exc)
+        # On failure the file is left for the next open of the store to delete.
+        _remove_file(self.path, "the incoming snapshot file")
+
+
+def _remove_file(path: str, what: str) -> bool:
+    """Delete ``path``; True when this call removed it.  A file already gone is fine; any other
+    failure is logged (naming ``what``) and left for a later attempt, never raised: removing is
+    housekeeping, and nothing depends on it having worked."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        logger.warning("cannot remove %s %s: %s", what, path, exc)
+        return False
+    return True
 
 
 # --- stores ---------------------------------------------------------------------------------
@@ -612,14 +627,7 @@ class FileSnapshotStore:
         for name in names:
             if _TMP.match(name):
                 path = os.path.join(self.directory, name)
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    logger.warning("cannot remove the leftover snapshot temp file %s: %s",
-                                   path, exc)
-                else:
+                if _remove_file(path, "the leftover snapshot temp file"):
                     logger.info("removed the leftover snapshot temp file %s", path)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -688,13 +696,7 @@ class FileSnapshotStore:
                 "that one%s", saved.index, saved.term, candidates[0][1], self.directory,
                 " and the new one was pruned at once" if pruned else "")
         for _, name in candidates[self._keep:]:
-            path = os.path.join(self.directory, name)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                logger.warning("cannot remove old snapshot %s: %s", path, exc)
+            _remove_file(os.path.join(self.directory, name), "old snapshot")
 
     def _open_valid(self, name: str, key: tuple[int, int], whole: bool
                     ) -> tuple[SnapshotMeta, BinaryIO, bytes | None] | None:

@@ -15,7 +15,12 @@ import pytest
 
 from engine.core import Message, MessageKind, RawNode
 from engine.core.membership_log import MembershipLog, decode_config_entry
-from engine.errors import InvariantError, MembershipError, NotLeaderError
+from engine.errors import (
+    InvariantError,
+    MembershipChangeInProgress,
+    MembershipError,
+    NotLeaderError,
+)
 from engine.membership import Membership
 from engine.types import Entry, EntryKind
 from tests.core.harness import CoreNetwork
@@ -423,7 +428,7 @@ def test_second_change_refused_while_one_is_in_progress() -> None:
     net = cluster()
     net.add_node("4")
     net.nodes["1"].propose_membership(["1", "2", "3"], ["4"])  # learner-only, uncommitted
-    with pytest.raises(MembershipError, match="in progress"):
+    with pytest.raises(MembershipChangeInProgress, match="in progress"):
         net.nodes["1"].propose_membership(["1", "2", "3", "4"])
     net.stabilize()
     net.tick_all(2)
@@ -431,7 +436,7 @@ def test_second_change_refused_while_one_is_in_progress() -> None:
     net.nodes["1"].propose_membership(["1", "2", "3", "4"])
     net.stabilize(keep=lambda m: m.kind is not APPEND_RESPONSE)
     assert net.nodes["1"].membership.is_joint
-    with pytest.raises(MembershipError, match="in progress"):
+    with pytest.raises(MembershipChangeInProgress, match="in progress"):
         net.nodes["1"].propose_membership(["1", "2"])
     with pytest.raises(NotLeaderError):
         net.nodes["2"].propose_membership(["1", "2"])
@@ -468,7 +473,7 @@ def test_new_leader_refuses_changes_until_its_term_commits() -> None:
     assert role(net, "2") == "leader"
     raft = net.nodes["2"].raft
     assert raft.log.committed < raft.memberships.current_index
-    with pytest.raises(MembershipError, match="in progress"):
+    with pytest.raises(MembershipChangeInProgress, match="in progress"):
         net.nodes["2"].propose_membership(["2", "3", "4"])
     net.tick_all(3)
     assert complete(net, "2")

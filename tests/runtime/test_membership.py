@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from engine import Config, LocalCluster, NotLeaderError, ProposalDropped, RaftNode
-from engine.errors import ConfigError, MembershipError, RaftError
+from engine.errors import ConfigError, MembershipChangeInProgress, MembershipError, RaftError
 from engine.membership import Membership
 from tests.conftest import FAST, LIVENESS, raft_threads
 from tests.runtime.scenario import (
@@ -229,11 +229,11 @@ def test_second_change_while_one_is_in_progress_fails(
     leader.propose(b"x").result(LIVENESS)
     first = leader.promote("n4")
     follower = next(n for n in cluster.nodes[:3] if n is not leader)
-    with pytest.raises(MembershipError, match="in progress"):
+    with pytest.raises(MembershipChangeInProgress, match="in progress"):
         leader.remove_member(follower.id).result(LIVENESS)
-    with pytest.raises(MembershipError, match="in progress"):
+    with pytest.raises(MembershipChangeInProgress, match="in progress"):
         leader.change_membership(["n1", "n2", "n3", "n4"]).result(LIVENESS)
-    with pytest.raises(MembershipError, match="in progress"):
+    with pytest.raises(MembershipChangeInProgress, match="in progress"):
         leader.promote("n4").result(LIVENESS)
     assert not first.done()
     assert leader.membership.learners == ("n4",)
