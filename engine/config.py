@@ -17,7 +17,8 @@ from dataclasses import dataclass, fields
 
 from engine.errors import ConfigError
 
-_BOOL_FIELDS = ("pre_vote", "check_quorum", "fast_backup", "fsync", "storage_thread")
+_BOOL_FIELDS = ("pre_vote", "check_quorum", "fast_backup", "fsync", "storage_thread",
+                "apply_thread")
 _MAY_BE_ZERO = ("snapshot_threshold", "snapshot_trailing_entries")
 _INT_FIELDS = ("max_batch_entries", "max_batch_bytes", "max_inflight", "max_pending_proposals",
                "snapshot_threshold", "snapshot_trailing_entries", "snapshot_chunk_bytes")
@@ -70,6 +71,18 @@ class Config:
     (``python -m bench --scenario ablation_storage_thread``).  Turn it on when an fsync can take
     a sizeable part of the heartbeat interval (slow disks, network storage): the loop then keeps
     ticking, answering heartbeats and serving reads while the disk works."""
+
+    apply_thread: bool = False
+    """Run the state machine's ``apply()`` (and reads, snapshots) on a ``raft-<id>-apply`` thread
+    instead of on the node's loop thread.  By default the loop applies committed entries itself
+    in bounded slices (``apply_slice``), which saves two thread hand-offs per commit; turn this
+    on for a state machine whose ``apply()`` blocks (IO, locks) or runs long per entry, so the
+    loop keeps sending heartbeats while it works."""
+
+    apply_slice: float = 0.005
+    """Seconds of apply work the loop does per iteration before it handles network IO and
+    timers again (inline apply only).  A burst of slow applies is spread over many iterations,
+    so it never starves heartbeats; one apply() call is never interrupted."""
 
     max_pending_proposals: int = 100_000
     """Proposals accepted by the leader and not yet committed and applied; beyond it propose()

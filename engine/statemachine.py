@@ -13,9 +13,17 @@ class StateMachine(Protocol):
     """What a user replicates.
 
     Threading contract: ``apply``, ``snapshot``, ``restore`` and the functions passed to
-    ``RaftNode.read`` are all called from the node's single apply thread
-    (``raft-<id>-apply``), never concurrently, so a state machine needs no locking of its own
-    unless other threads of the user's touch it.
+    ``RaftNode.read`` are all called from one thread, never concurrently: the node's loop
+    thread ``raft-<id>-loop`` by default (it applies in bounded slices between network
+    rounds), or the ``raft-<id>-apply`` thread with ``Config.apply_thread=True`` (choose that
+    when ``apply`` blocks on IO or locks).  A state machine needs no locking of its own unless
+    other threads of the user's touch it.
+
+    Optional batch form: a state machine may also define
+    ``apply_batch(first_index: int, commands: list[bytes]) -> Sequence[object]``, which the node
+    then calls instead of ``apply`` for each run of consecutive user entries (indexes
+    ``first_index, first_index + 1, ...``), expecting one result per command.  An exception it
+    raises becomes the result of every proposal of that run.
 
     Errors: an exception raised by ``apply`` does not stop the node.  The entry counts as applied
     (every replica sees the same command and, being deterministic, fails the same way); the

@@ -6,6 +6,7 @@ leadership loss) and the apply thread (which resolves them); every access holds 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
@@ -180,14 +181,18 @@ def new_future(*, running: bool = False) -> Future:
     return future
 
 
-def settle(future: Future, result: object = None, error: BaseException | None = None) -> None:
-    """Complete ``future`` unless it is already done (e.g. cancelled by its owner)."""
+def settle(future: Future | asyncio.Future, result: object = None,
+           error: BaseException | None = None) -> None:
+    """Complete ``future`` unless it is already done (e.g. cancelled by its owner).
+
+    ``future`` is a concurrent Future (any thread) or an asyncio Future of the node's own loop
+    (settled only on that loop's thread: see ``RaftNode.propose_async``)."""
     try:
         if error is not None:
             future.set_exception(error)
         else:
             future.set_result(result)
-    except InvalidStateError:
+    except (InvalidStateError, asyncio.InvalidStateError):
         pass
 
 

@@ -105,8 +105,9 @@ def trio(make_node) -> list[RaftNode]:
 
 def test_lifecycle_threads_are_named_and_joined(trio):
     """Before start() a node reports itself stopped and refuses work; start() runs the threads
-    raft-<id>-loop and raft-<id>-apply (and no storage thread with in-memory stores); the nodes
-    elect a leader; stop() joins every thread and is idempotent."""
+    raft-<id>-loop (core, timers, writes and apply) and raft-<id>-snapshot, and nothing else
+    (no apply thread by default, no storage thread with in-memory stores); the nodes elect a
+    leader; stop() joins every thread and is idempotent."""
     a = trio[0]
     status = a.status()
     assert not status.running and status.role == "follower" and status.leader_id is None
@@ -115,9 +116,7 @@ def test_lifecycle_threads_are_named_and_joined(trio):
     for node in trio:
         node.start()
     names = set(raft_threads())
-    assert {f"raft-{i}-{kind}" for i in PEERS for kind in ("loop", "apply")} <= names
-    # Every engine thread is named raft-<id>-<role>; in-memory stores need no storage thread.
-    assert all(re.fullmatch(r"raft-[abc]-(loop|apply|snapshot)", name) for name in names), names
+    assert {f"raft-{i}-{kind}" for i in PEERS for kind in ("loop", "snapshot")} == names
     watcher = Watcher(trio)
     assert watcher.wait_for(lambda: leader_of(trio) is not None)
     leader = leader_of(trio)
@@ -137,8 +136,21 @@ def test_double_start_raises(trio):
     with pytest.raises(RaftError, match="already started"):
         a.start()
     assert a.status().running
-    assert {"raft-a-loop", "raft-a-apply"} <= set(raft_threads())
+    assert {"raft-a-loop", "raft-a-snapshot"} == set(raft_threads())
     a.stop()
+    assert not raft_threads()
+
+
+def test_apply_thread_option_runs_apply_on_its_own_thread(make_node):
+    """Config.apply_thread=True adds raft-<id>-apply (for state machines that block); the
+    node still commits and applies, and stop() joins that thread too."""
+    node = make_node("s", peers={"s": "memory:s"},
+                     config=dataclasses.replace(FAST, apply_thread=True))
+    node.start()
+    assert {"raft-s-loop", "raft-s-apply", "raft-s-snapshot"} == set(raft_threads())
+    assert Watcher([node]).wait_for(lambda: node.status().role == "leader")
+    assert node.propose(b"x").result(LIVENESS) >= 1
+    node.stop()
     assert not raft_threads()
 
 

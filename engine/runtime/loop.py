@@ -1,0 +1,805 @@
+"""NodeLoop: the running part of a RaftNode, one thread running one event loop.
+
+The thread ``raft-<id>-loop`` runs an asyncio event loop (uvloop when importable) and owns,
+alone: the :class:`~engine.core.RawNode`, the pending-read table, the leader's progress copy,
+the leadership transfer and membership change in progress, the snapshot sender and receiver, the
+TCP connections of the node (when the transport runs on this loop: see
+``Transport.start(handler, loop=...)``), the tick timer, the durable writes (inline by default)
+and, by default, the state machine (the :class:`~engine.runtime.applier.Applier` in inline
+mode).
+
+Everything else reaches it through ``self._inbox``, a deque that any thread appends to
+(messages from a transport, proposals, reads, calls, notices from the snapshot and storage
+threads) followed by one wake-up (``_wake``): ``call_soon`` from the loop thread itself,
+``call_soon_threadsafe`` from others, at most one pending at a time.  A wake-up runs one
+*round* (:meth:`NodeLoop._round`): drain the inbox, step every message, propose every queued
+command as one batch, then hand the Readys out (:meth:`NodeLoop._drive`): send ``messages`` at
+once (the TCP transport writes them to the sockets before ``send`` returns on this thread, so
+followers receive entries while the leader syncs), write entries and hard state durably (C code
+with the GIL released), send ``messages_after_persist``, apply committed entries for at most
+``Config.apply_slice`` seconds (more slices follow in later loop iterations, between network
+rounds and ticks), resolve the futures of what was applied.  Everything that arrives during one
+fdatasync is drained by the next round and shares the next fdatasync (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any
+
+from engine.config import Config
+from engine.core import Message, MessageKind, PeerProgress, RaftOptions, RawNode, Ready
+from engine.errors import (
+    ConfigError,
+    NodeStopped,
+    NotLeaderError,
+    ProposalDropped,
+    RaftError,
+    ReadTimeout,
+    StorageError,
+    TransferError,
+)
+from engine.membership import Membership
+from engine.runtime.applier import Applier, ReadWaiter
+from engine.runtime.membership import MembershipChange
+from engine.runtime.persister import Persister
+from engine.runtime.proposals import ProposalRegistry, settle
+from engine.runtime.recovery import Recovered, Stores, close_stores
+from engine.runtime.snapshots import SnapshotReceiver, SnapshotSender
+from engine.runtime.workers import join_thread, start_thread
+from engine.statemachine import StateMachine
+from engine.status import Status
+from engine.storage.base import IncomingSnapshot
+from engine.storage.snapshot import encode_snapshot
+from engine.transport.base import Transport
+from engine.types import SnapshotMeta
+
+logger = logging.getLogger(__name__)
+
+# Inbox event tags (messages go on the inbox as bare Message objects, the common case).
+PROPOSE = 1  # (PROPOSE, command, future)
+READ = 2  # (READ, fn, future)
+PERSISTED = 3  # (PERSISTED, readys): the storage thread wrote them
+STOP = 4  # (STOP,)
+CALL = 5  # (CALL, fn(raw), future)
+SNAPSHOT_SAVED = 6  # (SNAPSHOT_SAVED, meta, encoded, future): the snapshot thread wrote it
+SNAPSHOT_FAILED = 7  # (SNAPSHOT_FAILED,): the snapshot thread could not write it
+PROPOSE_MANY = 8  # (PROPOSE_MANY, commands, futures)
+CLIENT_EVENTS = (PROPOSE, READ, CALL, PROPOSE_MANY)
+
+_SNAPSHOT = MessageKind.SNAPSHOT
+_SNAPSHOT_CHUNK = MessageKind.SNAPSHOT_CHUNK
+_SNAPSHOT_CHUNK_RESPONSE = MessageKind.SNAPSHOT_CHUNK_RESPONSE
+_LEADER = "leader"
+
+_MAX_EVENTS_PER_ROUND = 10_000
+_READ_CHECK_INTERVAL = 0.1  # seconds between scans for expired reads
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop event loop when uvloop is importable, else asyncio's default one."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def start_transport(transport: Transport, handler: Callable[[Message], None],
+                    loop: asyncio.AbstractEventLoop) -> None:
+    """``transport.start(handler, loop=loop)``; a transport written before the ``loop`` argument
+    existed is started with ``start(handler)`` (it then runs threads of its own)."""
+    try:
+        transport.start(handler, loop=loop)
+    except TypeError as exc:
+        if "loop" not in str(exc):
+            raise
+        transport.start(handler)
+
+
+class NodeLoop:
+    """One running node: built by ``RaftNode.start()`` in one step, discarded at stop.
+
+    Thread-safe entry points: :meth:`post`, :meth:`halt`, :attr:`status`, the applier's
+    ``last_applied``/``wait_applied``.  Everything else runs on the loop thread.
+    """
+
+    def __init__(self, node_id: str, peers: Mapping[str, str], config: Config,
+                 state_machine: StateMachine, stores: Stores, recovered: Recovered,
+                 transport: Transport, *, seed: int | None, join: bool,
+                 registry: ProposalRegistry, notify: Callable[[], None]) -> None:
+        import random
+        self.id = node_id
+        self.config = config
+        self._peers = dict(peers)
+        self._stores = stores
+        self.transport = transport
+        self.registry = registry
+        self._notify = notify
+        snapshot = recovered.snapshot
+        bootstrap = Membership() if join else Membership.bootstrap(self._peers)
+        # Owned by the loop thread (built here, before it starts):
+        self.raw = RawNode(node_id, bootstrap, rng=random.Random(seed),
+                           options=RaftOptions.from_config(config),
+                           hard_state=recovered.hard_state, entries=recovered.entries,
+                           snapshot=snapshot)
+        self.applier = Applier(
+            node_id, state_machine, registry, threaded=config.apply_thread,
+            on_progress=notify,
+            applied=snapshot.index if snapshot else 0,
+            applied_term=snapshot.term if snapshot else 0,
+            membership=snapshot.membership
+            if snapshot is not None and not snapshot.membership.is_empty else bootstrap,
+            snapshot_threshold=config.snapshot_threshold,
+            on_snapshot=self._on_snapshot_taken)
+        self._pending_reads: dict[int, tuple[float, list[ReadWaiter]]] = {}
+        self._read_ids = itertools.count(1)
+        self._role = "follower"
+        self._progress: dict[str, PeerProgress] = {}  # the leader's, as of the last tick
+        self._transfer: tuple[str, Future] | None = None
+        self.change: MembershipChange | None = None
+        self._address_book: dict[str, str] = dict(peers)
+        self._latest_snapshot: tuple[SnapshotMeta, bytes] | None = (
+            (snapshot, recovered.encoded_snapshot)
+            if snapshot is not None and recovered.encoded_snapshot is not None else None)
+        self._snapshot_sender = SnapshotSender(
+            node_id, transport.send, chunk_bytes=config.snapshot_chunk_bytes,
+            stall_ticks=2 * config.heartbeat_ticks)
+        self._snapshot_receiver = SnapshotReceiver(node_id, self._begin_incoming_snapshot)
+        self._accepted_snapshot: IncomingSnapshot | None = None
+        self._halted = False  # set on the loop thread by STOP or a fatal error
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._next_tick = 0.0
+        self._next_read_check = 0.0
+        self._apply_scheduled = False
+        # The snapshot store is shared by the snapshot thread (save), the loop thread
+        # (begin_incoming), the log writer (commit_incoming: the loop thread, or the storage
+        # thread with Config.storage_thread) and the halting thread: every store call holds
+        # self._snapshot_lock, as does every access to self._incoming_snapshots (verified
+        # snapshots from the leader waiting, keyed by (index, term), for the log writer).
+        self._snapshot_lock = threading.Lock()
+        self._incoming_snapshots: dict[tuple[int, int], IncomingSnapshot] = {}
+        # The snapshot thread takes jobs from here (None: stop).
+        self._snapshot_jobs: deque[tuple[SnapshotMeta, bytes, Future | None] | None] = deque()
+        self._snapshot_cond = threading.Condition()
+        self.persister = Persister(
+            node_id, stores.log, stores.stable, threaded=config.storage_thread,
+            send=transport.send, on_persisted=self._on_persisted,
+            on_error=self._fatal, install_snapshot=self._store_received_snapshot)
+        # Shared: any thread appends to the inbox, then calls _wake(); the loop thread pops.
+        # _wake_pending is cleared by the loop BEFORE it drains, so nothing is left behind.
+        self._inbox: deque[Any] = deque()
+        self._wake_pending = False
+        # One mark per proposal put on the inbox and not yet taken by the loop thread, for
+        # back-pressure: user threads append, the loop thread pops (both atomic on a deque).
+        self.queued_proposals: deque[None] = deque()
+        # Set by halt() once the loop thread is gone, just before the final drain of the inbox;
+        # from then on a client event put on the inbox is failed by the thread that put it.
+        self._inbox_closed = False
+        self._stop_error: BaseException | None = None
+        self._halt_lock = threading.Lock()
+        self._halting = False  # guarded by _halt_lock
+        self._halt_thread: threading.Thread | None = None  # set when a node thread fails
+        self.status = Status(node_id, "follower", 0, None, 0, 0, 0, running=False)
+        self.aloop = new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._thread_ident = 0
+        self._snapshot_thread: threading.Thread | None = None
+
+    # -- start and stop (the thread that calls RaftNode.start / stop) ---------------------------
+
+    def start(self) -> None:
+        """Start the loop, snapshot (and apply, storage) threads and the transport.
+
+        Raises:
+            OSError / RaftError: the transport could not start (everything is stopped again).
+        """
+        running = threading.Event()
+        self.aloop.call_soon(running.set)
+        self._thread = start_thread(f"raft-{self.id}-loop", self._run)
+        running.wait()
+        self._publish_status()
+        self.applier.start()
+        self._snapshot_thread = start_thread(f"raft-{self.id}-snapshot", self._snapshot_writer)
+        self._update_address_book(self.raw.membership)
+        try:
+            start_transport(self.transport, self._on_message, self.aloop)
+        except BaseException as exc:
+            self.halt(graceful=False, error=exc, close_transport=False)
+            raise
+        self.aloop.call_soon_threadsafe(self._begin)
+
+    def _run(self) -> None:
+        """Body of the ``raft-<id>-loop`` thread."""
+        self._thread_ident = threading.get_ident()
+        loop = self.aloop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    def _begin(self) -> None:
+        """Loop thread, once the transport runs: arm the tick timer and run a first round."""
+        now = self.aloop.time()
+        self._next_tick = now + self.config.tick_interval
+        self._next_read_check = time.monotonic() + _READ_CHECK_INTERVAL
+        self._tick_handle = self.aloop.call_at(self._next_tick, self._on_tick)
+        self._round()
+
+    def halt(self, *, graceful: bool, error: BaseException | None = None,
+             close_transport: bool = True) -> None:
+        """Stop everything (any thread but the loop's; idempotent): the loop takes no more
+        events, the transport closes, the threads are joined, every future still pending fails
+        with ``error`` or NodeStopped, and the stores are closed.  ``graceful`` writes what is
+        queued first; otherwise (a crash) queued writes are lost, as on a power cut."""
+        with self._halt_lock:
+            if self._halting:
+                return
+            self._halting = True
+        self._stop_error = error
+        stopped = error or NodeStopped(f"node {self.id} stopped")
+        self.post((STOP,))
+        if close_transport:
+            try:
+                self.transport.close()
+            except Exception:
+                logger.exception("%s: closing the transport failed", self.id)
+        if self._thread is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # already closed
+                self.aloop.call_soon_threadsafe(self.aloop.stop)
+        join_thread(self._thread)
+        self.persister.stop(flush=graceful and error is None)
+        self.applier.stop()
+        with self._snapshot_cond:
+            self._snapshot_jobs.append(None)
+            self._snapshot_cond.notify()
+        join_thread(self._snapshot_thread)
+        self._fail_snapshot_jobs(stopped)
+        self.registry.fail_after(-1, stopped)
+        self._fail_reads(stopped)
+        if self._transfer is not None:
+            settle(self._transfer[1], error=stopped)
+            self._transfer = None
+        if self.change is not None:
+            self.change.fail(stopped)
+            self.change = None
+        self._inbox_closed = True
+        self._fail_inbox(stopped)
+        if graceful:
+            self._abort_incoming_snapshots()
+        close_stores(self._stores)
+        status = self.status
+        self.status = Status(self.id, "follower", status.term, None, status.commit_index,
+                             self.applier.last_applied, status.last_log_index, running=False)
+        logger.info("%s stopped (%s)", self.id, "graceful" if graceful else "crash")
+
+    def join_halt_thread(self) -> None:
+        """Wait for a halt started by a failing node thread (see :meth:`_fatal`)."""
+        join_thread(self._halt_thread)
+
+    def on_loop_thread(self) -> bool:
+        """True when called from the loop thread."""
+        return threading.get_ident() == self._thread_ident
+
+    def _fatal(self, error: BaseException) -> None:
+        """A node thread hit a fatal error: stop taking events, and stop the node from a thread
+        of its own (the failing thread cannot join itself)."""
+        if self.on_loop_thread():
+            self._halted = True
+        thread = threading.Thread(target=self.halt, kwargs={"graceful": False, "error": error},
+                                  name=f"raft-{self.id}-halt", daemon=True)
+        self._halt_thread = thread
+        thread.start()
+
+    # -- reaching the loop (any thread) ---------------------------------------------------------
+
+    def post(self, event: tuple[Any, ...]) -> None:
+        """Put an event on the inbox and wake the loop.
+
+        A client that passed the "running?" check may still lose the race with ``halt()``: its
+        event could land after the final drain and never be settled.  Whoever sees the inbox
+        closed after putting drains it again (lock-free: both sides put/set first, then read).
+        """
+        self._inbox.append(event)
+        if self._inbox_closed:
+            self._fail_inbox(self._stop_error or NodeStopped(f"node {self.id} stopped"))
+            return
+        self._wake()
+
+    def _on_message(self, message: Message) -> None:
+        """The transport's handler: any thread (the loop thread for TCP on this loop)."""
+        self._inbox.append(message)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wake_pending:
+            return
+        self._wake_pending = True
+        try:
+            if threading.get_ident() == self._thread_ident:
+                self.aloop.call_soon(self._round)
+            else:
+                self.aloop.call_soon_threadsafe(self._round)
+        except RuntimeError:  # the loop is closed: the node is stopping; halt() fails events
+            pass
+
+    def _fail_inbox(self, error: BaseException) -> None:
+        inbox = self._inbox
+        while True:
+            try:
+                event = inbox.popleft()
+            except IndexError:
+                return
+            if type(event) is tuple and event[0] in CLIENT_EVENTS:
+                future = event[-1]
+                for f in future if isinstance(future, list) else [future]:
+                    settle(f, error=error)
+            elif type(event) is tuple and event[0] == SNAPSHOT_SAVED and event[3]:
+                settle(event[3], error=error)
+
+    # -- the loop thread ------------------------------------------------------------------------
+
+    def _round(self) -> None:
+        """One wake-up: step everything queued, then hand the Readys out."""
+        self._wake_pending = False  # before draining: see the inbox's comment
+        if self._halted:
+            return
+        try:
+            inbox = self._inbox
+            count = min(len(inbox), _MAX_EVENTS_PER_ROUND)
+            events = [inbox.popleft() for _ in range(count)]
+            if self._handle_events(self.raw, events):
+                self._halted = True
+                if self._tick_handle is not None:
+                    self._tick_handle.cancel()
+                return
+            self._drive(self.raw)
+            if self.change is not None:
+                self._advance_change(self.raw)
+                self._drive(self.raw)
+            if inbox:
+                self._wake()
+        except Exception as exc:
+            self._loop_failed(exc)
+
+    def _loop_failed(self, exc: BaseException) -> None:
+        logger.critical("%s: the loop failed, stopping the node", self.id, exc_info=exc)
+        self._halted = True
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        error = exc if isinstance(exc, RaftError) else RaftError(
+            f"node {self.id} stopped: {type(exc).__name__}: {exc}")
+        error.__cause__ = exc if error is not exc else None
+        self._fatal(error)
+
+    def _on_tick(self) -> None:
+        if self._halted:
+            return
+        loop = self.aloop
+        interval = self.config.tick_interval
+        self._next_tick += interval
+        now = loop.time()
+        if self._next_tick < now:  # fell far behind (a GC pause, say): do not burst
+            self._next_tick = now + interval
+        self._tick_handle = loop.call_at(self._next_tick, self._on_tick)
+        try:
+            raw = self.raw
+            raw.tick()
+            self._refresh_progress(raw)
+            if self._transfer is not None:
+                self._check_transfer(raw)
+            for peer in self._snapshot_sender.tick():
+                raw.report_snapshot(peer, ok=False)
+            wall = time.monotonic()
+            if wall >= self._next_read_check:
+                self._next_read_check = wall + _READ_CHECK_INTERVAL
+                if self._pending_reads:
+                    self._expire_reads(wall)
+            self._drive(raw)
+            if self.change is not None:
+                self._advance_change(raw)
+                self._drive(raw)
+        except Exception as exc:
+            self._loop_failed(exc)
+
+    def _handle_events(self, raw: RawNode, events: list[Any]) -> bool:
+        """Step every event into the core; returns True when asked to stop."""
+        commands: list[bytes] = []
+        futures: list[Any] = []
+        reads: list[ReadWaiter] = []
+        own_id = self.id
+        queued = self.queued_proposals
+        for position, event in enumerate(events):
+            if type(event) is Message:
+                if event.dst != own_id:
+                    continue
+                if event.kind is _SNAPSHOT_CHUNK or event.kind is _SNAPSHOT_CHUNK_RESPONSE:
+                    self._handle_snapshot_message(raw, event)
+                elif event.kind is not _SNAPSHOT:  # SNAPSHOT is local-only, never from a peer
+                    raw.step(event)
+                continue
+            tag = event[0]
+            if tag == PROPOSE:
+                commands.append(event[1])
+                futures.append(event[2])
+                queued.pop()
+            elif tag == PROPOSE_MANY:
+                commands.extend(event[1])
+                futures.extend(event[2])
+                for _ in event[2]:
+                    queued.pop()
+            elif tag == PERSISTED:
+                for rd in event[1]:
+                    raw.advance(rd)
+            elif tag == READ:
+                reads.append((event[1], event[2]))
+            elif tag == SNAPSHOT_SAVED:
+                self._on_snapshot_saved(raw, event[1], event[2], event[3])
+                self.applier.snapshot_saved()
+            elif tag == SNAPSHOT_FAILED:
+                self.applier.snapshot_saved()
+            elif tag == CALL:
+                # Proposals queued before the call go into the core first (a transfer that
+                # starts now must not refuse them).
+                self._propose_batch(raw, commands, futures)
+                commands, futures = [], []
+                try:
+                    settle(event[2], event[1](raw))
+                except Exception as exc:
+                    settle(event[2], error=exc)
+            elif tag == STOP:
+                error = NodeStopped(f"node {own_id} stopped")
+                for future in futures:
+                    settle(future, error=error)
+                for _, future in reads:
+                    settle(future, error=error)
+                self._inbox.extendleft(reversed(events[position + 1:]))
+                return True
+        self._propose_batch(raw, commands, futures)
+        if reads:
+            context = next(self._read_ids)
+            try:
+                raw.read_index(context)
+            except NotLeaderError as exc:
+                for _, future in reads:
+                    settle(future, error=exc)
+            else:
+                self._pending_reads[context] = (time.monotonic() + self.config.read_timeout,
+                                                reads)
+        return False
+
+    def _propose_batch(self, raw: RawNode, commands: list[bytes], futures: list[Any]) -> None:
+        """Propose ``commands`` as one batch and register their futures."""
+        if not commands:
+            return
+        try:
+            first, term = raw.propose(commands)
+        except (NotLeaderError, ProposalDropped) as exc:
+            for future in futures:
+                settle(future, error=exc)
+        else:
+            self.registry.register(first, term, futures)
+
+    def _drive(self, raw: RawNode) -> None:
+        """Hand out Readys until the core has nothing more to do, then apply a slice."""
+        persister = self.persister
+        applier = self.applier
+        send = self.transport.send
+        changed = False
+        while raw.has_ready() and not self._halted:
+            rd = raw.ready()
+            if rd.soft_state is not None:
+                changed = True
+                self._on_soft_state(rd)
+            if rd.membership is not None:
+                changed = True
+                self._update_address_book(rd.membership)
+            messages = rd.messages
+            if messages:
+                if any(m.kind is _SNAPSHOT for m in messages):
+                    self._send_snapshots(raw, [m for m in messages if m.kind is _SNAPSHOT])
+                    messages = [m for m in messages if m.kind is not _SNAPSHOT]
+                send(messages)
+            if rd.snapshot is not None:
+                self._restore_received(rd.snapshot)
+            if rd.must_persist() or rd.messages_after_persist:
+                persister.submit(rd)
+            if rd.committed_entries:
+                applier.submit_entries(rd.committed_entries)
+            for read_state in rd.read_states:
+                pending = self._pending_reads.pop(read_state.context, None)
+                if pending is not None:
+                    applier.submit_read(read_state.index, pending[1])
+        if applier.has_work and not self._apply_scheduled:
+            self._apply_slice()
+        self._publish_status()
+        if changed:
+            self._notify()
+
+    def _apply_slice(self) -> None:
+        """Inline apply: one slice of ``Config.apply_slice`` seconds; the rest later."""
+        self._apply_scheduled = False
+        if self._halted:
+            return
+        try:
+            if self.applier.run(self.config.apply_slice):
+                self._apply_scheduled = True
+                self.aloop.call_soon(self._apply_slice)
+        except Exception as exc:  # restore() or snapshot() of the user's machine failed
+            self._loop_failed(exc)
+
+    def _restore_received(self, meta: SnapshotMeta) -> None:
+        """A snapshot received from the leader was installed: read it back from its temporary
+        file (the state machine needs the data; the encoded bytes are what this node sends if
+        it leads), then let the log writer commit the file."""
+        incoming, self._accepted_snapshot = self._accepted_snapshot, None
+        if incoming is None or (incoming.index, incoming.term) != (meta.index, meta.term):
+            raise RaftError(f"{self.id}: installed snapshot {meta.index}/{meta.term} does not "
+                            f"match the one received ({incoming!r})")
+        encoded, data = incoming.read()
+        with self._snapshot_lock:
+            self._incoming_snapshots[(meta.index, meta.term)] = incoming
+        self._latest_snapshot = (meta, encoded)
+        self.applier.submit_restore(meta, data)
+
+    def _on_persisted(self, readys: list[Ready]) -> None:
+        if self.on_loop_thread():
+            for rd in readys:
+                self.raw.advance(rd)
+        else:
+            self.post((PERSISTED, readys))
+
+    def _check_transfer(self, raw: RawNode) -> None:
+        """Settle the pending leadership transfer when its outcome is known."""
+        if self._transfer is None:
+            return
+        target, future = self._transfer
+        r = raw.raft
+        if r.leader_id == target and r.role != _LEADER:
+            self._transfer = None
+            settle(future, target)
+        elif r.role == _LEADER and r.lead_transferee != target:
+            self._transfer = None
+            settle(future, error=TransferError(
+                f"{target} did not take over within an election timeout"))
+        elif r.role != _LEADER and r.leader_id not in (None, target):
+            self._transfer = None
+            settle(future, error=TransferError(f"{r.leader_id} took over instead of {target}"))
+
+    def start_transfer(self, raw: RawNode, target: str, future: Future) -> None:
+        """Begin handing leadership to ``target`` (a CALL from RaftNode.transfer_leadership)."""
+        raw.transfer_leadership(target)
+        if self._transfer is not None:
+            settle(self._transfer[1], error=TransferError(f"superseded by a transfer to {target}"))
+        self._transfer = (target, future)
+
+    def _on_soft_state(self, rd: Ready) -> None:
+        soft = rd.soft_state
+        assert soft is not None
+        raw = self.raw
+        self._check_transfer(raw)
+        was_leader = self._role == _LEADER
+        self._role = soft.role
+        if was_leader and soft.role != _LEADER:
+            commit = raw.raft.log.committed
+            dropped = self.registry.fail_after(commit, ProposalDropped(
+                f"{self.id} lost leadership at term {soft.term} before the entry committed"))
+            self._fail_reads(NotLeaderError(soft.leader_id))
+            if self.change is not None:
+                self.change.leadership_lost(raw)
+                self.change = None
+            self._snapshot_sender.cancel_all()
+            logger.info("%s lost leadership (term %d): %d proposals dropped", self.id,
+                        soft.term, dropped)
+
+    def _fail_reads(self, error: BaseException) -> None:
+        pending, self._pending_reads = self._pending_reads, {}
+        for _, waiters in pending.values():
+            for _, future in waiters:
+                settle(future, error=error)
+
+    def _expire_reads(self, now: float) -> None:
+        expired = [c for c, (deadline, _) in self._pending_reads.items() if deadline <= now]
+        for context in expired:
+            _, waiters = self._pending_reads.pop(context)
+            for _, future in waiters:
+                settle(future, error=ReadTimeout(
+                    f"{self.id} could not confirm leadership within "
+                    f"{self.config.read_timeout}s"))
+
+    def _refresh_progress(self, raw: RawNode) -> None:
+        """Once per tick, copy the leader's per-peer progress for status() (cheaper than on
+        every round; at most one tick stale)."""
+        raft = raw.raft
+        if raft.role == _LEADER:
+            self._progress = {peer: PeerProgress(pr.match, pr.next, pr.state.value,
+                                                 len(pr.inflights), pr.recent_active)
+                              for peer, pr in raft.progress.items()}
+        elif self._progress:
+            self._progress = {}
+
+    def _publish_status(self) -> None:
+        r = self.raw.raft
+        role = r.role.value
+        if role == "pre-candidate":
+            role = "follower"
+        self.status = Status(self.id, role, r.term, r.leader_id, r.log.committed,
+                             self.applier.last_applied, r.log.last_index(), running=True,
+                             snapshot_index=r.snapshot.index if r.snapshot else 0,
+                             log_entries=len(r.log), progress=self._progress,
+                             membership=r.membership,
+                             membership_committed=r.log.committed
+                             >= r.memberships.current_index)
+
+    # -- membership -----------------------------------------------------------------------------
+
+    def begin_change(self, raw: RawNode, change: MembershipChange) -> None:
+        """Start ``change`` (a CALL from RaftNode._begin_change)."""
+        self.change = change
+        change.start(raw)
+        if change.done:
+            self.change = None
+
+    def _advance_change(self, raw: RawNode) -> None:
+        change = self.change
+        assert change is not None
+        change.advance(raw, time.monotonic())
+        if change.done:
+            self.change = None
+
+    def _update_address_book(self, membership: Membership) -> None:
+        """Give the transport every address known (constructor peers, then the
+        configuration's address book, which wins)."""
+        book = dict(self._peers)
+        book.update(membership.addresses)
+        if book != self._address_book:
+            self._address_book = book
+            try:
+                self.transport.update_peers(book)
+            except ConfigError as exc:  # checked before proposing; only a foreign entry
+                logger.error("%s: cannot use the configuration's address book: %s",
+                             self.id, exc)
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def request_snapshot(self, future: Future) -> None:
+        """Take a snapshot at the next consistent point (a CALL from RaftNode.snapshot)."""
+        self.applier.request_snapshot(future)
+        if self.applier.has_work and not self._apply_scheduled:
+            self._apply_scheduled = True
+            self.aloop.call_soon(self._apply_slice)
+
+    def _on_snapshot_taken(self, meta: SnapshotMeta, data: bytes, future: Future | None) -> None:
+        """The owner of the state machine took a consistent snapshot: write it on the snapshot
+        thread."""
+        with self._snapshot_cond:
+            self._snapshot_jobs.append((meta, data, future))
+            self._snapshot_cond.notify()
+
+    def _snapshot_writer(self) -> None:
+        """The ``raft-<id>-snapshot`` thread: encode and store snapshots off the hot path."""
+        store = self._stores.snapshots
+        while True:
+            with self._snapshot_cond:
+                while not self._snapshot_jobs:
+                    self._snapshot_cond.wait()
+                job = self._snapshot_jobs.popleft()
+            if job is None:
+                return
+            meta, data, future = job
+            try:
+                encoded = encode_snapshot(meta, data)
+                with self._snapshot_lock:
+                    store.save(meta, data)
+            except Exception as exc:
+                logger.error("%s: writing snapshot %d failed: %s", self.id, meta.index, exc)
+                if future is not None:
+                    settle(future, error=exc if isinstance(exc, StorageError)
+                           else StorageError(str(exc)))
+                self.post((SNAPSHOT_FAILED,))
+            else:
+                logger.info("%s: snapshot %d/%d saved (%d bytes)", self.id, meta.term,
+                            meta.index, len(encoded))
+                self.post((SNAPSHOT_SAVED, meta, encoded, future))
+
+    def _fail_snapshot_jobs(self, error: BaseException) -> None:
+        while self._snapshot_jobs:
+            job = self._snapshot_jobs.popleft()
+            if job is not None and job[2] is not None:
+                settle(job[2], error=error)
+
+    def _on_snapshot_saved(self, raw: RawNode, meta: SnapshotMeta, encoded: bytes,
+                           future: Future | None) -> None:
+        latest = self._latest_snapshot
+        if latest is None or meta.index > latest[0].index:
+            self._latest_snapshot = (meta, encoded)
+            # Keep the log back to the previous snapshot too: if the newest snapshot file is
+            # ever found corrupt, the older one plus the log still rebuild the state.
+            previous = latest[0].index if latest is not None else 0
+            compact_to = min(previous, max(0, meta.index - self.config.snapshot_trailing_entries))
+            raw.compact(meta, compact_to)
+        if future is not None:
+            settle(future, meta.index)
+
+    def _send_snapshots(self, raw: RawNode, messages: list[Message]) -> None:
+        """The core asked to send the latest snapshot to these followers."""
+        latest = self._latest_snapshot
+        for m in messages:
+            if latest is None or latest[0].index != m.index:
+                logger.warning("%s: no encoded snapshot %d to send to %s", self.id, m.index,
+                               m.dst)
+                raw.report_snapshot(m.dst, ok=False)
+                continue
+            self._snapshot_sender.start(m.dst, m.term, latest[0], latest[1])
+
+    def _begin_incoming_snapshot(self, index: int, term: int, total: int) -> IncomingSnapshot:
+        """The receiver's ``begin``: a new temporary place in the snapshot store for a snapshot
+        the leader starts sending."""
+        with self._snapshot_lock:
+            return self._stores.snapshots.begin_incoming(index, term, total)
+
+    def _store_received_snapshot(self, meta: SnapshotMeta) -> None:
+        """The log writer: make a snapshot received from the leader durable (its temporary file
+        flushed and renamed into place)."""
+        with self._snapshot_lock:
+            incoming = self._incoming_snapshots.pop((meta.index, meta.term))
+            self._stores.snapshots.commit_incoming(incoming)
+
+    def _abort_incoming_snapshots(self) -> None:
+        """halt(), once the loop and storage threads are joined: delete the incoming snapshots
+        not committed (the one being received; one installed but never written).  A crash
+        leaves them, as a power cut would: the file store deletes them when it opens."""
+        self._snapshot_receiver.abort()
+        accepted, self._accepted_snapshot = self._accepted_snapshot, None
+        with self._snapshot_lock:
+            leftovers = list(self._incoming_snapshots.values())
+            self._incoming_snapshots.clear()
+        for incoming in [accepted, *leftovers]:
+            if incoming is not None:
+                incoming.abort()
+
+    def _handle_snapshot_message(self, raw: RawNode, m: Message) -> None:
+        """The chunk sub-protocol of InstallSnapshot (engine.runtime.snapshots)."""
+        if m.kind is _SNAPSHOT_CHUNK_RESPONSE:
+            finished = self._snapshot_sender.on_response(m)
+            if finished is not None:
+                raw.report_snapshot(finished[0], ok=finished[1])
+            return
+        if m.term < raw.raft.term:
+            return  # a deposed leader's transfer
+        response, done = self._snapshot_receiver.on_chunk(m)
+        self.transport.send([response])
+        if done is None:
+            return
+        meta, incoming = done
+        before = raw.raft.snapshot
+        raw.step(Message(kind=_SNAPSHOT, src=m.src, dst=self.id, term=m.term,
+                         index=meta.index, log_term=meta.term, data=meta.membership.encode()))
+        if raw.raft.snapshot is before:
+            # Not installed: the log had committed past it meanwhile (the core answered the
+            # leader from the log).  Nothing will ask for this one.
+            incoming.abort()
+            return
+        if self._accepted_snapshot is not None:
+            # Installed over by this one before the core handed the earlier one out: the next
+            # Ready carries only the newest.
+            self._accepted_snapshot.abort()
+        self._accepted_snapshot = incoming
