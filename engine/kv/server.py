@@ -30,14 +30,20 @@ answering the new configuration as JSON once it is committed.
 
 Clients must speak RESP2: redis-py >= 6 needs ``protocol=2`` (``HELLO 3`` gets ``-NOPROTO``).
 
-Threads: the server runs its own asyncio loop (uvloop when importable) in the thread
-``kv-<node id>-resp``, which owns every connection object; it never touches the state machine
-(reads run on the node's apply thread).  ``start()``/``stop()`` may be called from any thread.
+Threads: the server runs on the node's own event loop (``RaftNode.loop``, the thread
+``raft-<id>-loop``) when the node is running at ``start()``, so that a client's commands cost no
+thread hand-off: the writes of one read from a socket become one ``propose_many`` batch, their
+futures are settled on that same thread, and their replies go out in one write.  A node that is
+not running yet gets a loop of the server's own in the thread ``kv-<node id>-resp`` (the old
+shape).  Either way that loop owns every connection object; the server never touches the state
+machine (reads run where the node applies).  ``start()``/``stop()`` may be called from any
+thread but the loop's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import itertools
@@ -70,6 +76,7 @@ from engine.kv.resp import (
     encode_many,
 )
 from engine.membership import Membership
+from engine.runtime.loop import new_event_loop
 from engine.runtime.node import RaftNode
 from engine.transport.tcp import parse_address
 
@@ -85,14 +92,6 @@ _LOCAL_ARITY = {b"ping": -1, b"echo": 2, b"command": -1, b"config": -2, b"select
                 b"raft.member": -3}
 
 
-def _new_event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def _text(data: bytes, limit: int = 128) -> str:
     """Client bytes made safe for an error line (no CR/LF), as Redis shortens them."""
     return data[:limit].decode(errors="replace").replace("\r", " ").replace("\n", " ")
@@ -100,6 +99,38 @@ def _text(data: bytes, limit: int = 128) -> str:
 
 def _run_reads(reads: list[tuple[Op, list[bytes]]], machine: KVMachine) -> list[object]:
     return [machine.execute(op, args) for op, args in reads]
+
+
+def _completion(future: Future) -> asyncio.Future[None]:
+    """An asyncio future of the running loop that is done once ``future`` is.
+
+    ``asyncio.wrap_future`` wakes the loop with ``call_soon_threadsafe`` (a write to its
+    self-pipe) even when the future is settled on the loop's own thread, which is where the
+    node settles it when this server runs on the node's loop; this costs a plain
+    ``call_soon`` there and falls back to the thread-safe path elsewhere."""
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    owner = threading.get_ident()
+
+    def done(_: Future) -> None:
+        if threading.get_ident() == owner:
+            if not waiter.done():
+                waiter.set_result(None)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+
+    future.add_done_callback(done)
+    return waiter
+
+
+class _WriteSlot:
+    """Where the reply of the ``i``-th write of a run goes."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
 
 
 class _ReadSlot:
@@ -142,6 +173,8 @@ class KVServer:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # guards the lifecycle fields below
         self._thread: threading.Thread | None = None
+        # The server's task when it runs on the node's loop.
+        self._main_future: concurrent.futures.Future[None] | None = None
         self._stopped = False
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -169,27 +202,36 @@ class KVServer:
         self.stop()
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the ``kv-<id>-resp`` thread; returns once listening.
+        """Start serving; returns once listening (on the node's loop when it runs, else on the
+        ``kv-<id>-resp`` thread).
 
         Raises:
             RaftError: started twice, or not listening within ``timeout``.
             OSError: the address could not be bound.
         """
+        node_loop = self._node.loop
         with self._lock:
-            if self._thread is not None or self._stopped:
+            if self._thread is not None or self._main_future is not None or self._stopped:
                 raise RaftError("KVServer.start() may be called once")
-            self._thread = threading.Thread(target=self._run, name=f"kv-{self._node.id}-resp",
-                                            daemon=True)
-            self._thread.start()
+            if node_loop is not None:
+                self._main_future = asyncio.run_coroutine_threadsafe(self._main(node_loop),
+                                                                     node_loop)
+                self._main_future.add_done_callback(self._main_ended)
+            else:
+                self._thread = threading.Thread(target=self._run,
+                                                name=f"kv-{self._node.id}-resp", daemon=True)
+                self._thread.start()
         if not self._ready.wait(timeout):
             self.stop()
             raise RaftError(f"KV server of {self._node.id} did not start within {timeout}s")
         if self._start_error is not None:
-            self._thread.join()
+            if self._thread is not None:
+                self._thread.join()
             raise self._start_error
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Close the listening socket and every connection, and join the thread.  Idempotent.
+        """Close the listening socket and every connection, and join the thread (or wait for
+        the server's task on the node's loop).  Idempotent.
 
         Writes already proposed still commit (or not) in the node; their clients get no reply.
         """
@@ -198,20 +240,41 @@ class KVServer:
                 return
             self._stopped = True
             thread = self._thread
+            main_future = self._main_future
         loop, stop_future = self._loop, self._stop_future
         if loop is not None and stop_future is not None:
             with contextlib.suppress(RuntimeError):  # the loop already ended
                 loop.call_soon_threadsafe(
                     lambda: stop_future.done() or stop_future.set_result(None))
+        if main_future is not None:
+            try:
+                main_future.result(timeout)
+            except concurrent.futures.TimeoutError:
+                logger.error("KV server of %s did not stop within %.1fs", self._node.id,
+                             timeout)
+            except BaseException:  # cancelled with the node's loop, or failed: logged there
+                pass
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
             if thread.is_alive():
                 logger.error("thread %s did not stop within %.1fs", thread.name, timeout)
 
-    # -- the server thread ---------------------------------------------------------------------
+    # -- the server's loop ---------------------------------------------------------------------
+
+    def _main_ended(self, future: concurrent.futures.Future) -> None:
+        """The server's task on the node's loop ended: report a start-up failure."""
+        if future.cancelled():
+            exc: BaseException | None = RaftError(f"node {self._node.id} stopped")
+        else:
+            exc = future.exception()
+        if exc is not None and not self._ready.is_set():
+            self._start_error = exc
+            self._ready.set()
+        elif exc is not None and not future.cancelled():
+            logger.error("KV server of %s failed: %r", self._node.id, exc)
 
     def _run(self) -> None:
-        loop = _new_event_loop()
+        loop = new_event_loop()
         try:
             loop.run_until_complete(self._main(loop))
         except BaseException as exc:
@@ -249,6 +312,10 @@ class KVServer:
     def propose(self, op: Op, args: list[bytes]) -> Future:
         """Propose a write; the future resolves to its reply."""
         return self._node.propose(encode_command(op, args))
+
+    def propose_many(self, writes: list[tuple[Op, list[bytes]]]) -> list[Future]:
+        """Propose writes as one batch; one future per write, resolving to its reply."""
+        return self._node.propose_many([encode_command(op, args) for op, args in writes])
 
     def read(self, reads: list[tuple[Op, list[bytes]]]) -> Future:
         """Run reads at one linearizable point; the future resolves to their replies."""
@@ -483,7 +550,8 @@ class _Connection(asyncio.Protocol):
         """Answer the commands at the head of the queue up to the first one that must wait for
         them (a data command of the other kind), a QUIT, or an end marker."""
         server, queue = self._server, self._queue
-        slots: list[object] = []  # reply values, Futures resolving to them, or _ReadSlots
+        slots: list[object] = []  # reply values, or _WriteSlots / _ReadSlots to fill in
+        writes: list[tuple[Op, list[bytes]]] = []
         reads: list[tuple[Op, list[bytes]]] = []
         kind: bool | None = None  # True: a run of writes; False: of reads
         while queue:
@@ -500,7 +568,8 @@ class _Connection(asyncio.Protocol):
                 elif kind is None or kind == spec.write:
                     kind = spec.write
                     if spec.write:
-                        slots.append(server.propose(spec.op, args))
+                        slots.append(_WriteSlot(len(writes)))
+                        writes.append((spec.op, args))
                     else:
                         slots.append(_ReadSlot(len(reads)))
                         reads.append((spec.op, args))
@@ -521,22 +590,25 @@ class _Connection(asyncio.Protocol):
                 slots.append(Error(f"ERR unknown command '{_text(command[0])}', "
                                    f"with args beginning with: {given}"))
             queue.popleft()
+        write_futures = server.propose_many(writes) if writes else []
         read_future = server.read(reads) if reads else None
-        futures = [slot for slot in slots if isinstance(slot, Future)]
+        futures = [*write_futures, *(slot for slot in slots if isinstance(slot, Future))]
         if read_future is not None:
             futures.append(read_future)
         if futures and not futures[-1].done():
             # Entries commit in order, so once the last is done the others (nearly always) are
-            # too: one wake-up from the node's thread per run instead of one per command.
-            with contextlib.suppress(Exception):
-                await asyncio.wrap_future(futures[-1])
+            # too: one wake-up per run instead of one per command.
+            await _completion(futures[-1])
         for future in futures:
             if not future.done():
-                with contextlib.suppress(Exception):
-                    await asyncio.wrap_future(future)
+                await _completion(future)
         replies: list[object] = []
         for slot in slots:
-            if isinstance(slot, Future):
+            if isinstance(slot, _WriteSlot):
+                future = write_futures[slot.i]
+                exc = future.exception()
+                replies.append(server.error_reply(exc) if exc is not None else future.result())
+            elif isinstance(slot, Future):  # an administrative command (RAFT.MEMBER)
                 exc = slot.exception()
                 replies.append(server.error_reply(exc) if exc is not None else slot.result())
             elif isinstance(slot, _ReadSlot):

@@ -176,26 +176,28 @@ class Applier:
         self._after_progress()
         return bool(work)
 
-    def stop(self) -> None:
-        """Stop (after the work already queued, in threaded mode); parked reads fail with
-        NodeStopped.  Inline mode: called once the loop thread is gone."""
+    def stop(self, error: BaseException | None = None) -> None:
+        """Stop (after the work already queued, in threaded mode); reads and snapshot requests
+        still waiting fail with ``error`` (NodeStopped by default).  Inline mode: called once
+        the loop thread is gone."""
         if self._threaded:
             self._queue.put(_STOP)
             join_thread(self._thread)
         with self._applied_cond:
             self._stopped = True
             self._applied_cond.notify_all()
-        error = NodeStopped("node stopped before the read was served")
         for item in list(self._work):
             if isinstance(item, _Read):
                 for _, future in item.waiters:
-                    settle(future, error=error)
+                    settle(future, error=error or NodeStopped(
+                        "node stopped before the read was served"))
             elif isinstance(item, _TakeSnapshot) and item.future is not None:
-                settle(item.future, error=NodeStopped("node stopped before the snapshot"))
+                settle(item.future, error=error or NodeStopped("node stopped before the snapshot"))
         self._work.clear()
         for read in self._parked_reads:
             for _, future in read.waiters:
-                settle(future, error=error)
+                settle(future, error=error or NodeStopped(
+                    "node stopped before the read was served"))
         self._parked_reads.clear()
 
     def wait_applied(self, index: Index, timeout: float | None = None) -> bool:

@@ -267,7 +267,7 @@ class NodeLoop:
                 self.aloop.call_soon_threadsafe(self.aloop.stop)
         join_thread(self._thread)
         self.persister.stop(flush=graceful and error is None)
-        self.applier.stop()
+        self.applier.stop(error)
         with self._snapshot_cond:
             self._snapshot_jobs.append(None)
             self._snapshot_cond.notify()
@@ -377,7 +377,7 @@ class NodeLoop:
                 self._drive(self.raw)
             if inbox:
                 self._wake()
-        except Exception as exc:
+        except BaseException as exc:  # a store, or user code run by the loop
             self._loop_failed(exc)
 
     def _loop_failed(self, exc: BaseException) -> None:
@@ -417,7 +417,7 @@ class NodeLoop:
             if self.change is not None:
                 self._advance_change(raw)
                 self._drive(raw)
-        except Exception as exc:
+        except BaseException as exc:
             self._loop_failed(exc)
 
     def _handle_events(self, raw: RawNode, events: list[Any]) -> bool:
@@ -543,7 +543,7 @@ class NodeLoop:
             if self.applier.run(self.config.apply_slice):
                 self._apply_scheduled = True
                 self.aloop.call_soon(self._apply_slice)
-        except Exception as exc:  # restore() or snapshot() of the user's machine failed
+        except BaseException as exc:  # restore() or snapshot() of the user's machine failed
             self._loop_failed(exc)
 
     def _restore_received(self, meta: SnapshotMeta) -> None:

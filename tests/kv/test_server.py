@@ -217,13 +217,16 @@ def test_stop_closes_connections_and_joins(kv: KV, leader: redis.Redis) -> None:
         leader.ping()
 
 
-def test_address_in_use_raises_and_leaves_no_thread(kv: KV) -> None:
+def test_address_in_use_raises_and_leaves_no_thread(kv: KV, leader: redis.Redis) -> None:
+    """A second server on a taken address raises OSError; the servers run on their nodes'
+    loops (no kv-* thread at all) and the first one keeps serving."""
     host, port = kv.servers[0].address or ("", 0)
     second = KVServer(kv.cluster.nodes[0], f"{host}:{port}")
     with pytest.raises(OSError):
         second.start()
     second.stop()
-    assert len(kv_threads()) == 3
+    assert not kv_threads()
+    assert leader.ping()
 
 
 # -- membership: RAFT.MEMBER and the configuration in RAFT.STATUS ------------------------------
@@ -367,6 +370,7 @@ class FakeNode:
     """Records propose/read calls; the test decides when each completes."""
 
     id = "n1"
+    loop = None  # not running on a node's loop: the server runs a loop thread of its own
 
     def __init__(self) -> None:
         self.machine = KVMachine()
@@ -379,6 +383,9 @@ class FakeNode:
         with self.cond:
             self.proposals.append((command, future))
         return future
+
+    def propose_many(self, commands: list[bytes]) -> list[Future]:
+        return [self.propose(command) for command in commands]
 
     def read(self, fn: Callable[[Any], Any]) -> Future:
         future: Future = Future()

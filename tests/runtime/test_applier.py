@@ -110,9 +110,9 @@ def test_apply_batch_gets_runs_of_consecutive_user_entries() -> None:
     registry = ProposalRegistry()
     futures = [new_future(running=True) for _ in range(8)]
     registry.register(1, 1, futures)
-    entries = _entries(1, 3) + [Entry(4, 1, EntryKind.NOOP, b"")] + [
-        Entry(5, 1, EntryKind.NORMAL, b"boom"), Entry(6, 1, EntryKind.NORMAL, b"x")] + [
-        Entry(7, 1, EntryKind.NOOP, b"")] + _entries(8, 8)
+    entries = [*_entries(1, 3), Entry(4, 1, EntryKind.NOOP, b""),
+               Entry(5, 1, EntryKind.NORMAL, b"boom"), Entry(6, 1, EntryKind.NORMAL, b"x"),
+               Entry(7, 1, EntryKind.NOOP, b""), *_entries(8, 8)]
     applier = Applier("a", machine, registry)
     applier.submit_entries(entries)
     while applier.run(10.0):

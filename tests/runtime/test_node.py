@@ -7,7 +7,6 @@ goes through a condition notified by ``add_observer`` callbacks, never ``time.sl
 from __future__ import annotations
 
 import dataclasses
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
