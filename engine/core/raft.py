@@ -31,7 +31,7 @@ from engine.core.quorum import (
     joint_vote_result,
 )
 from engine.core.read_only import ReadOnly
-from engine.core.ready import ReadState, Ready, SoftState
+from engine.core.ready import ReadState, SoftState
 from engine.core.tracker import Progress, ProgressState
 from engine.errors import (
     ConfigError,
@@ -189,8 +189,6 @@ class Raft:
         self._msgs: list[Message] = []
         self._msgs_after_persist: list[Message] = []
         self._read_states: list[ReadState] = []
-        self._prev_hard_state = hard_state
-        self._prev_soft_state = SoftState(self.role.value, None, self.term)
         self._step_role = self._step_follower
         self._tick_role = self._tick_election
         self._set_membership(self.membership)
@@ -892,44 +890,5 @@ class Raft:
 
     def soft_state(self) -> SoftState:
         """The current volatile role, leader and term."""
-        return SoftState(self.role.value, self.leader_id, self.term)
+        return SoftState(self.role, self.leader_id, self.term)
 
-    def has_ready(self) -> bool:
-        """True when :meth:`ready` would return any work."""
-        log = self.log
-        return bool(
-            self._msgs or self._msgs_after_persist or self._read_states
-            or log.handed < log.last_index() or log.has_committed_to_apply()
-            or self._installed_snapshot is not None or self._compact_index
-            or self._membership_changed
-            or self.term != self._prev_hard_state.term or self.vote != self._prev_hard_state.vote
-            or log.committed != self._prev_hard_state.commit
-            or self.role.value != self._prev_soft_state.role
-            or self.leader_id != self._prev_soft_state.leader_id)
-
-    def ready(self) -> Ready:
-        """Take the pending work out of the core (see :mod:`engine.core.ready`)."""
-        rd = Ready()
-        hs = self.hard_state()
-        if hs != self._prev_hard_state:
-            rd.hard_state = hs
-            self._prev_hard_state = hs
-        ss = self.soft_state()
-        if ss != self._prev_soft_state:
-            rd.soft_state = ss
-            self._prev_soft_state = ss
-        rd.snapshot, self._installed_snapshot = self._installed_snapshot, None
-        rd.compact_index, self._compact_index = self._compact_index, 0
-        rd.entries = self.log.take_unpersisted()
-        rd.messages, self._msgs = self._msgs, []
-        rd.messages_after_persist, self._msgs_after_persist = self._msgs_after_persist, []
-        if rd.entries:
-            last = rd.entries[-1]
-            rd.messages_after_persist.append(Message(
-                kind=APPEND_RESPONSE, src=self.id, dst=self.id, term=self.term,
-                index=last.index, log_term=last.term))
-        rd.committed_entries = self.log.take_committed(self.options.max_committed_per_ready)
-        rd.read_states, self._read_states = self._read_states, []
-        if self._membership_changed:
-            rd.membership, self._membership_changed = self.membership, False
-        return rd

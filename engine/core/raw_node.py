@@ -1,7 +1,13 @@
-"""RawNode: the seven verbs a driver uses to run one Raft core (after etcd's rawnode.go).
+"""RawNode: the façade a driver uses to run one Raft core (after etcd's rawnode.go).
 
-``tick``, ``step``, ``propose``, ``read_index``, ``has_ready``, ``ready`` and ``advance``; plus
-``campaign`` and ``status`` for tests and tools.  No IO happens here.
+The Ready cycle: ``tick``, ``step``, ``propose``, ``read_index``, ``has_ready``, ``ready`` and
+``advance``.  Leader operations: ``propose_membership``, ``transfer_leadership``, ``compact``,
+``report_snapshot``; ``campaign`` for tests and tools.  Read-only views for drivers (``role``,
+``term``, ``leader_id``, ``commit_index``, ``progress``, ...) and ``status()``.  RawNode owns the
+Ready bookkeeping (the hard and soft state last handed out, so a Ready carries them only when
+they changed); the :class:`~engine.core.raft.Raft` behind it is the core's internal state, which
+drivers do not touch (the simulator's checkers and the core's own tests read it as ``raft``).
+No IO happens here.
 """
 
 from __future__ import annotations
@@ -10,9 +16,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from engine.core.messages import Message
-from engine.core.raft import Raft, RaftOptions
-from engine.core.ready import Ready
+from engine.core.messages import Message, MessageKind
+from engine.core.raft import Raft, RaftOptions, Role
+from engine.core.ready import Ready, SoftState
 from engine.membership import EMPTY_MEMBERSHIP, Membership
 from engine.types import Entry, HardState, Index, NodeId, SnapshotMeta, Term
 
@@ -48,6 +54,9 @@ class CoreStatus:
     progress: dict[NodeId, PeerProgress] = field(default_factory=dict)
 
 
+_APPEND_RESPONSE = MessageKind.APPEND_RESPONSE
+
+
 class RawNode:
     """A Raft core plus the bookkeeping of handing out Readys.  One thread owns it."""
 
@@ -64,6 +73,9 @@ class RawNode:
         """
         self.raft = Raft(node_id, voters, rng=rng, options=options, hard_state=hard_state,
                          entries=entries, applied=applied, snapshot=snapshot)
+        # The hard and soft state the last Ready handed out (what the driver already knows).
+        self._prev_hard_state = hard_state or HardState()
+        self._prev_soft_state = SoftState(self.raft.role, None, self.raft.term)
 
     @property
     def id(self) -> NodeId:
@@ -132,11 +144,45 @@ class RawNode:
 
     def has_ready(self) -> bool:
         """True when :meth:`ready` has work."""
-        return self.raft.has_ready()
+        r = self.raft
+        log = r.log
+        prev_hard, prev_soft = self._prev_hard_state, self._prev_soft_state
+        return bool(
+            r._msgs or r._msgs_after_persist or r._read_states
+            or log.handed < log.last_index() or log.has_committed_to_apply()
+            or r._installed_snapshot is not None or r._compact_index
+            or r._membership_changed
+            or r.term != prev_hard.term or r.vote != prev_hard.vote
+            or log.committed != prev_hard.commit
+            or r.role is not prev_soft.role or r.leader_id != prev_soft.leader_id)
 
     def ready(self) -> Ready:
         """Take the pending work (see :mod:`engine.core.ready` for what to do with it)."""
-        return self.raft.ready()
+        r = self.raft
+        rd = Ready()
+        hs = r.hard_state()
+        if hs != self._prev_hard_state:
+            rd.hard_state = hs
+            self._prev_hard_state = hs
+        ss = r.soft_state()
+        if ss != self._prev_soft_state:
+            rd.soft_state = ss
+            self._prev_soft_state = ss
+        rd.snapshot, r._installed_snapshot = r._installed_snapshot, None
+        rd.compact_index, r._compact_index = r._compact_index, 0
+        rd.entries = r.log.take_unpersisted()
+        rd.messages, r._msgs = r._msgs, []
+        rd.messages_after_persist, r._msgs_after_persist = r._msgs_after_persist, []
+        if rd.entries:
+            last = rd.entries[-1]
+            rd.messages_after_persist.append(Message(
+                kind=_APPEND_RESPONSE, src=r.id, dst=r.id, term=r.term,
+                index=last.index, log_term=last.term))
+        rd.committed_entries = r.log.take_committed(r.options.max_committed_per_ready)
+        rd.read_states, r._read_states = r._read_states, []
+        if r._membership_changed:
+            rd.membership, r._membership_changed = r.membership, False
+        return rd
 
     def advance(self, ready: Ready) -> None:
         """Tell the core that ``ready``'s entries and hard state are durable: steps back the
@@ -146,6 +192,68 @@ class RawNode:
         for m in ready.messages_after_persist:
             if m.dst == own_id:
                 self.raft.step(m)
+
+    # -- read-only views for drivers ------------------------------------------------------------
+
+    @property
+    def role(self) -> Role:
+        """The current role."""
+        return self.raft.role
+
+    @property
+    def term(self) -> Term:
+        """The current term."""
+        return self.raft.term
+
+    @property
+    def leader_id(self) -> NodeId | None:
+        """The leader this node knows of (None: unknown)."""
+        return self.raft.leader_id
+
+    @property
+    def lead_transferee(self) -> NodeId | None:
+        """Leader only: the node leadership is being handed to, if any."""
+        return self.raft.lead_transferee
+
+    @property
+    def commit_index(self) -> Index:
+        """The highest log index known to be committed."""
+        return self.raft.log.committed
+
+    @property
+    def last_index(self) -> Index:
+        """The index of the last entry in the log (the snapshot's index when the log is
+        empty)."""
+        return self.raft.log.last_index()
+
+    @property
+    def log_entries(self) -> int:
+        """Entries held in the log after the compaction point."""
+        return len(self.raft.log)
+
+    @property
+    def snapshot(self) -> SnapshotMeta | None:
+        """The newest snapshot the core knows of (installed or taken locally), or None."""
+        return self.raft.snapshot
+
+    @property
+    def membership_index(self) -> Index:
+        """The log index of the configuration in force (0: the bootstrap one)."""
+        return self.raft.memberships.current_index
+
+    def peer_match(self, peer: NodeId) -> Index | None:
+        """Leader only: the highest index known replicated on ``peer`` (None: not tracked)."""
+        pr = self.raft.progress.get(peer)
+        return pr.match if pr is not None else None
+
+    def progress(self) -> dict[NodeId, PeerProgress]:
+        """Leader only: each peer's replication progress ({} on other roles)."""
+        r = self.raft
+        if r.role is not Role.LEADER:
+            return {}
+        return {peer: PeerProgress(pr.match, pr.next, pr.state.value, len(pr.inflights),
+                                   pr.recent_active)
+                for peer, pr in r.progress.items()}
 
     def status(self) -> CoreStatus:
         """A snapshot of the core's state."""

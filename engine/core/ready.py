@@ -17,10 +17,14 @@ Readys must be persisted in the order they were produced; ``committed_entries`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine.core.messages import Message
 from engine.membership import Membership
 from engine.types import Entry, HardState, Index, NodeId, SnapshotMeta
+
+if TYPE_CHECKING:
+    from engine.core.raft import Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +40,7 @@ class ReadState:
 class SoftState:
     """Volatile state a driver may want to observe; present in a Ready only when it changed."""
 
-    role: str
+    role: Role
     leader_id: NodeId | None
     term: int
 

@@ -36,7 +36,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from engine.config import Config
-from engine.core import Message, MessageKind, PeerProgress, RaftOptions, RawNode, Ready
+from engine.core import Message, MessageKind, PeerProgress, RaftOptions, RawNode, Ready, Role
 from engine.errors import (
     ConfigError,
     NodeStopped,
@@ -78,7 +78,9 @@ CLIENT_EVENTS = (PROPOSE, READ, CALL, PROPOSE_MANY)
 _SNAPSHOT = MessageKind.SNAPSHOT
 _SNAPSHOT_CHUNK = MessageKind.SNAPSHOT_CHUNK
 _SNAPSHOT_CHUNK_RESPONSE = MessageKind.SNAPSHOT_CHUNK_RESPONSE
-_LEADER = "leader"
+# What Status.role reports for each core role (a pre-candidate has not started a new term).
+_STATUS_ROLE = {Role.FOLLOWER: "follower", Role.PRE_CANDIDATE: "follower",
+                Role.CANDIDATE: "candidate", Role.LEADER: "leader"}
 
 _MAX_EVENTS_PER_ROUND = 10_000
 _READ_CHECK_INTERVAL = 0.1  # seconds between scans for expired reads
@@ -142,7 +144,7 @@ class NodeLoop:
             on_snapshot=self._on_snapshot_taken)
         self._pending_reads: dict[int, tuple[float, list[ReadWaiter]]] = {}
         self._read_ids = itertools.count(1)
-        self._role = "follower"
+        self._role = Role.FOLLOWER
         self._progress: dict[str, PeerProgress] = {}  # the leader's, as of the last tick
         self._transfer: tuple[str, Future] | None = None
         self.change: MembershipChange | None = None
@@ -572,17 +574,18 @@ class NodeLoop:
         if self._transfer is None:
             return
         target, future = self._transfer
-        r = raw.raft
-        if r.leader_id == target and r.role != _LEADER:
+        leading = raw.role is Role.LEADER
+        if raw.leader_id == target and not leading:
             self._transfer = None
             settle(future, target)
-        elif r.role == _LEADER and r.lead_transferee != target:
+        elif leading and raw.lead_transferee != target:
             self._transfer = None
             settle(future, error=TransferError(
                 f"{target} did not take over within an election timeout"))
-        elif r.role != _LEADER and r.leader_id not in (None, target):
+        elif not leading and raw.leader_id not in (None, target):
             self._transfer = None
-            settle(future, error=TransferError(f"{r.leader_id} took over instead of {target}"))
+            settle(future, error=TransferError(
+                f"{raw.leader_id} took over instead of {target}"))
 
     def start_transfer(self, raw: RawNode, target: str, future: Future) -> None:
         """Begin handing leadership to ``target`` (a CALL from RaftNode.transfer_leadership)."""
@@ -596,10 +599,10 @@ class NodeLoop:
         assert soft is not None
         raw = self.raw
         self._check_transfer(raw)
-        was_leader = self._role == _LEADER
+        was_leader = self._role is Role.LEADER
         self._role = soft.role
-        if was_leader and soft.role != _LEADER:
-            commit = raw.raft.log.committed
+        if was_leader and soft.role is not Role.LEADER:
+            commit = raw.commit_index
             dropped = self.registry.fail_after(commit, ProposalDropped(
                 f"{self.id} lost leadership at term {soft.term} before the entry committed"))
             self._fail_reads(NotLeaderError(soft.leader_id))
@@ -628,26 +631,22 @@ class NodeLoop:
     def _refresh_progress(self, raw: RawNode) -> None:
         """Once per tick, copy the leader's per-peer progress for status() (cheaper than on
         every round; at most one tick stale)."""
-        raft = raw.raft
-        if raft.role == _LEADER:
-            self._progress = {peer: PeerProgress(pr.match, pr.next, pr.state.value,
-                                                 len(pr.inflights), pr.recent_active)
-                              for peer, pr in raft.progress.items()}
+        if raw.role is Role.LEADER:
+            self._progress = raw.progress()
         elif self._progress:
             self._progress = {}
 
     def _publish_status(self) -> None:
-        r = self.raw.raft
-        role = r.role.value
-        if role == "pre-candidate":
-            role = "follower"
-        self.status = Status(self.id, role, r.term, r.leader_id, r.log.committed,
-                             self.applier.last_applied, r.log.last_index(), running=True,
-                             snapshot_index=r.snapshot.index if r.snapshot else 0,
-                             log_entries=len(r.log), progress=self._progress,
-                             membership=r.membership,
-                             membership_committed=r.log.committed
-                             >= r.memberships.current_index)
+        raw = self.raw
+        role = raw.role
+        snapshot = raw.snapshot
+        commit = raw.commit_index
+        self.status = Status(self.id, _STATUS_ROLE[role], raw.term, raw.leader_id, commit,
+                             self.applier.last_applied, raw.last_index, running=True,
+                             snapshot_index=snapshot.index if snapshot else 0,
+                             log_entries=raw.log_entries, progress=self._progress,
+                             membership=raw.membership,
+                             membership_committed=commit >= raw.membership_index)
 
     # -- membership -----------------------------------------------------------------------------
 
@@ -783,17 +782,17 @@ class NodeLoop:
             if finished is not None:
                 raw.report_snapshot(finished[0], ok=finished[1])
             return
-        if m.term < raw.raft.term:
+        if m.term < raw.term:
             return  # a deposed leader's transfer
         response, done = self._snapshot_receiver.on_chunk(m)
         self.transport.send([response])
         if done is None:
             return
         meta, incoming = done
-        before = raw.raft.snapshot
+        before = raw.snapshot
         raw.step(Message(kind=_SNAPSHOT, src=m.src, dst=self.id, term=m.term,
                          index=meta.index, log_term=meta.term, data=meta.membership.encode()))
-        if raw.raft.snapshot is before:
+        if raw.snapshot is before:
             # Not installed: the log had committed past it meanwhile (the core answered the
             # leader from the log).  Nothing will ask for this one.
             incoming.abort()

@@ -70,7 +70,6 @@ class MembershipChange:
         """Move on when the current stage's condition holds (loop thread, every round)."""
         if self.stage is Stage.DONE:
             return
-        raft = raw.raft
         if self.stage is Stage.LEARNERS and self._config_committed(raw):
             self._begin_catch_up(raw, now)
         if self.stage is Stage.CATCH_UP:
@@ -85,9 +84,9 @@ class MembershipChange:
                     f"{self._catchup_target}) within catchup_timeout="
                     f"{self._catchup_timeout}s; they remain learners"))
         if self.stage is Stage.JOINT and self._config_committed(raw):
-            membership = raft.membership
+            membership = raw.membership
             self.stage = Stage.DONE
-            logger.info("%s: membership change complete: %s", raft.id, membership.describe())
+            logger.info("%s: membership change complete: %s", raw.id, membership.describe())
             settle(self.future, membership)
 
     def leadership_lost(self, raw: RawNode) -> None:
@@ -120,19 +119,18 @@ class MembershipChange:
 
     def _begin_catch_up(self, raw: RawNode, now: float) -> None:
         self.stage = Stage.CATCH_UP
-        self._catchup_target = raw.raft.log.last_index()
+        self._catchup_target = raw.last_index
         self._catchup_deadline = now + self._catchup_timeout
 
     def _lagging(self, raw: RawNode) -> set[str]:
         """Future voters that are not yet voters and have not matched the catch-up target."""
-        raft = raw.raft
-        current = raft.membership
+        current = raw.membership
         lagging = set()
         for node_id in self.voters:
-            if current.can_vote(node_id) or node_id == raft.id:
+            if current.can_vote(node_id) or node_id == raw.id:
                 continue
-            pr = raft.progress.get(node_id)
-            if pr is None or pr.match < self._catchup_target:
+            match = raw.peer_match(node_id)
+            if match is None or match < self._catchup_target:
                 lagging.add(node_id)
         return lagging
 
@@ -144,10 +142,9 @@ class MembershipChange:
 
     def _config_committed(self, raw: RawNode) -> bool:
         """The newest configuration is committed, not joint, and at or after our entry."""
-        raft = raw.raft
-        current_index = raft.memberships.current_index
-        return (current_index >= self._entry_index and raft.log.committed >= current_index
-                and not raft.membership.is_joint)
+        current_index = raw.membership_index
+        return (current_index >= self._entry_index and raw.commit_index >= current_index
+                and not raw.membership.is_joint)
 
     def _fail(self, error: BaseException) -> None:
         if self.stage is Stage.DONE:

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from engine.config import Config
-from engine.core import RawNode
+from engine.core import RawNode, Role
 from engine.errors import (
     ConfigError,
     MembershipChangeInProgress,
@@ -513,8 +513,8 @@ class RaftNode:
             if running.change is not None:
                 raise MembershipChangeInProgress("a membership change is in progress "
                                                  f"({running.change.stage.value} stage)")
-            if raw.raft.role != "leader":
-                raise NotLeaderError(raw.raft.leader_id)
+            if raw.role is not Role.LEADER:
+                raise NotLeaderError(raw.leader_id)
             current = raw.membership
             if addresses:
                 running.transport.check_peers(dict(addresses))  # ConfigError: nothing proposed
