@@ -7,7 +7,8 @@ and may drop, and Raft's own retries recover.  Two implementations pass the same
 
 * :class:`~engine.transport.memory.MemoryTransport`, an in-process network for tests and
   benchmarks, with fault injection;
-* :class:`~engine.transport.tcp.TcpTransport`, loopback or LAN TCP on an asyncio (uvloop) loop.
+* :class:`~engine.transport.tcp.TcpTransport`, loopback or LAN TCP on an asyncio (uvloop) loop:
+  a thread of its own, or the node's event loop when ``start`` is given one.
 
 Both consult a :class:`~engine.transport.faults.FaultPlan` so that ``LocalCluster.isolate``,
 ``partition`` and ``set_faults`` behave the same over either.
@@ -20,6 +21,7 @@ its configuration (and ignores messages it should not act on).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -29,9 +31,18 @@ from engine.errors import ConfigError
 MessageHandler = Callable[[Message], None]
 """Called by the transport with each inbound message addressed to its node.
 
-Called from the transport's own thread(s), possibly from several at once (the in-memory
-transport delivers from the sender's thread), so it must be thread-safe, cheap and must not call
-back into any transport (it enqueues the message for the node's loop thread and returns).
+Which thread calls it depends on the transport and on ``Transport.start``:
+
+* a transport that does network IO and was started with ``loop=`` (TCP) calls it on that loop's
+  thread only, one message at a time, so the node's runtime may step its Raft core right there.
+  It may call that transport's ``send`` and ``update_peers`` (a ``send`` on the loop thread
+  writes at once and never calls the handler from inside itself: messages to the node itself
+  come from a later loop callback), but not its ``close``;
+* otherwise it is called from the transport's own thread(s), possibly from several at once (the
+  in-memory transport, with or without ``loop=``, delivers from the sender's thread or its delay
+  thread), so it must be thread-safe, cheap and must not call back into any transport (it
+  enqueues the message for the node's loop thread and returns).
+
 Exceptions it raises are logged by the transport and otherwise ignored.
 """
 
@@ -60,20 +71,33 @@ def check_peer_book(peers: object) -> dict[str, str]:
 class Transport(Protocol):
     """Best-effort delivery of Raft messages from one node to its peers.
 
-    Lifecycle: construct, ``start(handler)`` once, ``send`` (and ``update_peers``) any number of
-    times from any thread, ``close()``.  A transport is not restartable; build a new one (for
-    the same node id) instead.
+    Lifecycle: construct, ``start(handler)`` (or ``start(handler, loop=node_loop)``) once,
+    ``send`` (and ``update_peers``) any number of times from any thread, ``close()``.  A
+    transport is not restartable; build a new one (for the same node id) instead.
     """
 
-    def start(self, handler: MessageHandler) -> None:
+    def start(self, handler: MessageHandler, *,
+              loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Begin delivering inbound messages addressed to this node by calling ``handler(msg)``.
 
-        The handler is called from the transport's own thread(s).  Messages that arrive before
-        ``start`` are dropped.
+        The handler is called from the transport's own thread(s), or on ``loop``'s thread (see
+        :data:`MessageHandler`).  Messages that arrive before ``start`` are dropped.
+
+        Args:
+            handler: see :data:`MessageHandler`.
+            loop: the node's event loop, already running (forever) in the node's loop thread,
+                which is not the thread calling ``start``; it may also start running there a
+                moment later, as long as it runs before ``start`` gives up waiting for it.  A
+                transport that does network IO then runs on that loop instead of a thread of
+                its own, calls the handler on that loop's thread, and never stops or closes the
+                loop; ``close`` must then be called from another thread than the loop's.  The
+                in-memory transport accepts and ignores it.
 
         Raises:
             OSError: the TCP transport could not listen on its address.
-            RaftError: the transport was already started or closed.
+            RaftError: the transport was already started or closed; the TCP transport did not
+                start in time, or ``loop`` is closed or is the loop running in the caller's
+                thread.
         """
         ...
 
@@ -87,10 +111,11 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None:
-        """Stop the transport's threads (joining them) and close every socket it opened.
+        """Stop the transport's threads (joining them), or its work on the caller's loop (which
+        keeps running), and close every socket it opened.
 
         Idempotent.  Once it returns, the handler is not called again.  Must not be called from
-        inside the handler.
+        inside the handler, nor on the loop given to ``start``.
         """
         ...
 
@@ -108,8 +133,9 @@ class Transport(Protocol):
         """Replace the address book with ``peers`` (node id -> ``"host:port"``), the full book of
         the node's new effective configuration.
 
-        Thread-safe (callable from any thread except the transport's own, while sends are in
-        flight) and never blocks on the network: connection changes happen asynchronously.  The
+        Thread-safe (callable from any thread, while sends are in flight, the node's loop thread
+        included when the transport runs on that loop) and never blocks on the network:
+        connection changes happen asynchronously.  The
         node's own entry, if present, is ignored (its listen address cannot change).  Compared
         with the previous book:
 

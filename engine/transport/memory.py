@@ -33,6 +33,7 @@ Threads and locks:
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import threading
@@ -72,8 +73,14 @@ class MemoryTransport:
     def __repr__(self) -> str:
         return f"MemoryTransport({self.node_id!r}, {self._state})"
 
-    def start(self, handler: MessageHandler) -> None:
+    def start(self, handler: MessageHandler, *,
+              loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Begin delivering messages addressed to this node to ``handler``.
+
+        ``loop`` is accepted for the :class:`~engine.transport.base.Transport` interface and
+        ignored: this transport does no IO, and it calls the handler from the sender's thread
+        (or the network's delay thread), whatever loop the node runs, so the runtime's handler
+        must be thread-safe here.
 
         Raises:
             RaftError: already started or closed.

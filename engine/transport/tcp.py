@@ -1,10 +1,20 @@
-"""TCP transport: one asyncio (uvloop when installed) event loop thread per node.
+"""TCP transport on an asyncio (uvloop when installed) event loop: a loop thread of its own per
+node, or the node's own event loop when the caller provides one.
 
 Topology: every node listens on its own address from ``peers`` and keeps one persistent
 *outbound* connection to each peer it has something to send to, opened on demand.  Messages flow
 only from the connecting side to the accepting side, so between two nodes there are two
 connections, one per direction (as with etcd's per-direction streams).  Responses travel on the
 responder's own outbound connection.
+
+Two ways to run (see "Threads and ownership"):
+
+* ``start(handler)``: the transport starts a ``raft-<id>-net`` thread running a loop of its own;
+  ``close()`` stops that loop and joins the thread.
+* ``start(handler, loop=node_loop)``: the transport lives on the caller's loop, which already runs
+  (forever) in the node's loop thread, and has no thread of its own.  Its set-up and shutdown are
+  scheduled there with ``run_coroutine_threadsafe``; ``close()`` never stops or closes that loop.
+  This saves the two thread hand-offs per message between the node's loop and the network loop.
 
 Sending (any thread): ``send`` counts the messages, asks the :class:`FaultPlan` (when given) what
 happens to each, appends the survivors to the destination's bounded queue and wakes the loop with
@@ -13,7 +23,10 @@ each queue into a single ``write`` of concatenated frames (coalescing), respecti
 flow control: while the kernel buffer is full (``pause_writing``) messages wait in the bounded
 queue, where the oldest are dropped first when it overflows.  Dropping the oldest is the right
 end for Raft: newer heartbeats and appends carry newer state, and the leader resends anything
-lost.
+lost.  A ``send`` made on the loop thread itself does not wake the loop: it drains the queues at
+once, so its frames are in the sockets' transports (normally already in the kernel) when it
+returns.  The node's runtime fdatasyncs right after sending, and the followers should receive the
+appends while the leader's disk works, not after.
 
 Unreachable peers: a failed connect or handshake is retried with exponential backoff and jitter
 (from a ``random.Random(seed)`` used only by the loop thread).  While backing off, messages for
@@ -58,8 +71,19 @@ Bad input: a malformed frame closes that connection with a warning; the node kee
 
 Threads and ownership:
 
-* ``raft-<id>-net`` runs the loop; it owns every ``_PeerLink``, protocol object, socket, the delay
-  heap and the backoff rng, and is the only thread that calls the handler.
+* The *loop thread* is the thread that runs the transport's event loop: ``raft-<id>-net`` with a
+  loop of its own, or, with ``start(handler, loop=...)``, the caller's thread that runs that loop
+  (the transport then has no thread).  Either way it owns every ``_PeerLink``, protocol object,
+  socket, connect task, the delay heap and the backoff rng, and is the only thread that calls the
+  handler.  The set-up records its ``threading.get_ident()`` in ``self._loop_ident`` (a plain
+  store before the transport listens; the own thread clears it when it ends, as idents are
+  reused), which ``send`` and ``close`` compare with their own to tell whether they run there.
+* ``send`` on the loop thread flushes synchronously (``_flush_now``, the wake-up callback's work
+  without the wake-up) and leaves ``self._wake_pending`` alone: a wake-up already scheduled by
+  another thread still runs and finds less to do.  Messages a node sends to itself are the
+  exception: they are delivered by a ``call_soon`` callback (``self._local_scheduled``, loop
+  thread only, prevents piling them up), never from inside ``send``, so a handler or runtime
+  step that sends is not re-entered.  A ``send`` from any other thread queues and wakes the loop.
 * ``self._outq`` maps each peer (and this node) to a deque shared by senders, who append, and
   the loop, which pops; deque append/popleft are atomic.  The dict itself is copy-on-write:
   it is never mutated in place, only replaced as a whole by ``update_peers`` (holding
@@ -77,12 +101,19 @@ Threads and ownership:
   version its links were built from and reconciles them before using them.
 * ``self._order_lock`` guards ``self._order`` (per-link FIFO under delays) and
   ``self._delay_inbox``; ``self._count_lock`` guards the counters; ``self._life_lock`` guards the
-  lifecycle state.
+  lifecycle state, and ``start``/``close`` schedule the set-up and the shutdown on a caller's loop
+  while holding it, so that the shutdown is always queued behind the set-up.
+* Shutdown on a caller's loop (``close`` from any thread but the loop thread): the transport asks
+  the loop to run ``_shutdown`` and waits for it, bounded; the loop keeps running.  When that
+  loop is not running (stopped) ``close`` does not wait: the shutdown stays queued and runs if
+  the loop runs again.  When it is closed, ``close`` releases what it can from its own thread
+  (see :meth:`TcpTransport.close`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import heapq
 import hmac
@@ -129,6 +160,8 @@ _WRITE_CHUNK = 1 << 20  # bytes of frames joined into one write
 _KEEPALIVE_IDLE = 5  # seconds idle before the first keepalive probe
 _KEEPALIVE_INTERVAL = 2  # seconds between probes
 _KEEPALIVE_COUNT = 3  # unanswered probes before the kernel drops the connection
+_CLOSE_TIMEOUT = 10.0  # seconds close() waits for the shutdown on a caller's loop
+_CLOSE_POLL = 0.05  # while waiting, how often close() checks that the caller's loop still runs
 
 # _PeerLink states
 _IDLE = "idle"  # no connection; the next queued message opens one
@@ -191,6 +224,14 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+def _running_loop_is(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is the loop running in the calling thread (inside a callback or task)."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:  # no loop runs in this thread
+        return False
 
 
 def _tune_socket(transport: asyncio.BaseTransport) -> None:
@@ -527,6 +568,9 @@ class TcpTransport:
     Inbound connections are accepted from any authenticated id other than ``node_id``, listed
     in ``peers`` or not (see the module docstring).
 
+    It runs on a ``raft-<id>-net`` thread of its own (``start(handler)``) or on the node's event
+    loop (``start(handler, loop=node_loop)``); see :meth:`start`.
+
     Raises:
         ConfigError: ``node_id`` not in ``peers``, an address not ``host:port``, an empty secret
             or a non-positive limit.
@@ -592,15 +636,25 @@ class TcpTransport:
         # then never written (they are counted as sent, not as dropped).
         self._life_lock = threading.Lock()
         self._state = "new"
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # raft-<id>-net; None on a caller's loop
         self._handler: MessageHandler | None = None
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._bound: tuple[str, int] | None = None
-        # Owned by the loop thread (set before it signals start-up).
+        self._own_loop = True  # False once start(loop=...) put the transport on a caller's loop
+        # The shutdown scheduled by close() on a caller's loop (None: not yet, or that loop was
+        # already closed).
+        self._close_future: concurrent.futures.Future[None] | None = None
+        # The loop the transport runs on: set by the raft-<id>-net thread before it starts the
+        # loop, or by start(loop=...) before it schedules the set-up; never changed afterwards.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Future[None] | None = None
-        self._stop_requested = False
+        # threading.get_ident() of the loop thread: stored by the set-up before it listens,
+        # cleared when the raft-<id>-net thread ends; read by send() and close() on any thread.
+        self._loop_ident: int | None = None
+        # Owned by the loop thread.
+        self._stop: asyncio.Future[None] | None = None  # own loop: resolved by close()
+        self._stop_requested = False  # also written by close() (a plain store)
+        self._setup_task: asyncio.Task[None] | None = None  # caller's loop: the set-up
         self._running = False  # listening and not shutting down
         self._links: dict[str, _PeerLink] = {
             peer: _PeerLink(peer, host, port) for peer, (host, port) in addresses.items()
@@ -609,6 +663,9 @@ class TcpTransport:
         self._protocols: set[_BaseProtocol] = set()
         self._all_closed: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._connect_tasks: set[asyncio.Task[None]] = set()  # pending, stale ones included
+        self._local_scheduled = False  # a call_soon(_on_local) is pending (send on the loop)
+        self._frames_written = 0  # frames handed to sockets (read racily by frames_written())
         self._rng = random.Random(seed)
         self._delay_heap: list[tuple[float, int, str, Message]] = []
         self._delay_seq = 0
@@ -625,33 +682,101 @@ class TcpTransport:
         """``(host, port)`` the listener is bound to once started (useful with port 0)."""
         return self._bound
 
-    def start(self, handler: MessageHandler, timeout: float = 10.0) -> None:
-        """Start the ``raft-<id>-net`` thread and listen; returns once listening.
+    def start(self, handler: MessageHandler, timeout: float = 10.0, *,
+              loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Listen and begin calling ``handler`` with inbound messages; returns once listening.
+
+        Without ``loop``: starts the ``raft-<id>-net`` thread, which runs a loop of its own and
+        calls the handler.
+
+        With ``loop`` (the node's event loop, running forever in another thread, or starting to
+        run there within ``timeout``): no thread is started.  The set-up is scheduled on that
+        loop with ``run_coroutine_threadsafe`` and this call waits for it.  From then on the
+        transport's connections, timers and tasks live on that loop, the handler is called on
+        its thread, and ``send`` on that thread writes before returning (see the module
+        docstring).  The loop stays the caller's: the transport never stops or closes it.
 
         Raises:
-            RaftError: already started or closed, or start-up took longer than ``timeout``.
-            OSError: the listening address could not be bound (the thread is joined first).
+            RaftError: already started or closed; start-up took longer than ``timeout`` (the
+                transport is then closed); ``loop`` is closed, or it is the loop running in the
+                calling thread (its set-up could not run while this call waits).
+            ConfigError: ``loop`` is not an asyncio event loop.
+            OSError: the listening address could not be bound (the own thread is joined
+                first; a caller's loop keeps running).  The transport is then closed.
         """
+        if loop is not None:
+            if not isinstance(loop, asyncio.AbstractEventLoop):
+                raise ConfigError(f"loop must be an asyncio event loop, not {type(loop).__name__}")
+            if _running_loop_is(loop):
+                raise RaftError(f"tcp transport {self.node_id!r}: start(loop=...) must be called "
+                                "from another thread than the loop's own")
         with self._life_lock:
             if self._state != "new":
                 raise RaftError(f"tcp transport {self.node_id!r} is {self._state}; "
                                 "start() may be called once")
             self._handler = handler
-            self._state = "started"
-            self._thread = threading.Thread(target=self._run, name=f"raft-{self.node_id}-net",
-                                            daemon=True)
-            self._thread.start()
+            thread: threading.Thread | None = None
+            if loop is None:
+                self._state = "started"
+                self._thread = thread = threading.Thread(
+                    target=self._run, name=f"raft-{self.node_id}-net", daemon=True)
+                thread.start()
+            else:
+                self._own_loop = False
+                self._loop = loop
+                self._state = "started"
+                # Scheduled under the lock, so that a close() racing this start() queues its
+                # shutdown behind the set-up (see the module docstring).
+                coro = self._start_on_caller_loop()
+                try:
+                    setup = asyncio.run_coroutine_threadsafe(coro, loop)
+                except RuntimeError as exc:  # the loop is closed
+                    coro.close()
+                    self._handler = None
+                    self._state = "closed"
+                    raise RaftError(f"tcp transport {self.node_id!r}: cannot start on a closed "
+                                    "event loop") from exc
+        if thread is None:
+            self._wait_set_up(setup, timeout)
+            return
         if not self._started.wait(timeout):
             self.close()
             raise RaftError(f"tcp transport {self.node_id!r} did not start within {timeout}s")
         if self._start_error is not None:
-            self._thread.join()
+            thread.join()
             with self._life_lock:
                 self._state = "closed"
             raise self._start_error
 
+    def _wait_set_up(self, setup: concurrent.futures.Future[None], timeout: float) -> None:
+        """``start(loop=...)``: wait for the set-up on the caller's loop and report its outcome
+        as ``start`` documents it."""
+        done, _ = concurrent.futures.wait((setup,), timeout)
+        if not done:
+            self.close()
+            raise RaftError(f"tcp transport {self.node_id!r} did not start within {timeout}s "
+                            "(is its event loop running?)")
+        exc = None if setup.cancelled() else setup.exception()
+        if exc is None and not setup.cancelled():
+            return
+        if isinstance(exc, OSError):  # cannot listen: nothing was opened
+            with self._life_lock:
+                self._handler = None
+                self._state = "closed"
+            raise exc
+        self.close()
+        raise RaftError(f"tcp transport {self.node_id!r}: set-up on the event loop failed: "
+                        f"{'cancelled' if exc is None else repr(exc)}") from exc
+
     def send(self, messages: Sequence[Message]) -> None:
-        """Queue messages for their peers; see :meth:`Transport.send`.  Never raises."""
+        """Queue messages for their peers; see :meth:`Transport.send`.  Never raises.
+
+        Any thread.  On the loop thread, what is queued for connected peers is written to their
+        sockets before this returns (the frames are then in the kernel, or in the socket's write
+        buffer when the kernel's is full); a peer not connected yet starts connecting and its
+        messages wait in its queue; messages to this node itself are delivered by a later loop
+        callback, never from inside this call.  On any other thread, the loop is woken to write.
+        """
         count = len(messages)
         if not count:
             return
@@ -699,7 +824,10 @@ class TcpTransport:
         if dropped:
             with self._count_lock:
                 self._dropped += dropped
-        self._wake()
+        if threading.get_ident() == self._loop_ident:
+            self._flush_now()  # on the loop thread: write before returning
+        else:
+            self._wake()
 
     def check_peers(self, peers: Mapping[str, str]) -> dict[str, tuple[str, int]]:
         """Check an address book without using it; returns the parsed addresses of the other
@@ -713,8 +841,8 @@ class TcpTransport:
                 if peer != self.node_id}
 
     def update_peers(self, peers: Mapping[str, str]) -> None:
-        """Replace the address book; see :meth:`Transport.update_peers`.  Any thread but the
-        transport's own; never blocks on IO (the loop closes and opens connections later).
+        """Replace the address book; see :meth:`Transport.update_peers`.  Any thread, the loop
+        thread included; never blocks on IO (the loop closes and opens connections later).
 
         ``peers`` is the full new book; this node's own entry, if present, is ignored.  Added
         peers can be sent to as soon as this returns.  Removed peers: later sends to them are
@@ -755,30 +883,112 @@ class TcpTransport:
                 loop.call_soon_threadsafe(self._sync_links)
 
     def close(self) -> None:
-        """Stop the loop, close every socket, join the thread.  Idempotent.
+        """Stop listening and close every connection; idempotent.  Once it returns the handler
+        is not called again (but see the timeout below).
+
+        Own loop: stops that loop and joins ``raft-<id>-net``.
+
+        Caller's loop: asks that loop to shut the transport down (close the listener, cancel
+        connect attempts and timers, abort every connection and wait, at most 5 s, until they
+        are closed) and waits for that, at most 10 s.  The loop keeps running; it is never
+        stopped or closed here.  If the loop is stuck for those 10 s, close() logs an error and
+        returns anyway: a handler call already under way may still finish after that, and the
+        shutdown completes whenever the loop gets to it.  If the loop is not running (stopped),
+        close() returns at once: the shutdown stays queued on it and releases the sockets if the
+        loop runs again (with uvloop, ``loop.close()`` releases them too).  If the loop is
+        closed, nothing can run on it any more, so close() releases what it can from the calling
+        thread: it closes the listener (asyncio frees its socket at once; uvloop freed every
+        socket in ``loop.close()`` already) and aborts the connections (asyncio's loop leaves
+        their sockets to the garbage collector).
 
         Raises:
-            RaftError: called from the transport's own thread (i.e. from the handler).
+            RaftError: called on the loop thread (from the handler, or from any callback or
+                task on a caller's loop): the shutdown needs that loop to run while close()
+                waits.
         """
         with self._life_lock:
             if self._state == "new":
                 self._state = "closed"
                 return
+            if self._state == "closed":
+                return
+            if self._on_loop_thread():
+                raise RaftError("TcpTransport.close() must not be called on its loop thread")
+            first = self._state == "started"
+            self._state = "closing"
+            self._stop_requested = True
             thread = self._thread
-            if self._state == "started":
-                self._state = "closing"
-        if thread is None:
-            return
-        if thread is threading.current_thread():
-            raise RaftError("TcpTransport.close() must not be called from its own thread")
-        self._stop_requested = True
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(self._request_stop)
-        thread.join()
+            loop = self._loop
+            if not self._own_loop and first and loop is not None:
+                coro = self._shutdown_on_caller_loop()
+                try:
+                    self._close_future = asyncio.run_coroutine_threadsafe(coro, loop)
+                except RuntimeError:  # the loop is closed: nothing can run on it any more
+                    coro.close()
+                    self._release_on_closed_loop()
+            future = self._close_future
+        if thread is not None:
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):  # loop already closed
+                    loop.call_soon_threadsafe(self._request_stop)
+            thread.join()
+        elif future is not None and loop is not None:
+            self._wait_shut_down(future, loop)
+            self._handler = None  # in case the wait gave up (a plain store the loop reads)
         with self._life_lock:
             self._state = "closed"
+
+    def _on_loop_thread(self) -> bool:
+        """Whether the calling thread is the loop thread (also before the set-up has run)."""
+        if threading.get_ident() == self._loop_ident:
+            return True
+        loop = self._loop
+        return loop is not None and _running_loop_is(loop)
+
+    def _wait_shut_down(self, future: concurrent.futures.Future[None],
+                        loop: asyncio.AbstractEventLoop) -> None:
+        """``close()`` on a caller's loop: wait for the shutdown, at most ``_CLOSE_TIMEOUT``
+        seconds, and not at all once the loop is seen not running (it may never run again)."""
+        deadline = time.monotonic() + _CLOSE_TIMEOUT
+        while True:
+            try:
+                future.result(_CLOSE_POLL)
+                return
+            except concurrent.futures.CancelledError:
+                logger.warning("%s: shutdown on the event loop was cancelled", self.node_id)
+                return
+            except TimeoutError:
+                if future.done():  # the shutdown itself raised it
+                    logger.exception("%s: shutdown on the event loop failed", self.node_id)
+                    return
+                if not loop.is_running():
+                    logger.warning("%s: the event loop is not running; the transport's shutdown "
+                                   "stays queued on it", self.node_id)
+                    return
+                if time.monotonic() >= deadline:
+                    logger.error("%s: the shutdown on the event loop did not finish within %ss",
+                                 self.node_id, _CLOSE_TIMEOUT)
+                    return
+            except Exception:
+                logger.exception("%s: shutdown on the event loop failed", self.node_id)
+                return
+
+    def _release_on_closed_loop(self) -> None:
+        """``close()`` when the caller's loop is already closed: no thread can run that loop any
+        more, so the calling thread may touch its objects.  Best effort (see ``close``)."""
+        logger.warning("%s: the event loop was closed before the transport; releasing its "
+                       "sockets from %s", self.node_id, threading.current_thread().name)
+        self._running = False
+        self._handler = None
+        server = self._server
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.close()
+        for protocol in list(self._protocols):
+            with contextlib.suppress(Exception):  # asyncio: "Event loop is closed"
+                protocol.abort()
+        self._protocols.clear()  # let the garbage collector close what abort() could not
+        self._connect_tasks.clear()
 
     def message_count(self) -> int:
         """Messages handed to ``send`` since creation or ``reset_counts()`` (dropped included)."""
@@ -800,8 +1010,14 @@ class TcpTransport:
         with self._count_lock:
             return self._dropped
 
+    def frames_written(self) -> int:
+        """Frames handed to the sockets' ``write`` so far (never reset).  Incremented by the
+        loop thread only; read from another thread it may lag by the write in progress.  For
+        tests and diagnostics (e.g. that ``send`` on the loop thread wrote before returning)."""
+        return self._frames_written
+
     def reset_counts(self) -> None:
-        """Zero the counters."""
+        """Zero the counters (not :meth:`frames_written`)."""
         with self._count_lock:
             self._sent = 0
             self._per_kind = [0] * _KIND_SLOTS
@@ -828,7 +1044,7 @@ class TcpTransport:
     # ------------------------------------------------------------------ loop thread
 
     def _run(self) -> None:
-        """Body of the ``raft-<id>-net`` thread."""
+        """Body of the ``raft-<id>-net`` thread (own loop only)."""
         try:
             loop = _new_event_loop()
         except BaseException as exc:
@@ -855,11 +1071,53 @@ class TcpTransport:
             finally:
                 asyncio.set_event_loop(None)
                 loop.close()
+                self._loop_ident = None  # this thread is gone; its ident may be reused
                 self._started.set()
 
     async def _main(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._stop = loop.create_future()
+        """The own loop's one task: set up, serve until ``close`` resolves ``self._stop``, then
+        shut down (``_run`` then closes the loop)."""
+        assert self._loop is not None
+        self._stop = self._loop.create_future()
+        try:
+            await self._setup()
+        except OSError as exc:
+            self._start_error = exc
+            self._started.set()
+            return
+        self._started.set()
+        if self._stop_requested:
+            self._request_stop()
+        await self._stop
+        await self._shutdown()
+
+    async def _start_on_caller_loop(self) -> None:
+        """``start(loop=...)``: the set-up, as a task on the caller's loop.  Serving needs no
+        task of its own there; ``close`` schedules ``_shutdown_on_caller_loop``."""
+        self._setup_task = asyncio.current_task()
+        if self._stop_requested:  # start() timed out and close() came before the loop did
+            return
+        await self._setup()
+
+    async def _shutdown_on_caller_loop(self) -> None:
+        """``close()`` on a caller's loop.  Waits for a set-up still in progress first (it was
+        scheduled earlier, so ``self._setup_task`` is already set), so that a listener it is
+        still opening is closed too."""
+        setup = self._setup_task
+        if setup is not None and not setup.done():
+            await asyncio.wait((setup,))
+        await self._shutdown()
+
+    async def _setup(self) -> None:
+        """Listen, then adopt address-book changes and flush what was sent before start-up.
+        Loop thread (either kind of loop).
+
+        Raises:
+            OSError: cannot listen on this node's address (logged).
+        """
+        loop = self._loop
+        assert loop is not None
+        self._loop_ident = threading.get_ident()
         self._all_closed = asyncio.Event()
         host, port = self._addresses[self.node_id]
         try:
@@ -867,35 +1125,31 @@ class TcpTransport:
                                               ssl=self._ssl_server, reuse_address=True)
         except OSError as exc:
             logger.error("%s: cannot listen on %s:%s: %s", self.node_id, host, port, exc)
-            self._start_error = exc
-            self._started.set()
-            return
+            raise
         self._server = server
         sockname = server.sockets[0].getsockname()
         self._bound = (sockname[0], sockname[1])
         self._running = True
         logger.info("%s: listening on %s:%s", self.node_id, *self._bound)
-        self._started.set()
-        if self._stop_requested:
-            self._request_stop()
         self._sync_links()  # update_peers calls made before the loop existed
         self._on_wake()  # messages sent between start() and now
-        await self._stop
-        await self._shutdown()
 
     async def _shutdown(self) -> None:
+        """Stop listening, cancel connect attempts and timers, abort every connection and wait
+        (bounded) until they are closed.  Loop thread; leaves the loop itself running."""
         self._running = False
+        self._handler = None  # from here on nothing reaches the handler
         server = self._server
         if server is not None:
             server.close()
-        tasks = []
         for link in self._links.values():
             if link.timer is not None:
                 link.timer.cancel()
                 link.timer = None
-            if link.task is not None:
-                link.task.cancel()
-                tasks.append(link.task)
+            link.task = None
+        tasks = list(self._connect_tasks)  # stale attempts of removed or moved links included
+        for task in tasks:
+            task.cancel()
         if self._delay_timer is not None:
             self._delay_timer.cancel()
             self._delay_timer = None
@@ -913,12 +1167,24 @@ class TcpTransport:
                                  len(self._protocols))
         if server is not None:
             await server.wait_closed()
-        self._handler = None
         logger.info("%s: transport closed", self.node_id)
 
     def _on_wake(self) -> None:
-        """Drain the delay inbox into the heap and flush every non-empty queue."""
+        """The wake-up callback (``_wake``): drain the delay inbox into the heap and flush every
+        non-empty queue, this node's own included."""
         self._wake_pending = False  # before draining: see the module docstring
+        self._drain(local_now=True)
+
+    def _flush_now(self) -> None:
+        """``send`` on the loop thread: the wake-up's work at once, so the frames are written
+        before ``send`` returns, except that this node's own messages are left to a ``call_soon``
+        callback (the caller of ``send`` may be the handler or a step of the runtime, which must
+        not be re-entered).  ``self._wake_pending`` is left alone (module docstring)."""
+        self._drain(local_now=False)
+
+    def _drain(self, local_now: bool) -> None:
+        """Move the delay inbox into the heap and flush every non-empty peer queue; deliver
+        this node's own messages now (``local_now``) or from a ``call_soon`` callback."""
         if not self._running:
             return
         if self._links_version != self._book_version:
@@ -934,17 +1200,30 @@ class TcpTransport:
         links = self._links
         for peer, queue in self._outq.items():
             if queue:
-                if peer == self.node_id:
-                    self._deliver_local(queue)
-                else:
+                if peer != self.node_id:
                     link = links.get(peer)
                     if link is not None:  # else: added since the sync above; it flushes
                         self._flush(link)
+                elif local_now:
+                    self._deliver_local(queue)
+                elif not self._local_scheduled:
+                    self._local_scheduled = True
+                    assert self._loop is not None
+                    self._loop.call_soon(self._on_local)
+
+    def _on_local(self) -> None:
+        """Deliver this node's own messages queued by ``send`` on the loop thread."""
+        self._local_scheduled = False  # before delivering: a handler that sends reschedules
+        queue = self._outq.get(self.node_id)
+        if queue:
+            self._deliver_local(queue)
 
     def _deliver_local(self, queue: deque[Message]) -> None:
-        """Messages a node sends to itself skip the network."""
+        """Messages a node sends to itself skip the network.  Delivers those queued on entry
+        only: any the handler adds meanwhile come with a callback of their own (``_on_local`` or
+        a wake-up), so one callback never runs on indefinitely."""
         handler = self._handler
-        while queue:
+        for _ in range(len(queue)):
             msg = queue.popleft()
             if handler is not None:
                 try:
@@ -1034,14 +1313,18 @@ class TcpTransport:
                     size += len(frame)
                 if frames:
                     write(frames[0] if len(frames) == 1 else b"".join(frames))
+                    self._frames_written += len(frames)
             if dropped:
                 with self._count_lock:
                     self._dropped += dropped
         elif state == _IDLE:
             link.state = _CONNECTING
             assert self._loop is not None
-            link.task = self._loop.create_task(self._connect(link, link.epoch),
-                                               name=f"raft-{self.node_id}-connect-{link.peer_id}")
+            task = self._loop.create_task(self._connect(link, link.epoch),
+                                          name=f"raft-{self.node_id}-connect-{link.peer_id}")
+            link.task = task
+            self._connect_tasks.add(task)
+            task.add_done_callback(self._connect_tasks.discard)
         elif state == _BACKOFF:
             count = len(queue)
             queue.clear()
@@ -1058,14 +1341,13 @@ class TcpTransport:
         when the awaited operation has just completed, hence the checks after each await.
         """
         assert self._loop is not None
-        kwargs: dict[str, object] = {}
-        if self._ssl_client is not None:
-            kwargs = {"ssl": self._ssl_client, "server_hostname": link.host}
-        transport: asyncio.BaseTransport | None = None
+        tls = self._ssl_client
+        transport: asyncio.Transport | None = None
         try:
             transport, protocol = await asyncio.wait_for(
                 self._loop.create_connection(lambda: _OutboundProtocol(self, link), link.host,
-                                             link.port, **kwargs),  # type: ignore[arg-type]
+                                             link.port, ssl=tls,
+                                             server_hostname=link.host if tls else None),
                 self._connect_timeout)
             if link.epoch == epoch:  # else stale (a swallowed cancel): abort below
                 await asyncio.wait_for(asyncio.shield(protocol.ready), self._handshake_timeout)
@@ -1080,6 +1362,7 @@ class TcpTransport:
             if transport is not None:
                 transport.abort()
             raise
+        assert transport is not None
         if link.epoch != epoch:
             transport.abort()
             return
@@ -1133,8 +1416,7 @@ class TcpTransport:
         self._links_version = version
         links = self._links
         for peer in [peer for peer in links if peer not in addresses]:
-            link = links.pop(peer)
-            self._reset_link(link)
+            self._reset_link(links.pop(peer))
             logger.info("%s: %s removed from the peers; its link is closed", self.node_id, peer)
         touched: list[_PeerLink] = []
         for peer, (host, port) in addresses.items():

@@ -366,3 +366,37 @@ def test_status_reports_peer_progress_on_the_leader(
         lambda: all(p.match >= index for p in leader.status().progress.values())
         and len(leader.status().progress) == 3, LIVENESS)
     assert all(n.status().progress == {} for n in cluster.nodes if n is not leader)
+
+
+def test_tcp_nodes_run_on_one_thread_each_and_leave_nothing_behind(tmp_path, seed):
+    """Over TCP with on-disk stores (the real shape), each node runs its sockets on its own loop
+    thread: while running, the engine's threads are exactly raft-<id>-loop and
+    raft-<id>-snapshot (no -net, -apply or -storage thread); stop() joins them all and closes
+    every socket and file."""
+    from engine.runtime.loop import new_event_loop
+    from engine.transport.tcp import free_loopback_ports
+
+    new_event_loop().close()  # uvloop keeps one process-wide pipe from its first loop on
+    fds_before = open_fds()
+    threads_before = {t.ident for t in threading.enumerate()}
+    ports = free_loopback_ports(3)
+    peers = {node_id: f"127.0.0.1:{port}" for node_id, port in zip(PEERS, ports, strict=True)}
+    nodes = [RaftNode(i, peers, LogStateMachine(), config=FAST, data_dir=str(tmp_path / i),
+                      seed=seed + k) for k, i in enumerate(PEERS)]
+    try:
+        for node in nodes:
+            node.start()
+        assert set(raft_threads()) == {f"raft-{i}-{kind}" for i in PEERS
+                                       for kind in ("loop", "snapshot")}
+        watcher = Watcher(nodes)
+        assert watcher.wait_for(lambda: leader_of(nodes) is not None)
+        leader = leader_of(nodes)
+        assert leader is not None
+        futures = leader.propose_many([b"t%d" % i for i in range(50)])
+        assert [f.result(LIVENESS) for f in futures] == sorted(f.result(0) for f in futures)
+    finally:
+        for node in nodes:
+            node.stop()
+    assert not raft_threads()
+    assert {t.ident for t in threading.enumerate()} <= threads_before
+    assert open_fds() == fds_before

@@ -1,7 +1,10 @@
-"""The Transport contract, one suite run over every implementation (memory and TCP)."""
+"""The Transport contract, one suite run over every implementation: memory, TCP on its own
+threads, and TCP on a caller's event loop ("tcp-loop": all nodes share one loop that runs forever
+in a thread of the test's, as a node's runtime will run its loop)."""
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from collections.abc import Iterator
 
@@ -9,11 +12,12 @@ import pytest
 
 from engine.core.messages import Message, MessageKind
 from engine.errors import ConfigError, RaftError
-from engine.transport import FaultPlan, MemoryNetwork, TcpTransport, Transport
+from engine.transport import FaultPlan, MemoryNetwork, MessageHandler, TcpTransport, Transport
 
-from .util import Collector, free_port, msg, raft_threads
+from .util import Collector, LoopThread, free_port, msg, raft_threads
 
 IDS = ("a", "b", "c")
+LOOP_KIND = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 
 
 class Harness:
@@ -23,6 +27,7 @@ class Harness:
         self.kind = kind
         self.created: list[Transport] = []
         self.collectors: dict[str, Collector] = {}
+        self.loop_thread = LoopThread(LOOP_KIND) if kind == "tcp-loop" else None
         if kind == "memory":
             self.network: MemoryNetwork | None = MemoryNetwork(seed=11)
             self.faults = self.network.faults
@@ -46,17 +51,29 @@ class Harness:
         for node in nodes or IDS:
             self.collectors[node] = Collector()
             out[node] = self.new(node)
-            out[node].start(self.collectors[node])
+            self.start_one(out[node], self.collectors[node])
         return out
 
+    def start_one(self, transport: Transport, handler: MessageHandler) -> None:
+        if self.loop_thread is None:
+            transport.start(handler)
+        else:
+            transport.start(handler, loop=self.loop_thread.loop)
+
     def close(self) -> None:
-        for transport in self.created:
-            transport.close()
-        if self.network is not None:
-            self.network.close()
+        try:
+            for transport in self.created:
+                transport.close()
+            if self.network is not None:
+                self.network.close()
+            if self.loop_thread is not None:
+                assert self.loop_thread.is_serving()  # close() left the caller's loop running
+        finally:
+            if self.loop_thread is not None:
+                self.loop_thread.close()
 
 
-@pytest.fixture(params=["memory", "tcp"])
+@pytest.fixture(params=["memory", "tcp", "tcp-loop"])
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     h = Harness(request.param)
     yield h
@@ -154,7 +171,7 @@ def test_no_handler_call_after_close_returns(harness: Harness) -> None:
         first.set()
 
     target = harness.new("b")
-    target.start(handler)
+    harness.start_one(target, handler)
     stop = threading.Event()
 
     def blast() -> None:
@@ -178,9 +195,33 @@ def test_restart_same_node_id(harness: Harness) -> None:
     t["b"].close()
     reborn = harness.new("b")
     got = Collector()
-    reborn.start(got)
+    harness.start_one(reborn, got)
     for _ in range(200):  # the TCP sender may be backing off after b went away
         t["a"].send([msg("a", "b", 5)])
         if got.wait_count(1, timeout=0.05):
             break
     assert got.messages and got.messages[0].term == 5
+
+
+def test_start_accepts_a_loop(harness: Harness) -> None:
+    """Every transport takes ``loop=`` (the in-memory one ignores it); the handler then still
+    receives, and with a TCP transport on a caller's loop it runs on that loop's thread."""
+    own = harness.loop_thread or LoopThread(LOOP_KIND, name="test-own-loop")
+    collectors = {node: Collector() for node in ("a", "b")}
+    t: dict[str, Transport] = {}
+    try:
+        for node in collectors:
+            t[node] = harness.new(node)
+        for node, transport in t.items():
+            transport.start(collectors[node], loop=own.loop)
+        t["a"].send([msg("a", "b", 1)])
+        t["b"].send([msg("b", "a", 2)])
+        assert collectors["b"].wait_count(1) and collectors["a"].wait_count(1)
+        if harness.kind == "tcp-loop":
+            assert collectors["a"].thread_ids == collectors["b"].thread_ids == {own.ident}
+            assert raft_threads() == []
+    finally:
+        for transport in t.values():
+            transport.close()
+        if own is not harness.loop_thread:
+            own.close()
