@@ -162,8 +162,53 @@ class RespParser:
         self._pos = end + 2
         return line
 
+    def _fast(self) -> list[bytes] | None:
+        """The array of bulk strings that starts at ``_pos`` when it is wholly buffered and
+        plainly well-formed (positive counts and lengths within the limits, CRLFs where they
+        belong); None otherwise, consuming nothing, so that :meth:`_next` takes the incremental
+        path (which also reports every error).  The common case of pipelined requests: one
+        loop with local variables instead of a call per element."""
+        buf = self._buf
+        pos = self._pos
+        find = buf.find
+        end = find(_CRLF, pos, pos + _MAX_HEADER)
+        if end < 0:
+            return None
+        digits = buf[pos + 1:end]
+        if not digits.isdigit() or len(digits) > 19:
+            return None
+        count = int(digits)
+        if count <= 0 or count > self._max_array:
+            return None
+        pos = end + 2
+        size = len(buf)
+        max_bulk = self._max_bulk
+        args = []
+        for _ in range(count):
+            if pos >= size or buf[pos] != 0x24:  # '$'
+                return None
+            end = find(_CRLF, pos, pos + _MAX_HEADER)
+            if end < 0:
+                return None
+            digits = buf[pos + 1:end]
+            if not digits.isdigit() or len(digits) > 19:
+                return None
+            length = int(digits)
+            start = end + 2
+            stop = start + length
+            if length > max_bulk or stop + 2 > size or buf[stop:stop + 2] != _CRLF:
+                return None
+            args.append(bytes(buf[start:stop]))
+            pos = stop + 2
+        self._pos = pos
+        return args
+
     def _next(self) -> list[bytes] | None:
         buf = self._buf
+        if self._args is None and self._pos < len(buf) and buf[self._pos] == 0x2A:
+            command = self._fast()
+            if command is not None:
+                return command
         while True:
             if self._args is None:
                 if self._pos >= len(buf):

@@ -41,6 +41,7 @@ BASE = ["node", "--id", "n1", "--peers", PEERS, "--client", "127.0.0.1:6401"]
     ([*BASE, "--max-inflight", "0"], "max_inflight=0 must be > 0"),
     ([*BASE, "--heartbeat-interval", "soon"], "invalid float value"),
     ([*BASE, "--log-level", "LOUD"], "--log-level"),
+    ([*BASE, "--gc-threshold", "-1"], "--gc-threshold -1 must be >= 0"),
     ([*BASE, "--secret-file", "/nonexistent/secret"], "--secret-file"),
     ([*BASE, "--config", "/nonexistent/node.toml"], "--config"),
     (["node", "--frobnicate"], "unrecognized arguments"),
@@ -296,3 +297,23 @@ def test_cluster_command_starts_and_stops_all_nodes(
     assert proc.wait(timeout=LIVENESS) == 0
     reader.join(LIVENESS)
     assert [try_status(c) for c in clients] == [None] * 3  # every node process is gone
+
+
+def test_tune_gc_freezes_and_sets_the_young_threshold() -> None:
+    """tune_gc(N) sets the young-generation threshold to N (keeping the older ones) and moves
+    existing objects to the permanent generation; 0 leaves the settings alone."""
+    import gc
+
+    from engine.cli import tune_gc
+    before = gc.get_threshold()
+    try:
+        tune_gc(0)
+        assert gc.get_threshold() == before
+        tune_gc(12345)
+        assert gc.get_threshold() == (12345, before[1], before[2])
+        assert gc.get_freeze_count() > 0
+        with pytest.raises(ValueError):
+            tune_gc(-5)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
