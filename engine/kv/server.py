@@ -101,6 +101,11 @@ def _run_reads(reads: list[tuple[Op, list[bytes]]], machine: KVMachine) -> list[
     return [machine.execute(op, args) for op, args in reads]
 
 
+def _finish(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _completion(future: Future) -> asyncio.Future[None]:
     """An asyncio future of the running loop that is done once ``future`` is.
 
@@ -114,11 +119,10 @@ def _completion(future: Future) -> asyncio.Future[None]:
 
     def done(_: Future) -> None:
         if threading.get_ident() == owner:
-            if not waiter.done():
-                waiter.set_result(None)
+            _finish(waiter)
         else:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+                loop.call_soon_threadsafe(_finish, waiter)
 
     future.add_done_callback(done)
     return waiter
@@ -244,8 +248,7 @@ class KVServer:
         loop, stop_future = self._loop, self._stop_future
         if loop is not None and stop_future is not None:
             with contextlib.suppress(RuntimeError):  # the loop already ended
-                loop.call_soon_threadsafe(
-                    lambda: stop_future.done() or stop_future.set_result(None))
+                loop.call_soon_threadsafe(_finish, stop_future)
         if main_future is not None:
             try:
                 main_future.result(timeout)
