@@ -5,20 +5,24 @@ Usage::
     python -m bench                      # quick suite (same as --quick), about 3 minutes
     python -m bench --full               # every configuration, longer windows
     python -m bench --scenario churn --scenario throughput     # families or exact case labels
-    python -m bench --scenario processes # 3 `raft-engine node` processes (in --full; else ask)
+    python -m bench --scenario processes # node processes + separate load generator, PySyncObj
+    python -m bench --engine-root DIR    # run the processes family's nodes from another tree
+    python -m bench.ab --baseline REV    # A/B: another revision vs this tree, same harness
     python -m bench --list               # what the suite would run
     python -m bench --out DIR --seed 7   # output directory (default bench-results/), seed
     python -m bench --peer pysyncobj     # also run the workload on PySyncObj and print ratios
     python -m bench profile SCENARIO [--n 3] [--payload 16] [--transport memory] [--drop 0.05]
 
 Outputs (in --out): <family>.json (pyperf), results.json, REPORT.md, *.png.  Measurement is
-in-process, except the ``processes`` family's node processes (see bench/scenarios.py for why and
-how the pyperf files are built).
+in-process, except the ``processes`` family: node processes, and a load generator in a process
+of its own (see bench/scenarios.py for why and how the pyperf files are built).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from bench.scenarios import EXPLICIT_ONLY, FAMILIES, build_cases
@@ -42,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="output directory (default: bench-results)")
     p.add_argument("--seed", type=int, default=1, help="seed of every cluster (default: 1)")
     p.add_argument("--peer", choices=["pysyncobj"],
-                   help="also run the latency/throughput workload on this peer")
+                   help="also run the in-process latency/throughput workload on this peer")
+    p.add_argument("--engine-root", metavar="DIR",
+                   help="source tree the processes family runs its engine nodes from "
+                        "(default: this one; its native store built in place)")
     return p
 
 
@@ -64,10 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(cases)} cases in --{args.mode} mode")
         return 0
     from bench.suite import run_suite
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)   # so node processes and temporary directories go too
+
+    signal.signal(signal.SIGTERM, terminate)
     command = " ".join(["python -m bench", *argv])
     try:
         suite = run_suite(args.scenario, mode=args.mode, seed=args.seed, out_dir=args.out,
-                          command=command, peer=args.peer)
+                          command=command, peer=args.peer,
+                          engine_root=os.path.abspath(args.engine_root)
+                          if args.engine_root else None)
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2

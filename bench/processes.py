@@ -1,35 +1,41 @@
-"""Separate node processes and the hardware baseline: the ``processes`` family and its probes.
+"""Separate processes on loopback and the hardware baseline: the ``processes`` family's parts.
 
-``processes``: three ``python -m engine.cli node`` processes (each a Raft member with its RESP2
-KV server) talk TCP on loopback, with their data directories (native store when built) in a
-fresh temporary directory, fsync on or off.  The load generator is this process, speaking RESP
-over a raw socket to the leader's client port (found with ``RAFT.STATUS``):
+``processes`` measures the real shape of a deployment, with nothing sharing a GIL:
 
-* sequential latency: one SET at a time, seconds from sending it to reading ``+OK``
-  (what a client sees: loopback round trip + RESP + replication + commit + apply);
-* throughput: ``pipeline_depth`` SETs kept in flight on one connection (pipelining), replies
-  counted per window after a warm-up, as the in-process throughput driver does.
+* **the cluster**: ``n`` node processes on 127.0.0.1 (:class:`NodeProcesses`), either the
+  engine's ``python -m engine.cli node`` (each a Raft member with its RESP2 KV server, data in a
+  fresh temporary directory, native store when built, fsync on or off), or PySyncObj's
+  ``python -m bench.pysyncobj_node`` (a ``SyncObj`` in its default configuration with a tiny
+  RESP2 front-end in the same process).  The leader is found with ``RAFT.STATUS``, which both
+  answer.  The engine can be run from another source tree (``engine_root``; bench/ab.py uses
+  that to measure an older revision with the same harness);
+* **the load generator**: ``python -m bench.loadgen`` (:func:`run_loadgen`), a process of its
+  own started with subprocess for each measurement and bounded by a deadline; it prints one
+  JSON line.  ``sequential``: one SET at a time (latency p50/p99 as a client sees it);
+  ``saturate``: several connections each with many SETs pipelined (commits/s per window after a
+  warm-up), with the node processes' CPU over the same windows;
+* **redis-benchmark** (:func:`redis_benchmark`) when the binary is on PATH;
+* **the baseline** (:func:`probe_baseline`), measured after the nodes have stopped: the round
+  trip of a 16-byte ping to an echo server thread over TCP on 127.0.0.1 (TCP_NODELAY on both
+  sides), and one append of a 64-byte record plus ``os.fdatasync`` in a file on the data
+  directory's filesystem; p50s of many samples.  Targets: sequential p50 within 2x and p99
+  within 4x of (RTT + fdatasync).
 
-Unlike every other family, the cluster does not share the load generator's GIL: each node has
-a process of its own (and, on a 2-core machine, shares the cores with the other two).
-
-Baseline probes (:func:`loopback_rtt`, :func:`fdatasync_latency`), for the target "p50 latency
-within 2x of (loopback round trip + one fdatasync)": the round trip of a 16-byte ping to an
-echo server thread over TCP on 127.0.0.1 (TCP_NODELAY on both sides), and the time of one
-append of a 64-byte record plus ``os.fdatasync`` in a file on the data directory's filesystem.
-Both are p50s of many samples, taken while no cluster runs.
-
-The node processes are always stopped (SIGTERM, then SIGKILL after a few seconds) when the case
-ends, normally or by an exception; on Linux they also get SIGKILL if this process dies first
-(``PR_SET_PDEATHSIG``), so an interrupted benchmark leaves no node behind.  Every wait has a
-deadline.
+Every child (nodes, load generator, redis-benchmark) is started through :func:`spawn`: on
+Linux it gets SIGKILL if the thread that started it dies (``PR_SET_PDEATHSIG``), so an
+interrupted benchmark leaves nothing behind; nodes are stopped with SIGTERM, then SIGKILL after
+a few seconds, whatever happened.  Every wait has a deadline.  Only loopback addresses are
+used.  Nothing here imports the engine (the RESP codec is bench/resp.py), so the same harness
+drives any revision of it, and PySyncObj.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import functools
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -38,20 +44,26 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
-import engine
-from engine.cli import fetch_status
-from engine.errors import RaftError
-from engine.kv.resp import Error, encode, parse_reply
-from engine.transport.tcp import free_loopback_ports
+from bench.loadgen import percentile
+from bench.resp import Error, encode_command, parse
 
 OK_REPLY = b"+OK\r\n"
 START_TIMEOUT = 20.0     # seconds for the processes to elect a leader that commits a write
 STOP_GRACE = 3.0         # seconds between SIGTERM and SIGKILL when stopping the nodes
 IO_TIMEOUT = 10.0        # seconds without any reply before the client gives up
+LOADGEN_SLACK = 15.0     # seconds a load generator may run past its own time budget
+BENCH_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The source tree bench/ belongs to: the default engine under test, and where the load
+generator and the PySyncObj node run from."""
+SYSTEMS = ("engine", "pysyncobj")
+
+
+class RespError(RuntimeError):
+    """A node answered an error, or something that is not what was asked."""
 
 
 # -- baseline probes ---------------------------------------------------------------------------
@@ -125,7 +137,7 @@ def fdatasync_latency(directory: str, samples: int = 200, record: int = 64, warm
     return values
 
 
-# -- the node processes ------------------------------------------------------------------------
+# -- child processes ---------------------------------------------------------------------------
 
 
 _DEATHSIG = (
@@ -136,50 +148,131 @@ _DEATHSIG = (
     "    pass\n"
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit(1)\n"
-    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
-"""Runs before each node on Linux: ask for SIGKILL when the thread that started it ends
-(PR_SET_PDEATHSIG = 1; it survives the exec), give up if that already happened, then exec
-``python -m engine.cli node ...``.  Start the nodes from a thread that outlives them (the suite
-runs cases on its main thread)."""
+"""Runs before each child on Linux: ask for SIGKILL when the thread that started it ends
+(PR_SET_PDEATHSIG = 1; it survives the exec), give up if that already happened, then exec the
+real program.  Start children from a thread that outlives them (the suite runs cases on its
+main thread)."""
+
+
+def python_env(root: str) -> dict[str, str]:
+    """This environment with ``root`` first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+def spawn(argv: Sequence[str], *, cwd: str, env: dict[str, str] | None = None,
+          stdout: int | IO[Any] | None = subprocess.DEVNULL,
+          stderr: int | IO[Any] | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (``argv[0]`` an absolute path) as a child that dies with this thread."""
+    args = list(argv)
+    if sys.platform == "linux":
+        args = [sys.executable, "-c", _DEATHSIG, str(os.getpid()), *args]
+    return subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                            stderr=stderr)
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@functools.lru_cache(maxsize=8)
+def store_impl_of(root: str) -> str:
+    """Which log store the engine in ``root`` opens for a data directory: the C store when its
+    compiled module imports there (asked in a subprocess), else the pure-Python file store."""
+    if os.environ.get("RAFT_ENGINE_NO_NATIVE", "") not in ("", "0"):
+        return "FileLogStore (pure Python; RAFT_ENGINE_NO_NATIVE is set)"
+    try:
+        proc = subprocess.run([sys.executable, "-c", "import engine.storage.native"], cwd=root,
+                              env=python_env(root), capture_output=True, text=True, timeout=60,
+                              check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({type(exc).__name__}: {exc})"
+    if proc.returncode == 0:
+        return "NativeLogStore (C via cffi)"
+    last = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
+    return f"FileLogStore (pure Python; C module unavailable: {last[:160]})"
+
+
+_PYSYNCOBJ: list[str | None] = []
+
+
+def pysyncobj_unavailable(out: IO[str] | None = None) -> str | None:
+    """None when PySyncObj imports in this interpreter (which runs the PySyncObj nodes), else
+    why not.  ``pip install pysyncobj`` is tried once per process (bench/peer.py)."""
+    if not _PYSYNCOBJ:
+        from bench.peer import _import_pysyncobj, _version
+        module, reason = _import_pysyncobj(out or sys.stdout)
+        _PYSYNCOBJ.append(reason)
+        _PYSYNCOBJ.append(None if module is None else _version(module))
+    return _PYSYNCOBJ[0]
+
+
+def pysyncobj_version() -> str | None:
+    return _PYSYNCOBJ[1] if len(_PYSYNCOBJ) > 1 else None
 
 
 @dataclass
 class NodeProcesses:
-    """``n`` KV node processes on loopback, data in ``root/<id>``, logs in ``root/<id>.log``."""
+    """``n`` node processes of ``system`` on loopback; data in ``root/<id>``, each node's stderr
+    in ``root/<id>.log``.  The engine runs from ``engine_root`` (its working directory and
+    first PYTHONPATH entry, so ``-m engine.cli`` resolves there)."""
 
     n: int
     root: str
-    fsync: bool
+    fsync: bool = True
+    system: str = "engine"
+    engine_root: str = BENCH_ROOT
     ids: list[str] = field(default_factory=list)
     peers: dict[str, str] = field(default_factory=dict)
     clients: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     leader: str | None = None        # the leader's client address once known
 
+    def _argv(self, i: str) -> tuple[list[str], str]:
+        if self.system == "pysyncobj":
+            others = [a for j, a in self.peers.items() if j != i]
+            mapping = ",".join(f"{self.peers[j]}={self.clients[j]}" for j in self.ids)
+            return ([sys.executable, "-m", "bench.pysyncobj_node", "--self", self.peers[i],
+                     "--partners", ",".join(others), "--client", self.clients[i],
+                     "--clients", mapping], BENCH_ROOT)
+        argv = [sys.executable, "-m", "engine.cli", "node", "--id", i,
+                "--client", self.clients[i], "--data-dir", os.path.join(self.root, i),
+                "--peers", ",".join(f"{j}={a}" for j, a in self.peers.items()),
+                "--clients", ",".join(f"{j}={a}" for j, a in self.clients.items()),
+                "--log-level", "WARNING"]
+        if not self.fsync:
+            argv.append("--no-fsync")
+        return argv, self.engine_root
+
     def start(self) -> None:
+        if self.system not in SYSTEMS:
+            raise ValueError(f"unknown system {self.system!r}")
         self.ids = [f"n{k}" for k in range(1, self.n + 1)]
         ports = free_loopback_ports(2 * self.n)
         self.peers = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, ports[:self.n], strict=True)}
         self.clients = {i: f"127.0.0.1:{p}"
                         for i, p in zip(self.ids, ports[self.n:], strict=True)}
-        common = ["--peers", ",".join(f"{i}={a}" for i, a in self.peers.items()),
-                  "--clients", ",".join(f"{i}={a}" for i, a in self.clients.items()),
-                  "--log-level", "WARNING"]
-        if not self.fsync:
-            common.append("--no-fsync")
-        env = dict(os.environ)
-        here = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
         for i in self.ids:
-            argv = ["-m", "engine.cli", "node", "--id", i, "--client", self.clients[i],
-                    "--data-dir", os.path.join(self.root, i), *common]
-            if sys.platform == "linux":
-                argv = ["-c", _DEATHSIG, str(os.getpid()), *argv]
+            argv, cwd = self._argv(i)
             with open(os.path.join(self.root, f"{i}.log"), "wb") as log:
-                self.procs[i] = subprocess.Popen([sys.executable, *argv], env=env,
-                                                 stdin=subprocess.DEVNULL,
-                                                 stdout=subprocess.DEVNULL, stderr=log)
+                self.procs[i] = spawn(argv, cwd=cwd, env=python_env(cwd), stderr=log)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs.values()]
 
     def logs(self, lines: int = 5) -> str:
         """The last ``lines`` lines of each node's stderr (for error messages)."""
@@ -202,30 +295,22 @@ class NodeProcesses:
         while time.monotonic() < deadline:
             self.check_alive()
             for address in self.clients.values():
-                with contextlib.suppress(OSError, RaftError, ValueError):
+                with contextlib.suppress(OSError, RespError, ValueError):
                     if fetch_status(address, timeout=0.5).get("role") == "leader":
                         self.leader = address
                         return address
             time.sleep(0.05)   # polling interval of another process's state
-        raise TimeoutError(f"no leader among the node processes within {timeout}s; "
+        raise TimeoutError(f"no leader among the {self.system} processes within {timeout}s; "
                            f"logs: {self.logs()}")
 
     @property
     def leader_id(self) -> str | None:
         return next((i for i, a in self.clients.items() if a == self.leader), None)
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """User + system CPU seconds used so far by each node process (Linux; else nan)."""
-        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        used = {}
-        for i, p in self.procs.items():
-            try:
-                with open(f"/proc/{p.pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                used[i] = (int(fields[11]) + int(fields[12])) / tick
-            except (OSError, IndexError, ValueError):
-                used[i] = float("nan")
-        return used
+    @property
+    def leader_pid(self) -> int | None:
+        i = self.leader_id
+        return self.procs[i].pid if i in self.procs else None
 
     def stop(self) -> None:
         """SIGTERM every node, SIGKILL those still running after :data:`STOP_GRACE` s."""
@@ -244,11 +329,12 @@ class NodeProcesses:
 
 
 @contextlib.contextmanager
-def node_processes(n: int, *, fsync: bool) -> Iterator[NodeProcesses]:
+def node_processes(n: int, *, fsync: bool = True, system: str = "engine",
+                   engine_root: str | None = None) -> Iterator[NodeProcesses]:
     """Start ``n`` node processes in a fresh temporary directory and wait for a leader that
     commits a write; stop them and remove the directory on exit, whatever happened."""
     root = tempfile.mkdtemp(prefix="raft-bench-procs-")
-    cluster = NodeProcesses(n, root, fsync)
+    cluster = NodeProcesses(n, root, fsync, system, engine_root or BENCH_ROOT)
     try:
         cluster.start()
         address = cluster.find_leader()
@@ -261,7 +347,7 @@ def node_processes(n: int, *, fsync: bool) -> Iterator[NodeProcesses]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-# -- the client --------------------------------------------------------------------------------
+# -- the harness's own small client ------------------------------------------------------------
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -270,13 +356,19 @@ def _address(text: str) -> tuple[str, int]:
 
 
 class RespClient:
-    """A minimal RESP2 client on a raw socket: send encoded commands, read replies in order."""
+    """A minimal blocking RESP2 client (warm-up writes, status); measurements are made by the
+    load generator's process, not with this."""
 
-    def __init__(self, address: str | tuple[str, int], timeout: float = IO_TIMEOUT) -> None:
-        self.address = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
-        self.sock = socket.create_connection(_address(self.address), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, address: str, timeout: float = IO_TIMEOUT) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.sock = self._connect(address)
         self.buf = b""
+
+    def _connect(self, address: str) -> socket.socket:
+        sock = socket.create_connection(_address(address), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def __enter__(self) -> RespClient:
         return self
@@ -291,49 +383,23 @@ class RespClient:
         """Close this connection and open one to ``address`` (a -NOTLEADER redirect)."""
         self.close()
         self.address = address
-        self.sock = socket.create_connection(_address(address), timeout=self.sock.gettimeout())
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self._connect(address)
         self.buf = b""
 
-    def _fill(self) -> None:
-        chunk = self.sock.recv(262144)
-        if not chunk:
-            raise ConnectionError(f"{self.address} closed the connection")
-        self.buf += chunk
-
     def reply(self) -> object:
-        """The next reply (blocking)."""
-        if self.buf.startswith(OK_REPLY):
-            self.buf = self.buf[5:]
-            return "OK"
-        while (parsed := parse_reply(self.buf)) is None:
-            self._fill()
+        """The next reply (blocking, each read bounded by the socket timeout)."""
+        while (parsed := parse(self.buf)) is None:
+            chunk = self.sock.recv(262144)
+            if not chunk:
+                raise ConnectionError(f"{self.address} closed the connection")
+            self.buf += chunk
         value, end = parsed
         self.buf = self.buf[end:]
         return value
 
     def call(self, *args: bytes) -> object:
-        self.sock.sendall(encode(list(args)))
+        self.sock.sendall(encode_command(list(args)))
         return self.reply()
-
-    def replies_available(self) -> tuple[int, list[object]]:
-        """Wait for at least one reply; returns (number of +OK, the other replies)."""
-        ok, others = 0, []
-        while not ok and not others:
-            self._fill()
-            buf, pos = self.buf, 0
-            while True:
-                if buf.startswith(OK_REPLY, pos):   # the common case, without parse_reply
-                    pos += 5
-                    ok += 1
-                    continue
-                parsed = parse_reply(buf, pos)
-                if parsed is None:
-                    break
-                others.append(parsed[0])
-                pos = parsed[1]
-            self.buf = buf[pos:]
-        return ok, others
 
     def set_until_ok(self, key: bytes, value: bytes, cluster: NodeProcesses | None,
                      deadline: float) -> int:
@@ -341,11 +407,11 @@ class RespClient:
         retries = 0
         while True:
             reply = self.call(b"SET", key, value)
-            if reply == "OK":
+            if reply == "OK" and not isinstance(reply, Error):
                 return retries
             parts = reply.split() if isinstance(reply, Error) else []
             if parts[:1] not in (["NOTLEADER"], ["TRYAGAIN"]) or time.monotonic() > deadline:
-                raise RaftError(f"SET on {self.address} answered {reply!r}")
+                raise RespError(f"SET on {self.address} answered {reply!r}")
             retries += 1
             time.sleep(0.01)   # back-off before retrying, not synchronisation
             target = None
@@ -356,101 +422,144 @@ class RespClient:
                 self.reconnect(target)
 
 
-def sequential_sets(client: RespClient, payload: bytes, *, ops: int, warmup_ops: int,
-                    budget_s: float, cluster: NodeProcesses | None = None
-                    ) -> tuple[list[float], int]:
-    """One SET at a time: seconds from sending it to its reply.  ``warmup_ops`` unmeasured
-    SETs, then up to ``ops`` measured ones or until ``budget_s`` (at least 20 measured).  A SET
-    answered -NOTLEADER/-TRYAGAIN is retried and its latency includes the retries.
-    Returns (latencies, retries)."""
-    perf = time.perf_counter
-    commands = [encode([b"SET", b"seq:%d" % k, payload]) for k in range(1024)]
-    values: list[float] = []
-    retries = 0
-    deadline = float("inf")
-    for k in range(warmup_ops + ops):
-        if k == warmup_ops:
-            deadline = perf() + budget_s
-        start = perf()
-        client.sock.sendall(commands[k & 1023])
-        reply = client.reply()
-        if reply != "OK":
-            retries += 1 + client.set_until_ok(b"seq:%d" % (k & 1023), payload, cluster,
-                                               time.monotonic() + 30.0)
-        end = perf()
-        if k >= warmup_ops:
-            values.append(end - start)
-            if end > deadline and len(values) >= 20:
-                break
-    return values, retries
+def fetch_status(address: str, timeout: float = 2.0) -> dict[str, Any]:
+    """``RAFT.STATUS`` of the node serving clients at ``address`` (a JSON object).
+
+    Raises:
+        OSError: unreachable, timed out or closed before answering.
+        RespError: an error reply, or not a JSON object.
+    """
+    with RespClient(address, timeout=timeout) as client:
+        reply = client.call(b"RAFT.STATUS")
+    if isinstance(reply, Error) or not isinstance(reply, bytes):
+        raise RespError(f"{address} answered {reply!r} to RAFT.STATUS")
+    status = json.loads(reply)
+    if not isinstance(status, dict):
+        raise RespError(f"{address} answered {reply!r} to RAFT.STATUS")
+    return status
 
 
-@dataclass
-class PipelineResult:
-    windows: list[tuple[float, int]]     # (seconds, +OK replies) per measured window
-    errors: int
-    depth: int
-    first_error: str | None = None
+# -- the load generator and redis-benchmark, each in a process of its own ------------------------
 
 
-def pipelined_sets(client: RespClient, payload: bytes, *, depth: int, warmup_s: float,
-                   windows: int, window_s: float) -> PipelineResult:
-    """Keep ``depth`` SETs in flight on one connection; count +OK replies per window after
-    ``warmup_s``.  Error replies are counted, not retried (no leader change is expected)."""
-    perf = time.perf_counter
-    commands = [encode([b"SET", b"key:%d" % k, payload]) for k in range(4096)]
-    sent = 0
+class LoadgenError(RuntimeError):
+    """The load generator failed, or ran over its deadline."""
 
-    def send(count: int) -> None:
-        nonlocal sent
-        if count:
-            client.sock.sendall(b"".join(commands[(sent + j) & 4095] for j in range(count)))
-            sent += count
 
-    boundaries = [warmup_s + k * window_s for k in range(windows + 1)]
-    marks: list[tuple[float, int]] = []
-    ok = errors = 0
-    first_error: str | None = None
-    inflight = depth
-    send(depth)
-    start = perf()
-    next_mark = 0
-    while next_mark <= windows:
-        got_ok, others = client.replies_available()
-        ok += got_ok
-        errors += len(others)
-        if others and first_error is None:
-            first_error = repr(others[0])[:200]
-        inflight -= got_ok + len(others)
-        now = perf()
-        while next_mark <= windows and now - start >= boundaries[next_mark]:
-            marks.append((now, ok))
-            next_mark += 1
-        send(depth - inflight)
-        inflight = depth
-    # Drain what is still in flight (bounded by the socket timeout) so the server is idle.
-    with contextlib.suppress(OSError):
-        while inflight > 0:
-            got_ok, others = client.replies_available()
-            inflight -= got_ok + len(others)
-    result = PipelineResult([], errors, depth, first_error)
-    for (t0, c0), (t1, c1) in itertools.pairwise(marks):
-        result.windows.append((t1 - t0, c1 - c0))
+def _run_child(argv: list[str], *, cwd: str, env: dict[str, str] | None, deadline_s: float,
+               what: str) -> tuple[int, str, str]:
+    """Run a child to completion within ``deadline_s`` (killed past it); returns
+    (exit status, stdout, stderr).  Output goes through temporary files, so a large result
+    never blocks the child on a full pipe."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = spawn(argv, cwd=cwd, env=env, stdout=out, stderr=err)
+        try:
+            code = proc.wait(timeout=deadline_s)
+        except subprocess.TimeoutExpired:
+            raise LoadgenError(f"{what} ran over its {deadline_s:.0f} s deadline") from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=STOP_GRACE)
+        out.seek(0)
+        err.seek(0)
+        return code, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+
+
+def run_loadgen(address: str, mode: str, payload: int, *, seconds: float, ops: int = 2000,
+                warmup_ops: int = 200, warmup_seconds: float = 1.0, warmup: float = 0.5,
+                window: float = 0.25,
+                connections: int = 4, depth: int = 128, watch_pids: Sequence[int] = (),
+                timeout: float = IO_TIMEOUT) -> dict[str, Any]:
+    """``python -m bench.loadgen`` against ``address`` (see bench/loadgen.py): its JSON result.
+
+    Raises:
+        LoadgenError: it failed, printed no result, or ran over its deadline.
+    """
+    host, port = _address(address)
+    argv = [sys.executable, "-m", "bench.loadgen", "--host", host, "--port", str(port),
+            "--mode", mode, "--payload", str(payload), "--seconds", f"{seconds:g}",
+            "--timeout", f"{timeout:g}"]
+    if mode == "sequential":
+        argv += ["--ops", str(ops), "--warmup-ops", str(warmup_ops), "--warmup-seconds",
+                 f"{warmup_seconds:g}"]
+        budget = 4 * seconds + warmup_seconds + 3 * timeout
+    else:
+        argv += ["--warmup", f"{warmup:g}", "--window", f"{window:g}", "--connections",
+                 str(connections), "--depth", str(depth)]
+        if watch_pids:
+            argv += ["--watch-pids", ",".join(str(p) for p in watch_pids)]
+        budget = warmup + seconds + 2 * timeout
+    code, out, err = _run_child(argv, cwd=BENCH_ROOT, env=python_env(BENCH_ROOT),
+                                deadline_s=budget + LOADGEN_SLACK, what="the load generator")
+    lines = out.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        result = {}
+    if code != 0 or not result or "error" in result:
+        detail = result.get("error") or (err.strip().splitlines() or ["no output"])[-1]
+        raise LoadgenError(f"load generator ({mode}) exited {code}: {detail}")
     return result
+
+
+REDIS_BENCHMARK_MISSING = "redis-benchmark not installed (apt-get install redis-tools)"
+
+
+def parse_redis_benchmark(text: str) -> dict[str, float]:
+    """requests/s and p50 (ms) of the SET test from redis-benchmark's ``--csv`` output, or from
+    its ``-q`` line (``SET: 12345.67 requests per second, p50=1.234 msec``)."""
+    for line in text.splitlines():
+        cells = [c.strip().strip('"') for c in line.split(",")]
+        if cells and cells[0].upper().startswith("SET") and len(cells) >= 5:
+            with contextlib.suppress(ValueError):
+                return {"rps": float(cells[1]), "avg_ms": float(cells[2]),
+                        "p50_ms": float(cells[4]),
+                        **({"p99_ms": float(cells[6])} if len(cells) >= 7 else {})}
+    match = re.search(r"SET:\s*([\d.]+)\s+requests per second(?:,\s*p50=([\d.]+)\s*msec)?",
+                      text)
+    if match:
+        return {"rps": float(match.group(1)),
+                **({"p50_ms": float(match.group(2))} if match.group(2) else {})}
+    raise ValueError(f"no SET result in redis-benchmark's output: {text.strip()[:200]!r}")
+
+
+def redis_benchmark(address: str, *, pipeline: int, requests: int, clients: int = 50,
+                    timeout_s: float = 120.0) -> dict[str, Any]:
+    """``redis-benchmark -p PORT -t set -P <pipeline> -c <clients> -n <requests> -q --csv``
+    against ``address``: {"command", "rps", "p50_ms", ...}, or {"skipped": why} when the
+    binary is not on PATH, or {"error": ...}."""
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        return {"skipped": REDIS_BENCHMARK_MISSING}
+    host, port = _address(address)
+    argv = [exe, "-h", host, "-p", str(port), "-t", "set", "-P", str(pipeline), "-c",
+            str(clients), "-n", str(requests), "-q", "--csv"]
+    command = " ".join(["redis-benchmark", *argv[1:]])
+    try:
+        code, out, err = _run_child(argv, cwd=BENCH_ROOT, env=None, deadline_s=timeout_s,
+                                    what="redis-benchmark")
+        if code != 0:
+            raise LoadgenError(f"exited {code}: {(err.strip() or out.strip())[-200:]}")
+        return {"command": command, "pipeline": pipeline, "clients": clients,
+                "requests": requests, **parse_redis_benchmark(out)}
+    except (LoadgenError, ValueError, OSError) as exc:
+        return {"command": command, "pipeline": pipeline, "error": str(exc)}
 
 
 def probe_baseline(directory: str, *, rtt_samples: int, fsync_samples: int) -> dict[str, Any]:
     """Loopback RTT and fdatasync p50s (microseconds) measured now, with the filesystem."""
-    from bench import workloads as wl
     from bench.scenarios import filesystem_of
     rtt = sorted(loopback_rtt(rtt_samples))
     sync = sorted(fdatasync_latency(directory, fsync_samples))
     return {
-        "rtt_p50_us": wl.percentile(rtt, 50) * 1e6,
-        "rtt_p99_us": wl.percentile(rtt, 99) * 1e6,
+        "rtt_p50_us": percentile(rtt, 50) * 1e6,
+        "rtt_p99_us": percentile(rtt, 99) * 1e6,
         "rtt_samples": len(rtt),
-        "fdatasync_p50_us": wl.percentile(sync, 50) * 1e6,
-        "fdatasync_p99_us": wl.percentile(sync, 99) * 1e6,
+        "fdatasync_p50_us": percentile(sync, 50) * 1e6,
+        "fdatasync_p99_us": percentile(sync, 99) * 1e6,
         "fdatasync_samples": len(sync),
         "filesystem": filesystem_of(directory),
     }
+

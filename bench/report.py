@@ -65,12 +65,22 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     return lines
 
 
-def baseline_check(p50_us: float | None, baseline: dict[str, Any]) -> dict[str, Any]:
-    """The target "p50 <= 2 x (loopback RTT + one fdatasync)" for one measured p50."""
+P50_BOUND = 2.0
+P99_BOUND = 4.0
+"""Targets: sequential p50 <= 2 x and p99 <= 4 x (loopback RTT + one fdatasync)."""
+
+
+def baseline_check(p50_us: float | None, baseline: dict[str, Any],
+                   p99_us: float | None = None) -> dict[str, Any]:
+    """The targets "p50 <= 2 x (loopback RTT + one fdatasync)" (``met``) and, given ``p99_us``,
+    "p99 <= 4 x (RTT + fdatasync)" (``p99_met``)."""
     unit = baseline["rtt_p50_us"] + baseline["fdatasync_p50_us"]
     ratio = p50_us / unit if p50_us is not None and unit > 0 else math.nan
-    return {"p50_us": p50_us, "unit_us": unit, "bound_us": 2 * unit, "ratio": ratio,
-            "met": None if math.isnan(ratio) else ratio <= 2.0}
+    p99_ratio = p99_us / unit if p99_us is not None and unit > 0 else math.nan
+    return {"p50_us": p50_us, "unit_us": unit, "bound_us": P50_BOUND * unit, "ratio": ratio,
+            "met": None if math.isnan(ratio) else ratio <= P50_BOUND,
+            "p99_us": p99_us, "p99_ratio": p99_ratio,
+            "p99_met": None if math.isnan(p99_ratio) else p99_ratio <= P99_BOUND}
 
 
 def _baseline_text(p50_us: float | None, baseline: dict[str, Any]) -> str:
@@ -102,10 +112,20 @@ def one_line(r: dict[str, Any]) -> str:
         return line
     if fam == "processes":
         lat, tput = m["latency"], m["throughput"]
-        return (f"sequential SET p50={_num(lat.get('p50_us'))}us p90={_num(lat.get('p90_us'))}us "
-                f"p99={_num(lat.get('p99_us'))}us; {_num(tput['commits_per_s'])} SETs/s with "
-                f"{m['depth']} pipelined (errors {tput['errors']}); "
-                + _baseline_text(lat.get("p50_us"), m["baseline"]))
+        line = (f"sequential SET p50={_num(lat.get('p50_us'))}us p99={_num(lat.get('p99_us'))}us"
+                f"; {_num(tput['commits_per_s'])} commits/s with {m['connections']} x "
+                f"{m['depth']} pipelined (errors {tput['errors']})")
+        if m.get("first_error") or lat.get("first_error"):
+            line += f" (first error: {lat.get('first_error') or m.get('first_error')})"
+        if r["params"].get("fsync") and m.get("baseline"):
+            c = baseline_check(lat.get("p50_us"), m["baseline"], lat.get("p99_us"))
+            line += (f"; RTT {_num(m['baseline']['rtt_p50_us'])} us + fdatasync "
+                     f"{_num(m['baseline']['fdatasync_p50_us'])} us: p50 {_ratio(c['ratio'])}, "
+                     f"p99 {_ratio(c['p99_ratio'])}")
+        for name, rb in (m.get("redis_benchmark") or {}).items():
+            line += (f"; redis-benchmark {name}: " + (rb.get("skipped") or rb.get("error")
+                     or f"{_num(rb.get('rps'))} req/s p50 {_num(rb.get('p50_ms'), 3)} ms"))
+        return line
     if fam == "churn":
         return (f"crashes={m['crashes']} acked={m['acked']} lost={m['lost']} "
                 f"to_leader_p50={_num(m['time_to_leader_ms']['p50'])}ms "
@@ -260,8 +280,83 @@ def _ok(results: dict[str, dict[str, Any]], label: str) -> dict[str, Any] | None
 
 BASELINE_CASE = "durability n=3 tcp native fsync=on 16B"
 PROCESSES_CASE = "processes n=3 tcp native fsync=on 16B"
+PYSYNCOBJ_CASE = "processes n=3 pysyncobj 16B"
 PEER_TARGET = 5.0
 """Engine (3 nodes, TCP, native store, fsync) throughput / PySyncObj's, same run."""
+
+
+def _status(met: bool | None) -> str:
+    return "not measured" if met is None else "met" if met else "MISSED"
+
+
+def _why_not(r: dict[str, Any] | None, label: str) -> str:
+    if r is None:
+        return f"`{label}` not run"
+    return f"`{label}` {r['status']}: {r.get('skipped') or r.get('error') or '?'}"
+
+
+def processes_ratios(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The processes family's ratios, each with its target and whether it is met:
+    throughput ours (3 nodes, fsync on) / PySyncObj (3 nodes, default), >= 5x, per payload;
+    sequential p50 / (RTT + fdatasync) <= 2x and p99 / (RTT + fdatasync) <= 4x for every
+    fsync-on engine case (the first rows are the 3-node 16 B ones).  Empty when the family did
+    not run."""
+    procs = {k: r for k, r in results.items() if r["family"] == "processes"}
+    if not procs:
+        return []
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: float, target: str, met: bool | None, detail: str,
+            case: str) -> None:
+        rows.append({"ratio": name, "value": value, "target": target, "met": met,
+                     "status": _status(met), "detail": detail, "case": case})
+
+    for size, text in (("16B", "16 B"), ("1KiB", "1 KiB")):
+        ours_label = f"processes n=3 tcp native fsync=on {size}"
+        peer_label = f"processes n=3 pysyncobj {size}"
+        if ours_label not in procs and peer_label not in procs:
+            continue
+        ours, peer = _ok(procs, ours_label), _ok(procs, peer_label)
+        name = f"throughput ours / PySyncObj (3 nodes, {text}; ours with fsync)"
+        if ours and peer and peer["throughput"]["commits_per_s"]:
+            a, b = ours["throughput"]["commits_per_s"], peer["throughput"]["commits_per_s"]
+            add(name, a / b, f">= {PEER_TARGET:g}x", a / b >= PEER_TARGET,
+                f"{_num(a)} vs {_num(b)} commits/s", ours_label)
+        else:
+            missing = [_why_not(procs.get(lbl), lbl) for lbl, m in
+                       ((ours_label, ours), (peer_label, peer)) if not m]
+            add(name, math.nan, f">= {PEER_TARGET:g}x", None,
+                "; ".join(missing) or "PySyncObj committed nothing", ours_label)
+    engine_fsync = sorted(
+        (r for r in procs.values()
+         if r["params"].get("system", "engine") == "engine" and r["params"].get("fsync")),
+        key=lambda r: (r["label"] != PROCESSES_CASE, r["params"]["n"], r["params"]["payload"]))
+    for r in engine_fsync:
+        p = r["params"]
+        where = f"{p['n']} nodes, fsync on, {_size(p['payload'])}"
+        m = r["metrics"] if r["status"] == "ok" else None
+        if m and m.get("baseline"):
+            lat = m["latency"]
+            c = baseline_check(lat.get("p50_us"), m["baseline"], lat.get("p99_us"))
+            unit = (f"RTT {_num(m['baseline']['rtt_p50_us'])} us + fdatasync "
+                    f"{_num(m['baseline']['fdatasync_p50_us'])} us = {_num(c['unit_us'])} us")
+            add(f"sequential p50 / (RTT + fdatasync) ({where})", c["ratio"],
+                f"<= {P50_BOUND:g}x", c["met"], f"p50 {_num(lat.get('p50_us'))} us; {unit}",
+                r["label"])
+            add(f"sequential p99 / (RTT + fdatasync) ({where})", c["p99_ratio"],
+                f"<= {P99_BOUND:g}x", c["p99_met"],
+                f"p99 {_num(lat.get('p99_us'))} us; {unit}", r["label"])
+        else:
+            for what, bound in (("p50", P50_BOUND), ("p99", P99_BOUND)):
+                add(f"sequential {what} / (RTT + fdatasync) ({where})", math.nan,
+                    f"<= {bound:g}x", None, _why_not(r, r["label"]), r["label"])
+    return rows
+
+
+def ratio_lines(ratios: list[dict[str, Any]]) -> list[str]:
+    """The ratios as console lines."""
+    return [f"{r['ratio']}: {_ratio(r['value'])} (target {r['target']}: {r['status']}; "
+            f"{r['detail']})" for r in ratios]
 
 
 def targets(results: dict[str, dict[str, Any]],
@@ -311,15 +406,11 @@ def targets(results: dict[str, dict[str, Any]],
             _baseline_text(p50, base["baseline"]), baseline_check(p50, base["baseline"])["met"])
     else:
         row(name + " (in-process cluster, commit latency)", "-", None)
-    if any(r["family"] == "processes" for r in results.values()):
-        procs = _ok(results, PROCESSES_CASE)
-        if procs:
-            p50 = procs["latency"].get("p50_us")
-            row(name + " (3 node processes, client SET latency)",
-                _baseline_text(p50, procs["baseline"]),
-                baseline_check(p50, procs["baseline"])["met"])
-        else:
-            row(name + " (3 node processes, client SET latency)", "-", None)
+    primary = [r for r in processes_ratios(results) if r["case"] == PROCESSES_CASE]
+    for r in primary[:3]:
+        rows.append({"target": f"node processes: {r['ratio']} {r['target']}",
+                     "measured": f"{_ratio(r['value'])} ({r['detail']})",
+                     "status": r["status"]})
     name = (f"3 nodes TCP, native store, fsync: throughput >= {PEER_TARGET:g}x PySyncObj's "
             "(same run)")
     t = (peer or {}).get("target")
@@ -407,37 +498,74 @@ def _section_durability(rs: list[dict[str, Any]]) -> list[str]:
                    "implementation"], rows) + notes
 
 
+def _first_error(m: dict[str, Any]) -> str:
+    text = m["latency"].get("first_error") or m.get("first_error") or ""
+    return text[:80].replace("|", "/")
+
+
 def _section_processes(rs: list[dict[str, Any]]) -> list[str]:
     rows = []
-    notes: list[str] = []
     for r in rs:
         p, m = r["params"], r["metrics"]
-        fsync = "on" if p["fsync"] else "off"
+        system = p.get("system", "engine")
+        fsync = ("no (in memory)" if system == "pysyncobj"
+                 else "on" if p.get("fsync") else "off")
+        head = [system, p["n"], fsync, _size(p["payload"])]
         if r["status"] != "ok":
-            rows.append([fsync, r["status"] + ": " + (r["skipped"] or r["error"] or "")]
+            rows.append([*head, r["status"] + ": " + (r["skipped"] or r["error"] or "")]
                         + [""] * 8)
             continue
-        lat, tput = m["latency"], m["throughput"]
-        rows.append([fsync, _num(lat["ops"]), _num(lat.get("p50_us")), _num(lat.get("p90_us")),
-                     _num(lat.get("p99_us")), _num(lat.get("max_us")),
+        lat, tput, b = m["latency"], m["throughput"], m["baseline"]
+        c = baseline_check(lat.get("p50_us"), b, lat.get("p99_us"))
+        with_sync = system == "engine" and p.get("fsync")
+        rows.append([*head, _num(lat["ops"]), _num(lat.get("p50_us")), _num(lat.get("p99_us")),
+                     f"{_num(b['rtt_p50_us'])} + {_num(b['fdatasync_p50_us'])}",
+                     f"{_ratio(c['ratio'])} / {_ratio(c['p99_ratio'])}" if with_sync else "-",
                      f"{_num(tput['commits_per_s'])} ({_num(tput['commits_per_s_min'])} - "
                      f"{_num(tput['commits_per_s_max'])})",
-                     f"{m['depth']}", f"{lat.get('retries', 0)} / {tput['errors']}",
+                     f"{m['connections']} x {m['depth']}",
+                     f"{lat.get('errors', 0)} / {tput['errors']}"
+                     + (f" (first: {_first_error(m)})" if _first_error(m) else ""),
                      f"{_num(m['node_cpu_cores'], 2)} / {_num(m['leader_cpu_cores'], 2)} / "
-                     f"{_num(m['client_cpu_cores'], 2)}"])
-        if p["fsync"]:
-            notes += _baseline_lines(r["label"], lat.get("p50_us"), m["baseline"])
-    impl = next((r["metrics"]["store_impl"] for r in rs if r["status"] == "ok"), None)
-    lines = ["Three `python -m engine.cli node` processes (Raft over TCP on 127.0.0.1, data in "
-             "a temporary directory"
-             + (f", {impl}" if impl else "") + "); the client is this process, speaking "
-             "RESP2 on a raw socket to the leader's client port: sequential SETs of 16-byte "
-             "values (latency = send to reply, what a client sees), then SETs pipelined on one "
-             "connection (throughput, median window).", ""]
-    lines += _table(["fsync", "sequential SETs", "p50 us", "p90 us", "p99 us", "max us",
-                     "pipelined SETs/s (window range)", "in flight", "retries / errors",
-                     "CPU cores while pipelining: all nodes / leader / client"], rows)
-    return lines + notes
+                     f"{_num(m.get('loadgen_cpu_cores'), 2)}"])
+    impls = sorted({r["metrics"]["store_impl"] for r in rs if r["status"] == "ok"})
+    lines = ["Node processes on 127.0.0.1: the engine's `python -m engine.cli node` (Raft over "
+             "TCP, RESP2 KV server, data in a temporary directory) and PySyncObj's "
+             "`python -m bench.pysyncobj_node` (default SyncObjConf, replicated dict, RESP2 "
+             "front-end in the same process). The load generator is `python -m bench.loadgen`, "
+             "a process of its own, on the leader's client port: one sequential client (SET "
+             "latency = send to reply, what a client sees), then several connections with SETs "
+             "pipelined (commits/s over the measured span after a warm-up; window range in "
+             "brackets). RTT and fdatasync p50s are measured in the same case once the nodes "
+             "have stopped. Stores: " + "; ".join(impls) + ".", ""]
+    lines += _table(["system", "n", "fsync", "payload", "sequential SETs", "p50 us", "p99 us",
+                     "RTT + fdatasync p50 us", "p50 / p99 vs (RTT + fdatasync)",
+                     "saturated commits/s (window range)", "connections x depth",
+                     "errors seq / sat",
+                     "CPU cores while saturated: all nodes / leader / load generator"], rows)
+    results = {r["label"]: r for r in rs}
+    ratios = processes_ratios(results)
+    if ratios:
+        lines += ["", "Ratios (same run):", ""]
+        lines += _table(["ratio", "value", "target", "status", "detail"],
+                        [[x["ratio"], _ratio(x["value"]), x["target"],
+                          f"**{x['status']}**", x["detail"]] for x in ratios])
+    redis = [(r["label"], name, rb) for r in rs if r["status"] == "ok"
+             for name, rb in (r["metrics"].get("redis_benchmark") or {}).items()]
+    if redis:
+        lines += ["", "redis-benchmark against the leader of `" + redis[0][0] + "` (its own "
+                  "process; requests/s and latency as it reports them):", ""]
+        table = []
+        for _label, _name, rb in redis:
+            if rb.get("skipped") or rb.get("error"):
+                table.append([f"`{rb.get('command', 'redis-benchmark')}`",
+                              rb.get("skipped") or "error: " + rb["error"], "", "", ""])
+            else:
+                table.append([f"`{rb['command']}`", _num(rb.get("rps")),
+                              _num(rb.get("avg_ms"), 3), _num(rb.get("p50_ms"), 3),
+                              _num(rb.get("p99_ms"), 3)])
+        lines += _table(["command", "requests/s", "avg ms", "p50 ms", "p99 ms"], table)
+    return lines
 
 
 def _section_faults(rs: list[dict[str, Any]]) -> list[str]:
@@ -613,8 +741,8 @@ SECTIONS = [
     ("throughput", "Throughput at saturation vs cluster size", _section_throughput),
     ("durability", "Durability: memory store vs native store (n=3, 16 B; in-process cluster)",
      _section_durability),
-    ("processes", "Separate node processes over TCP with a RESP client (n=3, 16 B)",
-     _section_processes),
+    ("processes", "Separate node processes on loopback, load generator in its own process "
+     "(engine vs PySyncObj, RTT/fdatasync baseline, redis-benchmark)", _section_processes),
     ("faults", "Faults: drop rate with matching delay and reordering (n=3, 16 B)",
      _section_faults),
     ("churn", "Leader churn (crash the leader every 1-2 s, restart it)", _section_churn),
@@ -701,10 +829,12 @@ def render_markdown(suite: SuiteResult, data: dict[str, Any], plots: list[str],
               "client, after warm-up proposals; a retried proposal counts from its first try.",
               "- Throughput: 1,000 proposals kept outstanding on the leader; commits counted "
               "per window after a warm-up; the median window is reported.",
-              "- Processes (full suite, or `--scenario processes`): the same two measurements "
-              "made from outside the cluster, with RESP SETs over TCP to three node processes; "
-              "the RTT and fdatasync baseline is measured in the same case once the nodes have "
-              "stopped.",
+              "- Processes: the same two measurements made from outside the cluster by "
+              "`python -m bench.loadgen` in a process of its own, with RESP SETs over TCP to "
+              "node processes (the engine's and PySyncObj's); throughput is the commits/s over "
+              "the measured span after a warm-up; the RTT and fdatasync baseline is measured in "
+              "the same case once the nodes have stopped. `python -m bench.ab` measures another "
+              "revision of the engine against this one with the same harness.",
               "- pyperf files hold seconds (per proposal, or per commit for throughput), lower "
               "is better: `python -m pyperf show bench-results/throughput.json`.",
               f"- Re-run: `{env['command']}`; one scenario: `python -m bench --scenario "
@@ -797,8 +927,10 @@ def write_all(suite: SuiteResult, out_dir: str) -> list[str]:
     """Write the pyperf files, results.json, plots and REPORT.md; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
     cases = [r.to_json() for r in suite.results]
+    by_label = {c["label"]: c for c in cases}
     data = {"environment": suite.environment, "cases": cases,
-            "targets": targets({c["label"]: c for c in cases}, suite.peer),
+            "targets": targets(by_label, suite.peer),
+            "processes_ratios": processes_ratios(by_label),
             "peer": suite.peer}
     written = write_pyperf(suite, out_dir)
     try:

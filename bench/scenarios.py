@@ -9,8 +9,9 @@ Measurement approach: clusters run in this process, so each case measures in-pro
 ``time.perf_counter`` and the results are turned into ``pyperf.Run``/``pyperf.Benchmark`` objects
 by bench/report.py (pyperf's Runner, which spawns worker processes and owns argv, does not fit a
 cluster with a dozen threads, crash/restart and fault plans).  The exception is the ``processes``
-family (bench/processes.py): three node processes, measured from this process over RESP, with
-the same conversion to pyperf objects.  Values are always seconds, lower is
+family (bench/processes.py): node processes (the engine's, or PySyncObj's), measured by a load
+generator in a process of its own (bench/loadgen.py) over RESP, with the same conversion to
+pyperf objects.  Values are always seconds, lower is
 better, so ``python -m pyperf compare_to old.json new.json`` reads the right way round:
 
 * latency benchmarks: one value per proposal (``loops=1``);
@@ -49,7 +50,7 @@ from engine import Config, CounterStateMachine, LocalCluster, LogStateMachine
 
 @dataclass(frozen=True)
 class Timing:
-    """How long each kind of measurement runs.  ``quick`` must keep the suite near 3 minutes on
+    """How long each kind of measurement runs.  ``quick`` must keep the suite near 3.5 minutes on
     2 cores; ``full`` is for numbers worth quoting; ``tiny`` is for the smoke test."""
 
     name: str
@@ -75,7 +76,9 @@ class Timing:
     transfers: int = 5              # leadership transfers timed
     probe_rtt: int = 2000           # loopback pings of the baseline probe
     probe_fsync: int = 200          # append+fdatasync samples of the baseline probe
-    pipeline_depth: int = 128       # SETs in flight in the processes family's throughput
+    pipeline_depth: int = 256       # SETs in flight per load-generator connection (processes)
+    loadgen_connections: int = 4    # pipelined connections of the saturating load generator
+    redis_requests: tuple[int, int] = (20_000, 100_000)   # redis-benchmark -n for -P 1 / -P 16
 
 
 TIMINGS = {
@@ -90,7 +93,8 @@ TIMINGS = {
                    ab_rounds=3, ab_windows=4, ab_window_s=0.75,
                    churn_s=60.0, elections_s=60.0, tuning_crashes=8, tuning_observe_s=30.0,
                    diverge_entries=10000, diverge_terms=10, diverge_rounds=2,
-                   catchup_entries=200_000, transfers=20, join_entries=1_000_000),
+                   catchup_entries=200_000, transfers=20, join_entries=1_000_000,
+                   redis_requests=(100_000, 500_000)),
     "tiny": Timing("tiny", latency_ops=40, latency_warmup=10, latency_budget_s=0.3,
                    tput_warmup_s=0.1, tput_windows=2, tput_window_s=0.15,
                    ab_rounds=1, ab_windows=2, ab_window_s=0.15,
@@ -98,7 +102,7 @@ TIMINGS = {
                    diverge_entries=100, diverge_terms=2, diverge_rounds=1, outstanding=200,
                    catchup_entries=600, transfers=2, probe_rtt=200, probe_fsync=20,
                    join_entries=2000,
-                   pipeline_depth=32),
+                   pipeline_depth=32, loadgen_connections=2, redis_requests=(2000, 10_000)),
 }
 
 
@@ -127,6 +131,7 @@ class Context:
     timing: Timing
     seed: int
     say: Callable[[str], None] = lambda _msg: None
+    engine_root: str | None = None    # source tree the processes family runs the engine from
     _probes: dict[str, str | None] = field(default_factory=dict)
 
     def rng(self, label: str) -> random.Random:
@@ -180,6 +185,8 @@ def _label(family: str, p: dict[str, Any]) -> str:
     parts = [family]
     if "n" in p:
         parts.append(f"n={p['n']}")
+    if "system" in p:
+        parts.append(p["system"])
     if "transport" in p:
         parts.append(p["transport"])
     if "store" in p:
@@ -373,57 +380,92 @@ def run_durability(case: Case, ctx: Context) -> Outcome:
 
 
 def run_processes(case: Case, ctx: Context) -> Outcome:
-    """Three ``python -m engine.cli node`` processes over TCP on loopback (bench/processes.py):
-    sequential SET latency and pipelined SET throughput through RESP on the leader's client
-    port, then the baseline probes (loopback RTT, fdatasync) once the processes have stopped."""
+    """``n`` node processes on loopback (bench/processes.py): the engine's ``python -m
+    engine.cli node`` (native store, fsync on or off) or, with ``system='pysyncobj'``,
+    PySyncObj's nodes of bench/pysyncobj_node.py.  The load generator runs in a process of its
+    own (``python -m bench.loadgen``) against the leader's client port: one sequential client
+    (latency), then ``loadgen_connections`` x ``pipeline_depth`` pipelined SETs (commits/s over
+    the measured windows after a warm-up).  With ``redis_benchmark`` in the params,
+    redis-benchmark -P 1 and -P 16 run against the same leader.  The baseline probes (loopback
+    RTT, fdatasync) run once the processes have stopped."""
     from bench import processes as pr
     t = ctx.timing
     p = case.params
-    if reason := _needs(ctx, p):
+    system = p.get("system", "engine")
+    if system == "pysyncobj" and (reason := pr.pysyncobj_unavailable()):
         return Outcome(skipped=reason)
-    payload = wl.payload_of(p["payload"])
+    root = ctx.engine_root or pr.BENCH_ROOT
     depth = p.get("depth", t.pipeline_depth)
+    connections = p.get("connections", t.loadgen_connections)
+    fsync = bool(p.get("fsync", False))
+    measured_s = t.tput_windows * t.tput_window_s
     t0 = time.perf_counter()
-    with pr.node_processes(p["n"], fsync=p["fsync"]) as cluster:
+    with pr.node_processes(p["n"], fsync=fsync, system=system, engine_root=root) as cluster:
         startup_s = time.perf_counter() - t0
         assert cluster.leader is not None
-        with pr.RespClient(cluster.leader) as client:
-            values, retries = pr.sequential_sets(
-                client, payload, ops=t.latency_ops, warmup_ops=t.latency_warmup,
-                budget_s=t.latency_budget_s, cluster=cluster)
-            node_cpu0, cpu0, w0 = cluster.cpu_seconds(), time.process_time(), time.perf_counter()
-            piped = pr.pipelined_sets(client, payload, depth=depth, warmup_s=t.tput_warmup_s,
-                                      windows=t.tput_windows, window_s=t.tput_window_s)
-            wall = time.perf_counter() - w0
-            node_cpu1 = cluster.cpu_seconds()
-            client_cpu = time.process_time() - cpu0
+        ctx.say(f"{system}: leader {cluster.leader_id} after {startup_s:.1f}s; sequential SETs")
+        seq = pr.run_loadgen(cluster.leader, "sequential", p["payload"],
+                             seconds=t.latency_budget_s, ops=t.latency_ops,
+                             warmup_ops=t.latency_warmup,
+                             warmup_seconds=min(1.0, 2 * t.latency_budget_s))
+        ctx.say(f"{system}: {connections} x {depth} pipelined SETs")
+        sat = pr.run_loadgen(cluster.leader, "saturate", p["payload"], seconds=measured_s,
+                             warmup=t.tput_warmup_s, window=t.tput_window_s,
+                             connections=connections, depth=depth, watch_pids=cluster.pids)
+        redis: dict[str, Any] | None = None
+        if p.get("redis_benchmark"):
+            redis = {}
+            for pipeline, requests in zip((1, 16), t.redis_requests, strict=True):
+                ctx.say(f"redis-benchmark -P {pipeline} -c 50 -n {requests}")
+                redis[f"P{pipeline}"] = pr.redis_benchmark(cluster.leader, pipeline=pipeline,
+                                                           requests=requests)
         cluster.check_alive()
-        leader_id = cluster.leader_id
-    node_cpu = {i: node_cpu1[i] - node_cpu0[i] for i in node_cpu0}
-    result = wl.ThroughputResult(piped.windows, piped.errors, depth)
-    metrics = {
-        "latency": wl.latency_summary(values) | {"retries": retries},
-        "throughput": result.summary(),
+        leader_id, leader_pid = cluster.leader_id, cluster.leader_pid
+    values = [v for v in seq["latencies_s"] if v > 0]
+    watched = {int(k): v for k, v in (sat.get("watched_cpu_cores") or {}).items()
+               if v is not None}
+    windows = [(s, int(c)) for s, c in sat["windows"]]
+    result = wl.ThroughputResult(windows, sat["errors"], connections * depth)
+    throughput = result.summary() | {
+        "commits_per_s_median_window": result.summary()["commits_per_s"],
+        # One figure over the whole measured span after the warm-up (PySyncObj commits in
+        # ~100 ms rounds, so a short window's count says little on its own).
+        "commits_per_s": sat["commits_per_s_mean"],
+        "measured_s": sum(s for s, _ in windows)}
+    metrics: dict[str, Any] = {
+        "system": system,
+        "latency": wl.latency_summary(values) | {"errors": seq["errors"],
+                                                 "first_error": seq["first_error"]},
+        "throughput": throughput,
+        "connections": connections,
         "depth": depth,
-        "first_error": piped.first_error,
+        "first_error": sat["first_error"],
         "startup_s": startup_s,
-        "node_cpu_cores": sum(node_cpu.values()) / wall if wall else math.nan,
-        "leader_cpu_cores": node_cpu.get(leader_id or "", math.nan) / wall if wall else math.nan,
+        "node_cpu_cores": sum(watched.values()) if watched else math.nan,
+        "leader_cpu_cores": watched.get(leader_pid or -1, math.nan),
+        "loadgen_cpu_cores": sat.get("loadgen_cpu_cores"),
         "leader": leader_id,
-        "client_cpu_cores": client_cpu / wall if wall else math.nan,
-        "store_impl": (f"{native_store_impl()}, data_dir on "
-                       f"{filesystem_of(tempfile.gettempdir())}"),
         "baseline": pr.probe_baseline(tempfile.gettempdir(), rtt_samples=t.probe_rtt,
                                       fsync_samples=t.probe_fsync),
     }
-    lat = Series(case.label + " latency", [(1, [v for v in values if v > 0])],
+    if system == "engine":
+        metrics["store_impl"] = (f"{pr.store_impl_of(root)}, data_dir on "
+                                 f"{filesystem_of(tempfile.gettempdir())}")
+        if root != pr.BENCH_ROOT:
+            metrics["engine_root"] = root
+    else:
+        metrics["store_impl"] = (f"PySyncObj {pr.pysyncobj_version() or '?'}, default "
+                                 "SyncObjConf (log in memory, no fsync)")
+    if redis is not None:
+        metrics["redis_benchmark"] = redis
+    lat = Series(case.label + " latency", [(1, values)],
                  "seconds from sending SET to reading its reply, one sequential RESP client "
-                 "on the leader process's client port")
+                 "(bench.loadgen) on the leader process's client port")
     tput = Series(case.label + " throughput",
-                  [(c, [s / c]) for s, c in result.windows if c > 0],
-                  f"seconds per SET (1/throughput) per window, {depth} SETs pipelined on one "
-                  "connection to the leader process")
-    return Outcome(metrics, [lat, tput])
+                  [(c, [s / c]) for s, c in windows if c > 0],
+                  f"seconds per SET (1/throughput) per window, {connections} connections x "
+                  f"{depth} SETs pipelined to the leader process (bench.loadgen)")
+    return Outcome(metrics, [lat, tput] if values else [tput])
 
 
 def run_faults(case: Case, ctx: Context) -> Outcome:
@@ -805,8 +847,9 @@ FAMILIES = {f.name: f for f in [
            run_throughput),
     Family("durability", "Durability: memory store vs native store, fsync off/on "
            "(and TCP + native + fsync with the RTT/fdatasync baseline)", run_durability),
-    Family("processes", "3 node processes over TCP (python -m engine.cli node), RESP client, "
-           "fsync on/off", run_processes),
+    Family("processes", "Node processes on loopback (engine: python -m engine.cli node; "
+           "PySyncObj), load generator in its own process, RTT/fdatasync baseline",
+           run_processes),
     Family("faults", "Throughput and latency under message drop, delay and reorder",
            run_faults),
     Family("churn", "Leader churn: crash the leader every 1-2 s", run_churn),
@@ -843,8 +886,33 @@ TUNING_DELAY = (0.0, 0.02)
 link; at 0-2.5 ms no point of the sweep showed any spurious election)."""
 
 
-EXPLICIT_ONLY = ("processes",)
-"""Families of the full suite that quick and tiny runs include only when asked by name."""
+EXPLICIT_ONLY: tuple[str, ...] = ()
+"""Families of the full suite that quick runs include only when asked by name (none now; tiny
+runs, for the tests, take only what they name)."""
+
+
+def processes_specs() -> list[dict[str, Any]]:
+    """The ``processes`` family's configurations, in run order (PySyncObj right after the
+    engine configuration it is compared with): the engine with 3 and 5 nodes x fsync {on, off}
+    x {16 B, 1 KiB}, and PySyncObj with 3 nodes x {16 B, 1 KiB}; the same matrix in quick and
+    full (about a minute in quick; full has longer windows).  redis-benchmark runs in the
+    3-node fsync-on 16 B case."""
+    def engine(n: int, fsync: bool, payload: int) -> dict[str, Any]:
+        spec: dict[str, Any] = {"n": n, "transport": "tcp", "store": "native", "fsync": fsync,
+                                "payload": payload}
+        if n == 3 and fsync and payload == 16:
+            spec["redis_benchmark"] = True
+        return spec
+
+    def pysyncobj(payload: int) -> dict[str, Any]:
+        return {"n": 3, "system": "pysyncobj", "payload": payload}
+
+    specs = []
+    for payload in (16, 1024):
+        specs += [engine(3, True, payload), pysyncobj(payload), engine(3, False, payload)]
+    for payload in (16, 1024):
+        specs += [engine(5, True, payload), engine(5, False, payload)]
+    return specs
 
 
 def build_cases(mode: str = "quick", *, explicit: bool = False) -> list[Case]:
@@ -864,10 +932,8 @@ def build_cases(mode: str = "quick", *, explicit: bool = False) -> list[Case]:
         specs.append(("durability", {"n": 3, "store": store, "fsync": fsync, "payload": 16}))
     specs.append(("durability", {"n": 3, "transport": "tcp", "store": "native", "fsync": True,
                                  "payload": 16}))
-    if full or explicit:
-        for fsync in (True, False):
-            specs.append(("processes", {"n": 3, "transport": "tcp", "store": "native",
-                                        "fsync": fsync, "payload": 16}))
+    if mode != "tiny" or explicit:
+        specs += [("processes", spec) for spec in processes_specs()]
     for drop in ([0.0, 0.01, 0.05, 0.10] if full else [0.0, 0.05]):
         specs.append(("faults", {"n": 3, "payload": 16, "drop": drop}))
     for n in ([3, 5] if full else [3]):

@@ -60,16 +60,18 @@ class SuiteResult:
 
 
 def run_cases(cases: Sequence[Case], *, mode: str, seed: int,
-              stream: TextIO | None = None) -> list[CaseResult]:
+              stream: TextIO | None = None, engine_root: str | None = None,
+              prefix: str = "") -> list[CaseResult]:
     """Run ``cases`` one after another, printing a progress line per case.  An exception in a
-    case is recorded as that case's error; the others still run."""
+    case is recorded as that case's error; the others still run.  ``engine_root``: the source
+    tree the processes family runs its engine nodes from (default: this one)."""
     out = stream or sys.stdout
-    ctx = Context(timing=TIMINGS[mode], seed=seed,
+    ctx = Context(timing=TIMINGS[mode], seed=seed, engine_root=engine_root,
                   say=lambda msg: print(f"      {msg}", file=out, flush=True))
     results = []
     start = time.perf_counter()
     for k, case in enumerate(cases, 1):
-        print(f"[{k}/{len(cases)}] {case.label} ... "
+        print(f"{prefix}[{k}/{len(cases)}] {case.label} ... "
               f"(elapsed {time.perf_counter() - start:.1f}s)", file=out, flush=True)
         gc.collect()
         load = report._loadavg()
@@ -97,9 +99,11 @@ def run_cases(cases: Sequence[Case], *, mode: str, seed: int,
 
 def run_suite(names: Sequence[str] | None = None, *, mode: str = "quick", seed: int = 1,
               out_dir: str = "bench-results", command: str | None = None,
-              peer: str | None = None, stream: TextIO | None = None) -> SuiteResult:
+              peer: str | None = None, stream: TextIO | None = None,
+              engine_root: str | None = None) -> SuiteResult:
     """Run the selected cases (all of ``mode`` when ``names`` is empty), the optional peer
-    comparison, and write every output file to ``out_dir``.
+    comparison, and write every output file to ``out_dir``.  The processes family's ratios
+    (throughput vs PySyncObj, latency vs RTT + fdatasync) are printed once the cases ran.
 
     Raises:
         KeyError: a name in ``names`` matches no family or case label.
@@ -110,7 +114,12 @@ def run_suite(names: Sequence[str] | None = None, *, mode: str = "quick", seed: 
                         command=command or " ".join(["python -m bench", *sys.argv[1:]]))
     suite.load_before = report._loadavg()
     start = time.perf_counter()
-    suite.results = run_cases(cases, mode=mode, seed=seed, stream=out)
+    suite.results = run_cases(cases, mode=mode, seed=seed, stream=out, engine_root=engine_root)
+    ratios = report.processes_ratios({r.case.label: r.to_json() for r in suite.results})
+    if ratios:
+        print("[processes] ratios (same run):", file=out, flush=True)
+        for line in report.ratio_lines(ratios):
+            print(f"      {line}", file=out, flush=True)
     if peer:
         from bench import peer as peer_mod
         suite.peer = peer_mod.compare(peer, suite, stream=out)
