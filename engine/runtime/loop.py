@@ -122,6 +122,7 @@ class NodeLoop:
         self.id = node_id
         self.config = config
         self._peers = dict(peers)
+        self.aloop = new_event_loop()  # run by the loop thread; other threads only post to it
         self._stores = stores
         self.transport = transport
         self.registry = registry
@@ -175,7 +176,10 @@ class NodeLoop:
         self.persister = Persister(
             node_id, stores.log, stores.stable, threaded=config.storage_thread,
             send=transport.send, on_persisted=self._on_persisted,
-            on_error=self._fatal, install_snapshot=self._store_received_snapshot)
+            on_error=self._fatal, install_snapshot=self._store_received_snapshot,
+            loop=self.aloop)
+        self._driving = False  # loop thread: inside _drive (a persisted group is stepped
+        # back in by the drive in progress; otherwise it starts one)
         # Shared: any thread appends to the inbox, then calls _wake(); the loop thread pops.
         # _wake_pending is cleared by the loop BEFORE it drains, so nothing is left behind.
         self._inbox: deque[Any] = deque()
@@ -191,7 +195,6 @@ class NodeLoop:
         self._halting = False  # guarded by _halt_lock
         self._halt_thread: threading.Thread | None = None  # set when a node thread fails
         self.status = Status(node_id, "follower", 0, None, 0, 0, 0, running=False)
-        self.aloop = new_event_loop()
         self._thread: threading.Thread | None = None
         self._thread_ident = 0
         self._snapshot_thread: threading.Thread | None = None
@@ -244,6 +247,11 @@ class NodeLoop:
         self._next_tick = now + self.config.tick_interval
         self._next_read_check = time.monotonic() + _READ_CHECK_INTERVAL
         self._tick_handle = self.aloop.call_at(self._next_tick, self._on_tick)
+        try:
+            self.persister.start()
+        except BaseException as exc:
+            self._loop_failed(exc)
+            return
         self._round()
 
     def halt(self, *, graceful: bool, error: BaseException | None = None,
@@ -372,6 +380,7 @@ class NodeLoop:
                 self._halted = True
                 if self._tick_handle is not None:
                     self._tick_handle.cancel()
+                self.persister.close()
                 return
             self._drive(self.raw)
             if self.change is not None:
@@ -502,6 +511,13 @@ class NodeLoop:
 
     def _drive(self, raw: RawNode) -> None:
         """Hand out Readys until the core has nothing more to do, then apply a slice."""
+        self._driving = True
+        try:
+            self._drive_readys(raw)
+        finally:
+            self._driving = False
+
+    def _drive_readys(self, raw: RawNode) -> None:
         persister = self.persister
         applier = self.applier
         send = self.transport.send
@@ -563,11 +579,19 @@ class NodeLoop:
         self.applier.submit_restore(meta, data)
 
     def _on_persisted(self, readys: list[Ready]) -> None:
-        if self.on_loop_thread():
-            for rd in readys:
-                self.raw.advance(rd)
-        else:
+        """The log writer made ``readys`` durable: step their self-acknowledgements back in
+        (loop thread: at once, and drive the result unless a drive is in progress; the storage
+        thread posts them)."""
+        if not self.on_loop_thread():
             self.post((PERSISTED, readys))
+            return
+        for rd in readys:
+            self.raw.advance(rd)
+        if not self._driving and not self._halted:
+            try:
+                self._drive(self.raw)
+            except BaseException as exc:
+                self._loop_failed(exc)
 
     def _check_transfer(self, raw: RawNode) -> None:
         """Settle the pending leadership transfer when its outcome is known."""

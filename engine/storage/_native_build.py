@@ -19,7 +19,8 @@ from cffi import FFI
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.normpath(os.path.join(_HERE, "..", ".."))
 _HEADER = os.path.join(_ROOT, "native", "include", "raftlog.h")
-_SOURCES = ["codec.c", "crc32c.c", "fault.c", "hardstate.c", "log.c", "recovery.c", "segment.c"]
+_SOURCES = ["codec.c", "crc32c.c", "fault.c", "hardstate.c", "log.c", "recovery.c", "segment.c",
+            "syncer.c"]
 
 
 def _rel(path: str) -> str:
@@ -48,7 +49,8 @@ ffibuilder.set_source(
     '#include "raftlog.h"\n',
     sources=[_rel(os.path.join(_ROOT, "native", "src", name)) for name in _SOURCES],
     include_dirs=[_rel(os.path.join(_ROOT, "native", "include"))],
-    extra_compile_args=["-O2", "-std=gnu99", "-fvisibility=hidden"],
+    extra_compile_args=["-O2", "-std=gnu99", "-fvisibility=hidden", "-pthread"],
+    extra_link_args=["-pthread"],
 )
 
 if __name__ == "__main__":

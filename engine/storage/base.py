@@ -125,6 +125,39 @@ class LogStore(Protocol):
 
 
 @runtime_checkable
+class BackgroundSync(Protocol):
+    """Optional extension of a :class:`LogStore`: its sync can run on a thread of the store's
+    own, so the thread that writes the log (the node's event loop) keeps working meanwhile.
+
+    Protocol: ``begin_sync()`` starts a sync of every earlier write and returns at once; from
+    then until ``end_sync()`` returns True the store belongs to that sync and must not be used
+    (its other methods raise StorageError).  ``sync_fileno()`` turns readable when the sync has
+    ended (watch it with ``loop.add_reader``); ``end_sync()`` then returns True, or raises
+    StorageError when the flush failed.  ``end_sync(wait=True)`` blocks until the end (for
+    shutdown).  ``background_sync`` is False when syncing is cheap (fsync off), and the caller
+    then simply calls ``sync()``.  The native store implements it; the runtime uses it by
+    default when present (Config.storage_thread False).
+    """
+
+    @property
+    def background_sync(self) -> bool:
+        """True when syncs are worth running in the background."""
+        ...
+
+    def sync_fileno(self) -> int:
+        """The descriptor that turns readable when a background sync has ended."""
+        ...
+
+    def begin_sync(self) -> None:
+        """Start a background sync of every earlier write."""
+        ...
+
+    def end_sync(self, *, wait: bool = False) -> bool:
+        """True once the background sync has ended (raises StorageError if it failed)."""
+        ...
+
+
+@runtime_checkable
 class StableStore(Protocol):
     """Holds the single :class:`HardState` record, replaced atomically."""
 

@@ -82,7 +82,9 @@ class NativeLogStore:
     exception: the store then refuses writes until reopened (see raftlog.h).
 
     Threading: one thread at a time (the node's log-writing thread owns it while the node runs);
-    no locks.  The GIL is released inside every C call.
+    no locks.  The GIL is released inside every C call.  :meth:`begin_sync` lends the handle to
+    a C thread for one fdatasync (see :class:`~engine.storage.base.BackgroundSync`): until
+    :meth:`end_sync` reports the end, every other call raises StorageError.
     """
 
     def __init__(
@@ -113,6 +115,11 @@ class NativeLogStore:
             raise _error(rc, ffi.string(err).decode("utf-8", "replace"))
         # Owned by one thread at a time.  _first/_last mirror the C handle after every call.
         self._log: Any = ffi.gc(out[0], lib.rl_close)
+        self._fsync = bool(fsync)
+        # The C syncer thread (created by the first begin_sync) and whether it holds the handle.
+        self._syncer: Any = None
+        self._lent = False
+        self._result = ffi.new("int *")
         self._u64 = ffi.new("uint64_t *")
         self._first: Index = lib.rl_first_index(self._log)
         self._last: Index = lib.rl_last_index(self._log)
@@ -137,6 +144,9 @@ class NativeLogStore:
         log = self._log
         if log is None:
             raise StorageError(f"log store {self.directory} is closed")
+        if self._lent:
+            raise StorageError(f"log store {self.directory} is busy with a background sync "
+                               "(call end_sync first)")
         return log
 
     def _fail(self, rc: int) -> Exception:
@@ -356,8 +366,71 @@ class NativeLogStore:
         if rc:
             raise self._fail(rc)
 
+    # --- BackgroundSync ---------------------------------------------------------------------
+
+    @property
+    def background_sync(self) -> bool:
+        """True: syncs flush to the device, so it pays to run them on the syncer thread."""
+        return self._fsync
+
+    def sync_fileno(self) -> int:
+        """A file descriptor that turns readable when a background sync has finished.
+
+        Raises:
+            StorageError: the syncer thread cannot be started, or the store is closed.
+        """
+        if self._log is None:
+            raise StorageError(f"log store {self.directory} is closed")
+        if self._syncer is None:
+            out = ffi.new("rl_syncer **")
+            rc = lib.rl_syncer_open(out)
+            if rc:
+                raise _error(rc, f"{self.directory}: cannot start the syncer thread")
+            self._syncer = out[0]
+        return int(lib.rl_syncer_fd(self._syncer))
+
+    def begin_sync(self) -> None:
+        """Start making every earlier write durable on the syncer thread, and return at once.
+        Until :meth:`end_sync` returns True the store must not be used otherwise.
+
+        Raises:
+            StorageError: a background sync is already running, or the store is closed.
+        """
+        log = self._handle()
+        self.sync_fileno()
+        rc = lib.rl_syncer_submit(self._syncer, log)
+        if rc:
+            raise StorageError(f"{self.directory}: a background sync is already running")
+        self._lent = True
+
+    def end_sync(self, *, wait: bool = False) -> bool:
+        """Collect the background sync: True once it has finished (the store is usable again),
+        False while it is still running (unless ``wait``, which blocks until it ends).
+
+        Raises:
+            StorageError: the flush failed (the store then refuses writes until reopened, as
+                after a failed :meth:`sync`), or no background sync was started.
+        """
+        if not self._lent:
+            raise StorageError(f"{self.directory}: no background sync to collect")
+        collect = lib.rl_syncer_wait if wait else lib.rl_syncer_collect
+        rc = collect(self._syncer, self._result)
+        if rc == lib.RL_ERR_RANGE:
+            return False
+        self._lent = False
+        if rc:
+            raise StorageError(f"{self.directory}: cannot collect the background sync ({rc})")
+        if self._result[0]:
+            raise self._fail(self._result[0])
+        return True
+
     def close(self) -> None:
-        """Close every file (does not sync).  Idempotent."""
+        """Close every file (does not sync; waits for a background sync still running).
+        Idempotent."""
+        syncer, self._syncer = self._syncer, None
+        if syncer is not None:
+            lib.rl_syncer_close(syncer)  # finishes a sync in flight first
+        self._lent = False
         log, self._log = self._log, None
         if log is not None:
             ffi.release(log)

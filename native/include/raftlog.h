@@ -41,7 +41,8 @@
  * poisons the handle: later writes and syncs fail with RL_ERR_STATE until the log is reopened,
  * because after a failed fsync the kernel may have dropped the dirty pages (retrying would lie).
  *
- * Threads.  A handle is used by one thread at a time; the library has no locks.  The fault
+ * Threads.  A handle is used by one thread at a time; the library has no locks, except the
+ * syncer (rl_syncer_*), which hands a handle to its own thread for one rl_sync().  The fault
  * injection switches (rl_fault_*) are process-wide and meant for tests only.
  *
  * Everything between the RAFTLOG_CDEF markers is also the cffi cdef of the Python binding
@@ -207,6 +208,22 @@ int rl_hs_load(rl_hs *hs, uint64_t *term, uint64_t *commit, char *vote, size_t v
                int64_t *vote_len, int *found);
 /* vote_len = -1 for no vote; at most 4096. */
 int rl_hs_save(rl_hs *hs, uint64_t term, uint64_t commit, const char *vote, int64_t vote_len);
+
+/* Syncer: a thread that runs rl_sync() for a caller that must not block (an event loop), and
+ * reports the end through a pipe.  rl_syncer_submit(s, log) hands `log` to the thread: from then
+ * until rl_syncer_collect() returns RL_OK the caller must not touch that handle.  When the fd of
+ * rl_syncer_fd() turns readable, rl_syncer_collect() gives rl_sync's status (the log's errmsg
+ * tells more on failure).  One job at a time: submitting while busy gives RL_ERR_STATE;
+ * collecting before the end gives RL_ERR_RANGE (try again when readable); rl_syncer_wait()
+ * blocks until the end instead.  rl_syncer_close() finishes a job in flight, joins the thread
+ * and frees everything (NULL is a no-op). */
+typedef struct rl_syncer rl_syncer;
+int rl_syncer_open(rl_syncer **out);
+int rl_syncer_fd(const rl_syncer *s);
+int rl_syncer_submit(rl_syncer *s, rl_log *log);
+int rl_syncer_collect(rl_syncer *s, int *result);
+int rl_syncer_wait(rl_syncer *s, int *result);
+void rl_syncer_close(rl_syncer *s);
 
 /* Fault injection (tests only, process-wide, not thread-safe): after `after` more successful
  * calls of `op`, the next `count` calls (-1 = all) fail with errno `err`. */

@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -767,6 +768,81 @@ done:
     remove_dir(dir);
 }
 
+
+/* ---- syncer ----------------------------------------------------------------------------- */
+
+static int wait_readable(int fd) {
+    struct pollfd p;
+    p.fd = fd;
+    p.events = POLLIN;
+    p.revents = 0;
+    return poll(&p, 1, 10000) == 1 && (p.revents & POLLIN);
+}
+
+static void test_syncer(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 0);
+    rl_syncer *s = NULL;
+    int result = -1, k;
+    CHECK(log);
+    CHECK_OK(NULL, rl_syncer_open(&s));
+    CHECK(rl_syncer_fd(s) >= 0);
+    CHECK_RC(NULL, rl_syncer_collect(s, &result), RL_ERR_STATE); /* nothing submitted */
+    for (k = 0; k < 20; k++) {
+        CHECK_OK(log, append_range(log, (uint64_t)k * 5 + 1, 5, 1));
+        CHECK_OK(NULL, rl_syncer_submit(s, log));
+        CHECK_RC(NULL, rl_syncer_submit(s, log), RL_ERR_STATE); /* one job at a time */
+        CHECK(wait_readable(rl_syncer_fd(s)));
+        result = -1;
+        CHECK_OK(NULL, rl_syncer_collect(s, &result));
+        CHECK(result == RL_OK);
+        CHECK_RC(NULL, rl_syncer_collect(s, &result), RL_ERR_STATE); /* collected once */
+    }
+    /* rl_syncer_wait blocks until the end instead of polling the fd. */
+    CHECK_OK(log, append_range(log, 101, 5, 1));
+    CHECK_OK(NULL, rl_syncer_submit(s, log));
+    CHECK_OK(NULL, rl_syncer_wait(s, &result));
+    CHECK(result == RL_OK);
+    CHECK(verify_range(log, 1, 106, 1));
+    /* close() with a job in flight finishes it first. */
+    CHECK_OK(log, append_range(log, 106, 5, 1));
+    CHECK_OK(NULL, rl_syncer_submit(s, log));
+    rl_syncer_close(s);
+    s = NULL;
+    rl_close(log);
+    log = open_log(dir, 0);
+    CHECK(log);
+    CHECK(rl_last_index(log) == 110);
+done:
+    rl_syncer_close(s);
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_syncer_failure(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 0);
+    rl_syncer *s = NULL;
+    int result = -1;
+    CHECK(log);
+    CHECK_OK(NULL, rl_syncer_open(&s));
+    CHECK_OK(log, append_range(log, 1, 10, 1));
+    rl_fault_set(RL_FAULT_FSYNC, 0, EIO, 1);
+    CHECK_OK(NULL, rl_syncer_submit(s, log));
+    CHECK(wait_readable(rl_syncer_fd(s)));
+    CHECK_OK(NULL, rl_syncer_collect(s, &result));
+    CHECK(result == RL_ERR_IO);
+    CHECK(rl_errno(log) == EIO);
+    /* The log is poisoned, as after a failed rl_sync on the caller's thread. */
+    CHECK_RC(log, append_range(log, 11, 1, 1), RL_ERR_STATE);
+    CHECK_RC(NULL, rl_syncer_submit(s, NULL), RL_ERR_INVAL);
+done:
+    rl_fault_clear();
+    rl_syncer_close(s);
+    rl_close(log);
+    remove_dir(dir);
+}
+
 /* ---- runner ----------------------------------------------------------------------------- */
 
 static const struct {
@@ -789,6 +865,8 @@ static const struct {
     {"reset", test_reset},
     {"reset_faults", test_reset_faults},
     {"compact_keeps_last", test_compact_keeps_last},
+    {"syncer", test_syncer},
+    {"syncer_failure", test_syncer_failure},
 };
 
 int main(int argc, char **argv) {

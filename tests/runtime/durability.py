@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.core.messages import Message, MessageKind
 from engine.errors import StorageError
-from engine.storage.base import LogStore, StableStore
+from engine.storage.base import BackgroundSync, LogStore, StableStore
 from engine.transport.base import MessageHandler, Transport, check_peer_book
 from engine.types import Entry, HardState, Index
 
@@ -120,6 +120,28 @@ class RecordingLogStore:
 
     def close(self) -> None:
         self._inner.close()
+
+
+class RecordingBackgroundLogStore(RecordingLogStore):
+    """A RecordingLogStore over a store with background syncs (``BackgroundSync``): records
+    "sync" when ``end_sync`` reports that the background sync has ended."""
+
+    @property
+    def background_sync(self) -> bool:
+        return self._inner.background_sync  # type: ignore[attr-defined, no-any-return]
+
+    def sync_fileno(self) -> int:
+        return self._inner.sync_fileno()  # type: ignore[attr-defined, no-any-return]
+
+    def begin_sync(self) -> None:
+        self._inner.begin_sync()  # type: ignore[attr-defined]
+        self._events.add("sync-begin")
+
+    def end_sync(self, *, wait: bool = False) -> bool:
+        done: bool = self._inner.end_sync(wait=wait)  # type: ignore[attr-defined]
+        if done:
+            self._events.add("sync")
+        return done
 
 
 class RecordingStableStore:
@@ -365,7 +387,9 @@ class RecordedNode:
         events = EventLog(self.node_id, initial_last_index=self.log_store.last_index(),
                           initial_hard_state=self.stable_store.load())
         self.lives.append(events)
-        self.log = RecordingLogStore(self.log_store, events)
+        wrapper = (RecordingBackgroundLogStore if isinstance(self.log_store, BackgroundSync)
+                   else RecordingLogStore)
+        self.log = wrapper(self.log_store, events)
         return {"log_store": self.log,
                 "stable_store": RecordingStableStore(self.stable_store, events),
                 "transport": RecordingTransport(transport, events, self.probe)}

@@ -63,14 +63,32 @@ QUIET = dataclasses.replace(DURABLE, election_timeout_min=30.0, election_timeout
 STEADY = dataclasses.replace(DURABLE, election_timeout_min=0.3, election_timeout_max=0.6)
 """Real clusters whose leadership should not change spuriously on a loaded machine."""
 
-MODES = pytest.mark.parametrize("storage_thread", [False, True],
-                                ids=["inline", "storage-thread"])
+MODES = pytest.mark.parametrize("mode", ["inline", "storage-thread", "background"])
+"""Who writes the log: the loop thread (memory stores), the storage thread (memory stores), or
+the loop thread with the native store's fdatasync on its C syncer thread."""
+
+THREAD_MODES = pytest.mark.parametrize("mode", ["inline", "storage-thread"])
+"""For tests whose stores are memory stores by design (no background sync to exercise)."""
 
 RETRYABLE = (NotLeaderError, ProposalDropped, TimeoutError)
 
 
-def _config(base, storage_thread: bool):
-    return dataclasses.replace(base, storage_thread=storage_thread)
+def _config(base, mode: str):
+    return dataclasses.replace(base, storage_thread=mode == "storage-thread")
+
+
+@pytest.fixture
+def new_log(tmp_path):
+    """``new_log(mode)``: a fresh log store for a MODES test (a native store with fsync in a
+    new directory for "background", else a memory store)."""
+    count = iter(range(1000))
+
+    def make(mode: str):
+        if mode != "background":
+            return MemoryLogStore()
+        from engine.storage.native import NativeLogStore
+        return NativeLogStore(str(tmp_path / f"log-{next(count)}"), fsync=True)
+    return make
 
 
 # -- harness -------------------------------------------------------------------------------------
@@ -211,15 +229,15 @@ def stores_with_one_entry() -> tuple[MemoryLogStore, MemoryStableStore]:
 # -- 1. a vote grant leaves only once the vote is durable ------------------------------------------
 
 
-@MODES
-def test_vote_grant_is_sent_only_after_the_vote_is_saved(harness, seed, storage_thread):
+@THREAD_MODES
+def test_vote_grant_is_sent_only_after_the_vote_is_saved(harness, seed, mode):
     """At the moment each granted VOTE_RESPONSE is handed to transport.send, the stable store
     already holds that term and vote -- both when the grant comes with a new term and when
     the node had adopted the term earlier (a rejected candidate's) and only its vote changes.
     The shared event log says the same: every grant follows the save of its vote."""
     log_store, stable_store = stores_with_one_entry()
     rec = RecordedNode("a", log_store, stable_store)
-    _, wire = scripted_node(harness, rec, _config(QUIET, storage_thread), seed=seed)
+    _, wire = scripted_node(harness, rec, _config(QUIET, mode), seed=seed)
 
     granted = request_vote(wire, "c", term=3, index=1, log_term=1)
     assert not granted.reject and granted.term == 3, granted
@@ -239,22 +257,22 @@ def test_vote_grant_is_sent_only_after_the_vote_is_saved(harness, seed, storage_
     assert (saved.term, saved.vote) == (5, "c"), saved
 
 
-@MODES
+@THREAD_MODES
 @pytest.mark.parametrize("change", ["vote-only", "term-and-vote"])
-def test_vote_survives_a_crash(harness, seed, storage_thread, change):
+def test_vote_survives_a_crash(harness, seed, mode, change):
     """A node that granted its vote in term 5 to c, then crashed, restarts (same stores) in
     term 5 with that vote: it refuses b, a second candidate of term 5 with an equally good
     log, and still grants c (so the refusal is the vote, not the log)."""
     log_store, stable_store = stores_with_one_entry()
     rec = RecordedNode("a", log_store, stable_store)
-    node, wire = scripted_node(harness, rec, _config(QUIET, storage_thread), seed=seed)
+    node, wire = scripted_node(harness, rec, _config(QUIET, mode), seed=seed)
     if change == "vote-only":
         assert request_vote(wire, "b", term=5, index=0, log_term=0).reject
     granted = request_vote(wire, "c", term=5, index=1, log_term=1)
     assert not granted.reject and granted.term == 5, granted
     node.crash()
 
-    node, wire = scripted_node(harness, rec, _config(QUIET, storage_thread), seed=seed + 1)
+    node, wire = scripted_node(harness, rec, _config(QUIET, mode), seed=seed + 1)
     assert node.status().term == 5, node.status()
     before = stable_store.load()
     second = request_vote(wire, "b", term=5, index=1, log_term=1)
@@ -297,13 +315,13 @@ def test_restart_keeps_the_saved_vote(harness, seed, with_log):
 
 
 @MODES
-def test_follower_acks_only_after_append_and_sync(harness, seed, storage_thread):
+def test_follower_acks_only_after_append_and_sync(harness, seed, mode, new_log):
     """A follower fed pipelined appends, a duplicate, and a new leader's conflicting suffix
     sends every APPEND_RESPONSE acknowledging index i only after an append that wrote each
     index <= i and a log sync after it (one event log shared by its log store, stable store
     and transport)."""
-    rec = RecordedNode("a", MemoryLogStore(), MemoryStableStore())
-    _, wire = scripted_node(harness, rec, _config(QUIET, storage_thread), seed=seed)
+    rec = RecordedNode("a", new_log(mode), MemoryStableStore())
+    _, wire = scripted_node(harness, rec, _config(QUIET, mode), seed=seed)
 
     mark = wire.mark()
     send_append(wire, "b", term=2, prev=(0, 0), first=1, last=3)
@@ -323,16 +341,18 @@ def test_follower_acks_only_after_append_and_sync(harness, seed, storage_thread)
     violations, acks, _ = ordering_violations(rec.events)
     assert not violations, "\n".join(violations)
     assert acks >= 5
+    if mode == "background":  # the syncs really ran on the syncer thread
+        assert any(e[0] == "sync-begin" for e in rec.events.events())
 
 
 @MODES
-def test_cluster_acks_and_votes_follow_their_writes(harness, seed, storage_thread):
+def test_cluster_acks_and_votes_follow_their_writes(harness, seed, mode, new_log):
     """Three real nodes under pipelined load, a leader crash (a new election) and the old
     leader's restart and catch-up: in every node's event log, every acknowledgement follows
     the append and sync covering it, and every granted vote follows the save of that vote
     (also checked at the moment of each send)."""
-    config = _config(DURABLE, storage_thread)
-    recs = {i: RecordedNode(i, MemoryLogStore(), MemoryStableStore()) for i in PEERS}
+    config = _config(DURABLE, mode)
+    recs = {i: RecordedNode(i, new_log(mode), MemoryStableStore()) for i in PEERS}
     snaps = {i: MemorySnapshotStore() for i in PEERS}
     nodes: dict[str, RaftNode] = {}
     boots = iter(range(1000))
@@ -372,14 +392,17 @@ def test_cluster_acks_and_votes_follow_their_writes(harness, seed, storage_threa
             grants += g
     assert not violations, "\n".join(violations[:10])
     assert acks > 0 and grants > 0, (acks, grants)
+    if mode == "background":
+        assert all(any(e[0] == "sync-begin" for e in life.events())
+                   for rec in recs.values() for life in rec.lives)
 
 
 @MODES
-def test_follower_whose_append_fails_sends_no_ack(harness, seed, storage_thread):
+def test_follower_whose_append_fails_sends_no_ack(harness, seed, mode, new_log):
     """Once its log store's append raises StorageError, a follower acknowledges none of the
     entries it could not write (whether it then stops, as now, or stays up)."""
-    rec = RecordedNode("a", MemoryLogStore(), MemoryStableStore())
-    node, wire = scripted_node(harness, rec, _config(QUIET, storage_thread), seed=seed)
+    rec = RecordedNode("a", new_log(mode), MemoryStableStore())
+    node, wire = scripted_node(harness, rec, _config(QUIET, mode), seed=seed)
     mark = wire.mark()
     send_append(wire, "b", term=2, prev=(0, 0), first=1, last=2)
     wire.expect(lambda m: is_ack(m) and m.index == 2, since=mark, timeout=LIVENESS)
@@ -401,12 +424,12 @@ def test_follower_whose_append_fails_sends_no_ack(harness, seed, storage_thread)
 
 
 @MODES
-def test_leader_does_not_count_a_follower_whose_append_failed(harness, seed, storage_thread):
+def test_leader_does_not_count_a_follower_whose_append_failed(harness, seed, mode, new_log):
     """Three nodes: one follower is down and the other's appends fail.  A proposal must not
     commit (its future does not succeed within a bounded wait), the failing follower sends no
     acknowledgement for it, and the leader's commit index stays below it."""
-    config = _config(STEADY, storage_thread)
-    recs = {i: RecordedNode(i, MemoryLogStore(), MemoryStableStore()) for i in PEERS}
+    config = _config(STEADY, mode)
+    recs = {i: RecordedNode(i, new_log(mode), MemoryStableStore()) for i in PEERS}
     nodes = {i: harness.start(RaftNode(i, PEERS, LogStateMachine(), config=config,
                                        seed=seed + k, **recs[i].wrap(
                                            harness.network.endpoint(i))))

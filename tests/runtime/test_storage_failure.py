@@ -63,3 +63,37 @@ def test_failed_write_stops_the_node_and_fails_futures(config: Config) -> None:
         node.stop()
         network.close()
     assert not raft_threads(), raft_threads()
+
+
+def test_failed_background_fsync_stops_the_node_and_fails_futures(tmp_path) -> None:
+    """With the native store and fsync on, fdatasync runs on the store's syncer thread while the
+    loop goes on; when it fails (EIO), the node stops as with an inline failure: the pending
+    proposal fails with StorageError, later ones too, and no thread is left behind."""
+    import errno
+
+    pytest.importorskip("engine.storage._raftlog", reason="the native store is not built")
+    from engine.storage._raftlog import lib
+
+    from engine.storage.native import NativeLogStore
+
+    network = MemoryNetwork(seed=2)
+    store = NativeLogStore(str(tmp_path / "log"), fsync=True)
+    node = RaftNode("a", {"a": "memory:a"}, LogStateMachine(),
+                    config=dataclasses.replace(FAST, fsync=True),
+                    transport=network.endpoint("a"), log_store=store, seed=2)
+    node.start()
+    try:
+        assert _wait_until(node, lambda: node.status().role == "leader")
+        assert node.propose(b"ok").result(LIVENESS) >= 1
+        lib.rl_fault_set(lib.RL_FAULT_FSYNC, 0, errno.EIO, -1)
+        future = node.propose(b"lost")
+        with pytest.raises(StorageError, match="fdatasync"):
+            future.result(LIVENESS)
+        assert _wait_until(node, lambda: not node.status().running)
+        assert isinstance(node.propose(b"after").exception(LIVENESS), StorageError)
+    finally:
+        lib.rl_fault_clear()
+        node.stop()
+        store.close()
+        network.close()
+    assert not raft_threads(), raft_threads()
