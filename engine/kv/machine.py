@@ -91,6 +91,11 @@ COMMANDS: dict[bytes, CommandSpec] = {
 """Data commands by lower-case name."""
 
 _NAMES = {spec.op: name.decode() for name, spec in COMMANDS.items()}
+_ARITY = {spec.op: spec.arity for spec in COMMANDS.values()}
+_OPS: dict[int, Op] = {int(op): op for op in Op}  # decoding without Op(code): ~0.4 us saved
+_SET = Op.SET
+_SET_HEAD = _HEAD.pack(Op.SET, 2)
+_SET_MIN = _HEAD.size + 2 * _LEN.size  # a SET of an empty key to an empty value
 
 
 def arity_ok(arity: int, argc: int) -> bool:
@@ -105,13 +110,12 @@ def wrong_arity(name: str) -> Error:
 
 def check_args(op: Op, args: Sequence[bytes]) -> Error | None:
     """The error reply for arguments ``op`` cannot take (``args`` without the name), or None."""
-    name = _NAMES[op]
-    if not arity_ok(COMMANDS[name.encode()].arity, len(args) + 1):
-        return wrong_arity(name)
+    if not arity_ok(_ARITY[op], len(args) + 1):
+        return wrong_arity(_NAMES[op])
     if op is Op.SET and len(args) != 2:
         return SYNTAX_ERROR  # SET options (EX, NX, ...) are not supported
     if op is Op.MSET and len(args) % 2:
-        return wrong_arity(name)
+        return wrong_arity(_NAMES[op])
     return None
 
 
@@ -133,7 +137,9 @@ def decode_command(data: bytes) -> tuple[Op, list[bytes]]:
     if len(data) < _HEAD.size:
         raise ValueError(f"command of {len(data)} bytes is shorter than its header")
     code, count = _HEAD.unpack_from(data, 0)
-    op = Op(code)  # ValueError when unknown
+    op = _OPS.get(code)
+    if op is None:
+        raise ValueError(f"{code} is not a command code")
     pos = _HEAD.size
     args: list[bytes] = []
     for _ in range(count):
@@ -177,6 +183,15 @@ class KVMachine:
 
     def apply(self, index: int, command: bytes) -> object:
         """Decode and run one committed command; returns its RESP reply value."""
+        if command.startswith(_SET_HEAD) and len(command) >= _SET_MIN:  # the common case
+            key_len = _LEN.unpack_from(command, _HEAD.size)[0]
+            key_end = _HEAD.size + _LEN.size + key_len
+            if key_end + _LEN.size <= len(command):
+                value_len = _LEN.unpack_from(command, key_end)[0]
+                if key_end + _LEN.size + value_len == len(command):
+                    self.data[command[_HEAD.size + _LEN.size:key_end]] = \
+                        command[key_end + _LEN.size:]
+                    return OK
         try:
             op, args = decode_command(command)
         except ValueError as exc:

@@ -210,3 +210,16 @@ def test_replicas_agree(commands: list[tuple[Op, list[bytes]]]) -> None:
         three.apply(i, encode_command(op, args))
     assert replies_one[half:] == replies_two
     assert one.snapshot() == two.snapshot() == three.snapshot()
+
+
+def test_set_fast_path_agrees_with_the_general_decoder() -> None:
+    """apply() decodes SET in place; for every well-formed SET it gives what decode + execute
+    gives, and every cut-short or overlong SET is refused as malformed, changing nothing."""
+    from engine.kv.machine import Op, decode_command, encode_command
+    fast, general = KVMachine(), KVMachine()
+    for key, value in [(b"", b""), (b"k", b"v"), (b"key" * 100, b"\x00\r\n" * 50)]:
+        command = encode_command(Op.SET, [key, value])
+        assert fast.apply(1, command) == general.execute(*decode_command(command))
+        for bad in (command[:-1], command + b"x", command[:7]):
+            assert str(fast.apply(2, bad)).startswith("ERR malformed")
+    assert fast.data == general.data
