@@ -168,13 +168,13 @@ def parse_int64(value: bytes) -> int | None:
 class KVMachine:
     """A dict of byte strings replicated by Raft (see the module docstring).
 
-    Threading: the node calls ``apply``, ``snapshot``, ``restore`` and read functions from its
-    apply thread only, so there is no lock.  Do not touch ``data`` from other threads while the
-    node runs.
+    Threading: the node calls ``apply``, ``snapshot``, ``restore`` and read functions from one
+    thread only (its loop thread, or its apply thread), so there is no lock.  Do not touch
+    ``data`` from other threads while the node runs.
     """
 
     def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}  # owned by the node's apply thread
+        self.data: dict[bytes, bytes] = {}  # owned by the thread that applies
 
     def __len__(self) -> int:
         return len(self.data)

@@ -1,7 +1,8 @@
 """Proposal futures, and the registry that holds them from propose() until apply.
 
-Owner: the registry is shared by the loop thread (which registers futures and fails them on
-leadership loss) and the apply thread (which resolves them); every access holds ``self._lock``.
+Owner: the registry is shared by the loop thread (which registers futures, fails them on
+leadership loss and, by default, resolves them as it applies), the apply thread (which resolves
+them with ``Config.apply_thread``) and the halting thread; every access holds ``self._lock``.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ format described in :mod:`engine.storage.filestore`, whose pure-Python stores re
 same files.
 
 Why C: the per-entry work (encoding, CRC, copying, the offset index) happens in one C call per
-batch, and cffi releases the GIL for the duration of the call, so a storage thread that writes
-and fdatasyncs does not stall the Raft loop.  The Python side does a constant amount of work per
+batch, and cffi releases the GIL for the duration of the call; the fdatasync itself can run on
+the store's own C thread (:meth:`NativeLogStore.begin_sync`), so the Raft loop never waits for
+the disk.  The Python side does a constant amount of work per
 batch on the encoded path (:meth:`NativeLogStore.append_encoded`) and a few C-speed builtins per
 entry on the Entry path (:meth:`NativeLogStore.append`).
 
