@@ -55,6 +55,7 @@ crashes or is paused stops alone, and the in-memory transport hands messages bet
 one wake-up per burst.
 
 Modules: ``node`` (the public façade), ``loop`` (the loop thread), ``recovery`` (start-up),
+``snapshot_pipeline`` (taking, saving, sending, receiving snapshots),
 ``applier``, ``persister``, ``proposals`` (futures and their registry), ``snapshots`` (the
 InstallSnapshot chunk protocol), ``membership`` (a staged membership change).
 """

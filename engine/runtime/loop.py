@@ -2,11 +2,11 @@
 
 The thread ``raft-<id>-loop`` runs an asyncio event loop (uvloop when importable) and owns,
 alone: the :class:`~engine.core.RawNode`, the pending-read table, the leader's progress copy,
-the leadership transfer and membership change in progress, the snapshot sender and receiver, the
-TCP connections of the node (when the transport runs on this loop: see
-``Transport.start(handler, loop=...)``), the tick timer, the durable writes (inline by default)
-and, by default, the state machine (the :class:`~engine.runtime.applier.Applier` in inline
-mode).
+the leadership transfer and membership change in progress, the loop-side half of the snapshot
+pipeline (:mod:`engine.runtime.snapshot_pipeline`), the TCP connections of the node (when the
+transport runs on this loop: see ``Transport.start(handler, loop=...)``), the tick timer, the
+log writer (:mod:`engine.runtime.persister`) and, by default, the state machine (the
+:class:`~engine.runtime.applier.Applier` in inline mode).
 
 Everything else reaches it through ``self._inbox``, a deque that any thread appends to
 (messages from a transport, proposals, reads, calls, notices from the snapshot and storage
@@ -15,11 +15,12 @@ threads) followed by one wake-up (``_wake``): ``call_soon`` from the loop thread
 *round* (:meth:`NodeLoop._round`): drain the inbox, step every message, propose every queued
 command as one batch, then hand the Readys out (:meth:`NodeLoop._drive`): send ``messages`` at
 once (the TCP transport writes them to the sockets before ``send`` returns on this thread, so
-followers receive entries while the leader syncs), write entries and hard state durably (C code
-with the GIL released), send ``messages_after_persist``, apply committed entries for at most
+followers receive entries while the leader syncs), give entries and hard state to the log
+writer (which writes them at once and runs the fdatasync on the native store's C thread, or
+inline), send ``messages_after_persist`` once durable, apply committed entries for at most
 ``Config.apply_slice`` seconds (more slices follow in later loop iterations, between network
 rounds and ticks), resolve the futures of what was applied.  Everything that arrives during one
-fdatasync is drained by the next round and shares the next fdatasync (group commit).
+fdatasync is written by the next group and shares the next fdatasync (group commit).
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from engine.errors import (
     ProposalDropped,
     RaftError,
     ReadTimeout,
-    StorageError,
     TransferError,
 )
 from engine.membership import Membership
@@ -53,12 +53,10 @@ from engine.runtime.membership import MembershipChange
 from engine.runtime.persister import Persister
 from engine.runtime.proposals import ProposalRegistry, settle
 from engine.runtime.recovery import Recovered, Stores, close_stores
-from engine.runtime.snapshots import SnapshotReceiver, SnapshotSender
+from engine.runtime.snapshot_pipeline import SnapshotPipeline
 from engine.runtime.workers import join_thread, start_thread
 from engine.statemachine import StateMachine
 from engine.status import Status
-from engine.storage.base import IncomingSnapshot
-from engine.storage.snapshot import encode_snapshot
 from engine.transport.base import Transport
 from engine.types import SnapshotMeta
 
@@ -150,33 +148,22 @@ class NodeLoop:
         self._transfer: tuple[str, Future] | None = None
         self.change: MembershipChange | None = None
         self._address_book: dict[str, str] = dict(peers)
-        self._latest_snapshot: tuple[SnapshotMeta, bytes] | None = (
-            (snapshot, recovered.encoded_snapshot)
+        self.snapshots = SnapshotPipeline(
+            node_id, config, stores.snapshots, send=transport.send,
+            on_saved=lambda meta, encoded, future: self.post(
+                (SNAPSHOT_SAVED, meta, encoded, future)),
+            on_failed=lambda: self.post((SNAPSHOT_FAILED,)),
+            latest=(snapshot, recovered.encoded_snapshot)
             if snapshot is not None and recovered.encoded_snapshot is not None else None)
-        self._snapshot_sender = SnapshotSender(
-            node_id, transport.send, chunk_bytes=config.snapshot_chunk_bytes,
-            stall_ticks=2 * config.heartbeat_ticks)
-        self._snapshot_receiver = SnapshotReceiver(node_id, self._begin_incoming_snapshot)
-        self._accepted_snapshot: IncomingSnapshot | None = None
         self._halted = False  # set on the loop thread by STOP or a fatal error
         self._tick_handle: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
         self._next_read_check = 0.0
         self._apply_scheduled = False
-        # The snapshot store is shared by the snapshot thread (save), the loop thread
-        # (begin_incoming), the log writer (commit_incoming: the loop thread, or the storage
-        # thread with Config.storage_thread) and the halting thread: every store call holds
-        # self._snapshot_lock, as does every access to self._incoming_snapshots (verified
-        # snapshots from the leader waiting, keyed by (index, term), for the log writer).
-        self._snapshot_lock = threading.Lock()
-        self._incoming_snapshots: dict[tuple[int, int], IncomingSnapshot] = {}
-        # The snapshot thread takes jobs from here (None: stop).
-        self._snapshot_jobs: deque[tuple[SnapshotMeta, bytes, Future | None] | None] = deque()
-        self._snapshot_cond = threading.Condition()
         self.persister = Persister(
             node_id, stores.log, stores.stable, threaded=config.storage_thread,
             send=transport.send, on_persisted=self._on_persisted,
-            on_error=self._fatal, install_snapshot=self._store_received_snapshot,
+            on_error=self._fatal, install_snapshot=self.snapshots.commit_received,
             loop=self.aloop)
         self._driving = False  # loop thread: inside _drive (a persisted group is stepped
         # back in by the drive in progress; otherwise it starts one)
@@ -197,7 +184,6 @@ class NodeLoop:
         self.status = Status(node_id, "follower", 0, None, 0, 0, 0, running=False)
         self._thread: threading.Thread | None = None
         self._thread_ident = 0
-        self._snapshot_thread: threading.Thread | None = None
 
     # -- start and stop (the thread that calls RaftNode.start / stop) ---------------------------
 
@@ -213,7 +199,7 @@ class NodeLoop:
         running.wait()
         self._publish_status()
         self.applier.start()
-        self._snapshot_thread = start_thread(f"raft-{self.id}-snapshot", self._snapshot_writer)
+        self.snapshots.start()
         self._update_address_book(self.raw.membership)
         try:
             start_transport(self.transport, self._on_message, self.aloop)
@@ -278,11 +264,7 @@ class NodeLoop:
         join_thread(self._thread)
         self.persister.stop(flush=graceful and error is None)
         self.applier.stop(error)
-        with self._snapshot_cond:
-            self._snapshot_jobs.append(None)
-            self._snapshot_cond.notify()
-        join_thread(self._snapshot_thread)
-        self._fail_snapshot_jobs(stopped)
+        self.snapshots.stop(stopped)
         self.registry.fail_after(-1, stopped)
         self._fail_reads(stopped)
         if self._transfer is not None:
@@ -294,7 +276,7 @@ class NodeLoop:
         self._inbox_closed = True
         self._fail_inbox(stopped)
         if graceful:
-            self._abort_incoming_snapshots()
+            self.snapshots.abort_incoming()
         close_stores(self._stores)
         status = self.status
         self.status = Status(self.id, "follower", status.term, None, status.commit_index,
@@ -417,8 +399,7 @@ class NodeLoop:
             self._refresh_progress(raw)
             if self._transfer is not None:
                 self._check_transfer(raw)
-            for peer in self._snapshot_sender.tick():
-                raw.report_snapshot(peer, ok=False)
+            self.snapshots.tick(raw)
             wall = time.monotonic()
             if wall >= self._next_read_check:
                 self._next_read_check = wall + _READ_CHECK_INTERVAL
@@ -443,7 +424,7 @@ class NodeLoop:
                 if event.dst != own_id:
                     continue
                 if event.kind is _SNAPSHOT_CHUNK or event.kind is _SNAPSHOT_CHUNK_RESPONSE:
-                    self._handle_snapshot_message(raw, event)
+                    self.snapshots.on_message(raw, event)
                 elif event.kind is not _SNAPSHOT:  # SNAPSHOT is local-only, never from a peer
                     raw.step(event)
                 continue
@@ -463,7 +444,7 @@ class NodeLoop:
             elif tag == READ:
                 reads.append((event[1], event[2]))
             elif tag == SNAPSHOT_SAVED:
-                self._on_snapshot_saved(raw, event[1], event[2], event[3])
+                self.snapshots.saved(raw, event[1], event[2], event[3])
                 self.applier.snapshot_saved()
             elif tag == SNAPSHOT_FAILED:
                 self.applier.snapshot_saved()
@@ -533,11 +514,11 @@ class NodeLoop:
             messages = rd.messages
             if messages:
                 if any(m.kind is _SNAPSHOT for m in messages):
-                    self._send_snapshots(raw, [m for m in messages if m.kind is _SNAPSHOT])
+                    self.snapshots.send(raw, [m for m in messages if m.kind is _SNAPSHOT])
                     messages = [m for m in messages if m.kind is not _SNAPSHOT]
                 send(messages)
             if rd.snapshot is not None:
-                self._restore_received(rd.snapshot)
+                applier.submit_restore(rd.snapshot, self.snapshots.read_installed(rd.snapshot))
             if rd.must_persist() or rd.messages_after_persist:
                 persister.submit(rd)
             if rd.committed_entries:
@@ -563,20 +544,6 @@ class NodeLoop:
                 self.aloop.call_soon(self._apply_slice)
         except BaseException as exc:  # restore() or snapshot() of the user's machine failed
             self._loop_failed(exc)
-
-    def _restore_received(self, meta: SnapshotMeta) -> None:
-        """A snapshot received from the leader was installed: read it back from its temporary
-        file (the state machine needs the data; the encoded bytes are what this node sends if
-        it leads), then let the log writer commit the file."""
-        incoming, self._accepted_snapshot = self._accepted_snapshot, None
-        if incoming is None or (incoming.index, incoming.term) != (meta.index, meta.term):
-            raise RaftError(f"{self.id}: installed snapshot {meta.index}/{meta.term} does not "
-                            f"match the one received ({incoming!r})")
-        encoded, data = incoming.read()
-        with self._snapshot_lock:
-            self._incoming_snapshots[(meta.index, meta.term)] = incoming
-        self._latest_snapshot = (meta, encoded)
-        self.applier.submit_restore(meta, data)
 
     def _on_persisted(self, readys: list[Ready]) -> None:
         """The log writer made ``readys`` durable: step their self-acknowledgements back in
@@ -633,7 +600,7 @@ class NodeLoop:
             if self.change is not None:
                 self.change.leadership_lost(raw)
                 self.change = None
-            self._snapshot_sender.cancel_all()
+            self.snapshots.leadership_lost()
             logger.info("%s lost leadership (term %d): %d proposals dropped", self.id,
                         soft.term, dropped)
 
@@ -711,118 +678,5 @@ class NodeLoop:
             self.aloop.call_soon(self._apply_slice)
 
     def _on_snapshot_taken(self, meta: SnapshotMeta, data: bytes, future: Future | None) -> None:
-        """The owner of the state machine took a consistent snapshot: write it on the snapshot
-        thread."""
-        with self._snapshot_cond:
-            self._snapshot_jobs.append((meta, data, future))
-            self._snapshot_cond.notify()
-
-    def _snapshot_writer(self) -> None:
-        """The ``raft-<id>-snapshot`` thread: encode and store snapshots off the hot path."""
-        store = self._stores.snapshots
-        while True:
-            with self._snapshot_cond:
-                while not self._snapshot_jobs:
-                    self._snapshot_cond.wait()
-                job = self._snapshot_jobs.popleft()
-            if job is None:
-                return
-            meta, data, future = job
-            try:
-                encoded = encode_snapshot(meta, data)
-                with self._snapshot_lock:
-                    store.save(meta, data)
-            except Exception as exc:
-                logger.error("%s: writing snapshot %d failed: %s", self.id, meta.index, exc)
-                if future is not None:
-                    settle(future, error=exc if isinstance(exc, StorageError)
-                           else StorageError(str(exc)))
-                self.post((SNAPSHOT_FAILED,))
-            else:
-                logger.info("%s: snapshot %d/%d saved (%d bytes)", self.id, meta.term,
-                            meta.index, len(encoded))
-                self.post((SNAPSHOT_SAVED, meta, encoded, future))
-
-    def _fail_snapshot_jobs(self, error: BaseException) -> None:
-        while self._snapshot_jobs:
-            job = self._snapshot_jobs.popleft()
-            if job is not None and job[2] is not None:
-                settle(job[2], error=error)
-
-    def _on_snapshot_saved(self, raw: RawNode, meta: SnapshotMeta, encoded: bytes,
-                           future: Future | None) -> None:
-        latest = self._latest_snapshot
-        if latest is None or meta.index > latest[0].index:
-            self._latest_snapshot = (meta, encoded)
-            # Keep the log back to the previous snapshot too: if the newest snapshot file is
-            # ever found corrupt, the older one plus the log still rebuild the state.
-            previous = latest[0].index if latest is not None else 0
-            compact_to = min(previous, max(0, meta.index - self.config.snapshot_trailing_entries))
-            raw.compact(meta, compact_to)
-        if future is not None:
-            settle(future, meta.index)
-
-    def _send_snapshots(self, raw: RawNode, messages: list[Message]) -> None:
-        """The core asked to send the latest snapshot to these followers."""
-        latest = self._latest_snapshot
-        for m in messages:
-            if latest is None or latest[0].index != m.index:
-                logger.warning("%s: no encoded snapshot %d to send to %s", self.id, m.index,
-                               m.dst)
-                raw.report_snapshot(m.dst, ok=False)
-                continue
-            self._snapshot_sender.start(m.dst, m.term, latest[0], latest[1])
-
-    def _begin_incoming_snapshot(self, index: int, term: int, total: int) -> IncomingSnapshot:
-        """The receiver's ``begin``: a new temporary place in the snapshot store for a snapshot
-        the leader starts sending."""
-        with self._snapshot_lock:
-            return self._stores.snapshots.begin_incoming(index, term, total)
-
-    def _store_received_snapshot(self, meta: SnapshotMeta) -> None:
-        """The log writer: make a snapshot received from the leader durable (its temporary file
-        flushed and renamed into place)."""
-        with self._snapshot_lock:
-            incoming = self._incoming_snapshots.pop((meta.index, meta.term))
-            self._stores.snapshots.commit_incoming(incoming)
-
-    def _abort_incoming_snapshots(self) -> None:
-        """halt(), once the loop and storage threads are joined: delete the incoming snapshots
-        not committed (the one being received; one installed but never written).  A crash
-        leaves them, as a power cut would: the file store deletes them when it opens."""
-        self._snapshot_receiver.abort()
-        accepted, self._accepted_snapshot = self._accepted_snapshot, None
-        with self._snapshot_lock:
-            leftovers = list(self._incoming_snapshots.values())
-            self._incoming_snapshots.clear()
-        for incoming in [accepted, *leftovers]:
-            if incoming is not None:
-                incoming.abort()
-
-    def _handle_snapshot_message(self, raw: RawNode, m: Message) -> None:
-        """The chunk sub-protocol of InstallSnapshot (engine.runtime.snapshots)."""
-        if m.kind is _SNAPSHOT_CHUNK_RESPONSE:
-            finished = self._snapshot_sender.on_response(m)
-            if finished is not None:
-                raw.report_snapshot(finished[0], ok=finished[1])
-            return
-        if m.term < raw.term:
-            return  # a deposed leader's transfer
-        response, done = self._snapshot_receiver.on_chunk(m)
-        self.transport.send([response])
-        if done is None:
-            return
-        meta, incoming = done
-        before = raw.snapshot
-        raw.step(Message(kind=_SNAPSHOT, src=m.src, dst=self.id, term=m.term,
-                         index=meta.index, log_term=meta.term, data=meta.membership.encode()))
-        if raw.snapshot is before:
-            # Not installed: the log had committed past it meanwhile (the core answered the
-            # leader from the log).  Nothing will ask for this one.
-            incoming.abort()
-            return
-        if self._accepted_snapshot is not None:
-            # Installed over by this one before the core handed the earlier one out: the next
-            # Ready carries only the newest.
-            self._accepted_snapshot.abort()
-        self._accepted_snapshot = incoming
+        """The owner of the state machine took a consistent snapshot: save it off the loop."""
+        self.snapshots.taken(meta, data, future)
