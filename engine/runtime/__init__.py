@@ -48,7 +48,7 @@ Shared structures and their guards
 - ``ProposalRegistry``: its own lock (the loop registers; whoever applies resolves).
 - ``NodeLoop.status`` (an immutable ``Status`` replaced by the loop after each round) and
   ``Applier.last_applied`` (an int written by the state machine's owner): read by any thread.
-- The snapshot store: ``NodeLoop._snapshot_lock`` around every call.
+- The snapshot store: ``SnapshotPipeline._lock`` around every call.
 
 LocalCluster gives each node its own loop thread, as separate processes would have: a node that
 crashes or is paused stops alone, and the in-memory transport hands messages between loops with
