@@ -38,6 +38,15 @@ not running yet gets a loop of the server's own in the thread ``kv-<node id>-res
 shape).  Either way that loop owns every connection object; the server never touches the state
 machine (reads run where the node applies).  ``start()``/``stop()`` may be called from any
 thread but the loop's.
+
+A connection has no task: its protocol callbacks do the work, since each task wake-up, Event
+or asyncio future would cost several microseconds per request.  ``data_received`` parses the
+requests and starts a run; a run whose futures are not all done leaves one done callback,
+which answers it and starts the next run: at once when the future is settled on the loop's
+thread (the node's loop, the normal case), through ``call_soon_threadsafe`` when settled on
+another (an apply thread, or the node's loop when the server has a loop of its own).
+Back-pressure: a connection stops reading while ``_MAX_QUEUED`` parsed commands wait, and
+starts no run while its socket's write buffer is full (``pause_writing``).
 """
 
 from __future__ import annotations
@@ -106,28 +115,6 @@ def _finish(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _completion(future: Future) -> asyncio.Future[None]:
-    """An asyncio future of the running loop that is done once ``future`` is.
-
-    ``asyncio.wrap_future`` wakes the loop with ``call_soon_threadsafe`` (a write to its
-    self-pipe) even when the future is settled on the loop's own thread, which is where the
-    node settles it when this server runs on the node's loop; this costs a plain
-    ``call_soon`` there and falls back to the thread-safe path elsewhere."""
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-    owner = threading.get_ident()
-
-    def done(_: Future) -> None:
-        if threading.get_ident() == owner:
-            _finish(waiter)
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                loop.call_soon_threadsafe(_finish, waiter)
-
-    future.add_done_callback(done)
-    return waiter
-
-
 class _WriteSlot:
     """Where the reply of the ``i``-th write of a run goes."""
 
@@ -186,7 +173,8 @@ class KVServer:
         # Owned by the server thread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_future: asyncio.Future[None] | None = None
-        self._connections: set[_Connection] = set()
+        self._connections: set[_Connection] = set()  # from connection_made to connection_lost
+        self._drained: asyncio.Future[None] | None = None  # at stop: done once they are gone
 
     @property
     def node(self) -> RaftNode:
@@ -302,13 +290,22 @@ class KVServer:
             await self._stop_future
         finally:
             server.close()
-            connections = list(self._connections)
-            for connection in connections:
+            # Connections have no task to wait for: abort each one and wait until every
+            # connection_lost() has run (its socket is closed then and nothing of it is left on
+            # the loop).  Futures settled later find their connection closed: no-ops.
+            self._drained = loop.create_future()
+            for connection in list(self._connections):
                 connection.close(abort=True)
-            tasks = [c.task for c in connections if c.task is not None]
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._connections:
+                await self._drained
             await server.wait_closed()
             logger.info("%s: RESP server stopped", self._node.id)
+
+    def _connection_lost(self, connection: _Connection) -> None:
+        """``connection`` is gone (server thread); at stop, the last one to go wakes _main."""
+        self._connections.discard(connection)
+        if not self._connections and self._drained is not None:
+            _finish(self._drained)
 
     # -- command execution (server thread) -----------------------------------------------------
 
@@ -437,31 +434,63 @@ def _membership_fields(membership: Membership | None) -> dict[str, Any]:
             "learners": list(membership.learners)}
 
 
+class _Run:
+    """The commands of one run being answered and the futures their replies come from."""
+
+    __slots__ = ("read_future", "slots", "waiting", "write_futures")
+
+    def __init__(self, slots: list[object], write_futures: list[Future],
+                 read_future: Future | None, waiting: list[Future]) -> None:
+        self.slots = slots  # reply values, or _WriteSlots / _ReadSlots / Futures to fill in
+        self.write_futures = write_futures
+        self.read_future = read_future
+        # The futures not yet seen done, in order; the run is answered once this is empty.
+        self.waiting = waiting
+
+
 class _Connection(asyncio.Protocol):
-    """One client connection: parses requests as they arrive; a task answers them in order."""
+    """One client connection, driven by its protocol callbacks alone (no task, no Event).
+
+    ``data_received`` parses the requests into the queue and calls :meth:`_advance`, which
+    answers runs one after the other until one must wait (for a future, or for the client to
+    read its replies); a done callback on the future it waits for (:meth:`_completed`) or
+    ``resume_writing`` calls :meth:`_advance` again.  Everything here is owned by the loop
+    thread, except :meth:`_completed`, which runs on whichever thread settles a future.
+    """
 
     def __init__(self, server: KVServer) -> None:
         self._server = server
         self._id = next(server._ids)
         self._parser = RespParser(**server._parser_limits)
-        # Commands parsed and not yet answered, then possibly a ProtocolError or _EOF marker.
+        # Owned by the loop thread:
+        # Commands parsed and not yet in a run, then possibly a ProtocolError or _EOF marker.
         self._queue: deque[Any] = deque()
-        self._wakeup = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self._run: _Run | None = None  # the run started and not yet answered
+        self._waiting: Future | None = None  # the future of _run that has our done callback
+        self._writable = True  # False from pause_writing() to resume_writing()
         self._reading_paused = False
-        self._closed = False
+        self._closed = False  # nothing more is written: closed by us, or connection_lost()
+        self._lost = False  # connection_lost() ran: the transport is gone
+        self._advancing = False  # _advance() is on the stack (a done callback may run inside)
         self._transport: asyncio.Transport | None = None
-        self.task: asyncio.Task[None] | None = None
+        # Set once by connection_made(), before any future exists; read by any thread.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._owner = 0  # the loop thread's ident
+        self._done_callback = self._completed  # one bound method for every future
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._loop = asyncio.get_running_loop()
+        self._owner = threading.get_ident()
         self._server._connections.add(self)
-        self.task = asyncio.get_running_loop().create_task(self._serve())
+        if self._server._drained is not None:  # accepted while the server stops
+            self.close(abort=True)
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
         parser, queue = self._parser, self._queue
         parser.feed(data)
         try:
@@ -470,92 +499,130 @@ class _Connection(asyncio.Protocol):
         except ProtocolError as exc:
             queue.append(exc)
             self._pause_reading()
+        self._advance()
         if len(queue) >= _MAX_QUEUED:
-            self._pause_reading()
-        self._wakeup.set()
+            self._pause_reading()  # resumed once the queue drains (in _step)
 
     def eof_received(self) -> bool:
         self._queue.append(_EOF)  # answer what came before, then close
-        self._wakeup.set()
+        self._advance()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        self._server._connections.discard(self)
-        self._writable.set()
-        if self.task is not None:
-            self.task.cancel()
+        self._closed = self._lost = True
+        self._run = self._waiting = None  # the futures' callbacks find nothing to do
+        self._queue.clear()
+        self._server._connection_lost(self)
 
     def pause_writing(self) -> None:
-        self._writable.clear()
+        self._writable = False  # the client is not reading: start no run until it does
 
     def resume_writing(self) -> None:
-        self._writable.set()
+        self._writable = True
+        self._advance()
 
     # -- helpers -------------------------------------------------------------------------------
 
     def _pause_reading(self) -> None:
-        if not self._reading_paused and self._transport is not None:
+        if not self._reading_paused and not self._closed and self._transport is not None:
             self._reading_paused = True
             self._transport.pause_reading()
 
     def close(self, *, abort: bool = False) -> None:
-        """Close the socket (after flushing, unless ``abort``)."""
-        if self._transport is not None and not self._closed:
-            self._closed = True
-            if abort:
-                self._transport.abort()
-            else:
-                self._transport.close()
+        """Write nothing more and close the socket: after flushing what was written, or, with
+        ``abort``, at once (also cutting short a flushing close, so that stop() never waits for
+        a client that does not read)."""
+        transport = self._transport
+        if transport is None or self._lost:
+            return
+        if abort:
+            transport.abort()
+        elif not self._closed:
+            transport.close()
+        self._closed = True
 
-    async def _write(self, replies: list[object]) -> None:
-        if replies and not self._closed:
-            assert self._transport is not None
-            self._transport.write(encode_many(replies))
-            if not self._writable.is_set():  # the client is not reading: wait before going on
-                await self._writable.wait()
+    def _completed(self, future: Future) -> None:
+        """Done callback of the future the connection waits for; runs on whichever thread
+        settled it.  On the loop's thread it goes on at once (no ``call_soon``, no self-pipe
+        write: what ``asyncio.wrap_future`` would cost); from another thread it hops to the
+        loop."""
+        if threading.get_ident() == self._owner:
+            self._resume(future)
+        else:
+            assert self._loop is not None
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                self._loop.call_soon_threadsafe(self._resume, future)
 
-    # -- the connection's task -------------------------------------------------------------------
+    def _resume(self, future: Future) -> None:
+        """``future`` is done (loop thread): go on unless the connection stopped waiting for it
+        (answered by then, or closed)."""
+        if future is self._waiting:
+            self._waiting = None
+            self._advance()
 
-    async def _serve(self) -> None:
-        queue = self._queue
+    # -- answering -------------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Answer and start runs while nothing holds them back (loop thread).
+
+        Called by every event that may let the connection go on; calls that find it waiting,
+        or that come while it runs (a done callback fired inside it), do nothing.  An
+        unexpected exception closes this connection only."""
+        if self._advancing or self._closed:
+            return
+        self._advancing = True
         try:
-            while not self._closed:
-                if not queue:
-                    self._wakeup.clear()
-                    if self._reading_paused and self._transport is not None:
-                        self._reading_paused = False
-                        self._transport.resume_reading()
-                    await self._wakeup.wait()
-                    continue
-                replies = await self._run_batch()
-                if replies and replies[-1] is _QUIT:
-                    await self._write([*replies[:-1], OK])
-                    self.close()
-                    return
-                await self._write(replies)
-                head = queue[0] if queue else None
-                if head is _EOF or isinstance(head, ProtocolError):
-                    if isinstance(head, ProtocolError):
-                        logger.info("%s: closing client connection %d: %s", self._server.node.id,
-                                    self._id, head)
-                        reason = _text(str(head).encode())
-                        await self._write([Error(f"ERR Protocol error: {reason}")])
-                    self.close()
-                    return
-        except asyncio.CancelledError:
-            pass
+            self._step()
         except Exception:
             logger.exception("%s: client connection %d failed", self._server.node.id, self._id)
             self.close(abort=True)
+        finally:
+            self._advancing = False
 
-    async def _run_batch(self) -> list[object]:
-        """Answer the commands at the head of the queue up to the first one that must wait for
-        them (a data command of the other kind), a QUIT, or an end marker."""
+    def _step(self) -> None:
+        queue = self._queue
+        while not self._closed:
+            run = self._run
+            if run is not None:
+                waiting = run.waiting
+                while waiting and waiting[-1].done():
+                    waiting.pop()
+                if waiting:
+                    # Entries commit in order, so once the last future is done the others
+                    # (nearly always) are too: one callback per run, not one per command.
+                    future = waiting[-1]
+                    if future is not self._waiting:
+                        self._waiting = future
+                        future.add_done_callback(self._done_callback)  # may run it at once
+                    if not future.done():
+                        return
+                    continue
+                self._run = self._waiting = None
+                self._answer(run)
+                continue
+            if not self._writable:
+                return  # resume_writing() goes on
+            if not queue:
+                if self._reading_paused:
+                    self._reading_paused = False
+                    assert self._transport is not None
+                    self._transport.resume_reading()
+                return  # data_received() goes on
+            head = queue[0]
+            if head is _EOF or isinstance(head, ProtocolError):
+                self._end(head)
+                return
+            self._run = self._start_run()
+
+    def _start_run(self) -> _Run:
+        """Take the commands at the head of the queue up to the first one that must wait for
+        them (a data command of the other kind), a QUIT, or an end marker, and start them: the
+        writes as one propose_many, the reads as one read."""
         server, queue = self._server, self._queue
         slots: list[object] = []  # reply values, or _WriteSlots / _ReadSlots to fill in
         writes: list[tuple[Op, list[bytes]]] = []
         reads: list[tuple[Op, list[bytes]]] = []
+        admin: list[Future] = []  # the replies of administrative commands (RAFT.MEMBER)
         kind: bool | None = None  # True: a run of writes; False: of reads
         while queue:
             command = queue[0]
@@ -587,7 +654,10 @@ class _Connection(asyncio.Protocol):
                     slots.append(_QUIT)
                     break
                 else:
-                    slots.append(server.local_command(name, command[1:], self._id))
+                    reply = server.local_command(name, command[1:], self._id)
+                    slots.append(reply)
+                    if isinstance(reply, Future):
+                        admin.append(reply)
             else:
                 given = " ".join(f"'{_text(a)}'" for a in command[1:4])
                 slots.append(Error(f"ERR unknown command '{_text(command[0])}', "
@@ -595,30 +665,48 @@ class _Connection(asyncio.Protocol):
             queue.popleft()
         write_futures = server.propose_many(writes) if writes else []
         read_future = server.read(reads) if reads else None
-        futures = [*write_futures, *(slot for slot in slots if isinstance(slot, Future))]
+        waiting = [*write_futures, *admin] if admin else list(write_futures)
         if read_future is not None:
-            futures.append(read_future)
-        if futures and not futures[-1].done():
-            # Entries commit in order, so once the last is done the others (nearly always) are
-            # too: one wake-up per run instead of one per command.
-            await _completion(futures[-1])
-        for future in futures:
-            if not future.done():
-                await _completion(future)
+            waiting.append(read_future)
+        return _Run(slots, write_futures, read_future, waiting)
+
+    def _answer(self, run: _Run) -> None:
+        """Write the replies of a run whose futures are all done, in one write; after a QUIT,
+        close.  The one place replies of a run are built, whether its futures were done when
+        it started or settled later, on this thread or another."""
+        server = self._server
         replies: list[object] = []
-        for slot in slots:
+        for slot in run.slots:
             if isinstance(slot, _WriteSlot):
-                future = write_futures[slot.i]
+                future = run.write_futures[slot.i]
                 exc = future.exception()
                 replies.append(server.error_reply(exc) if exc is not None else future.result())
             elif isinstance(slot, Future):  # an administrative command (RAFT.MEMBER)
                 exc = slot.exception()
                 replies.append(server.error_reply(exc) if exc is not None else slot.result())
             elif isinstance(slot, _ReadSlot):
+                read_future = run.read_future
                 assert read_future is not None
                 exc = read_future.exception()
                 replies.append(server.error_reply(exc) if exc is not None
                                else read_future.result()[slot.i])
             else:
                 replies.append(slot)
-        return replies
+        quit_ = replies[-1] is _QUIT
+        if quit_:
+            replies[-1] = OK
+        assert self._transport is not None
+        self._transport.write(encode_many(replies))
+        if quit_:
+            self.close()
+
+    def _end(self, head: object) -> None:
+        """Everything before the end marker ``head`` is answered: send the protocol error it
+        may be, then close."""
+        if isinstance(head, ProtocolError):
+            logger.info("%s: closing client connection %d: %s", self._server.node.id, self._id,
+                        head)
+            assert self._transport is not None
+            reason = _text(str(head).encode())
+            self._transport.write(encode_many([Error(f"ERR Protocol error: {reason}")]))
+        self.close()

@@ -448,3 +448,46 @@ def test_failed_proposals_become_errors_in_order(fake: tuple[FakeNode, RawClient
     assert raw.reply() == OK
     reply = raw.reply()
     assert isinstance(reply, Error) and reply.startswith("TRYAGAIN")
+
+
+def test_pipeline_with_reads_ping_and_quit_settled_from_another_thread(
+        fake: tuple[FakeNode, RawClient]) -> None:
+    """The fake node settles every future from the test thread (not the server's loop): the
+    replies still come in request order, each run's in one piece, and QUIT closes after them."""
+    node, raw = fake
+    raw.send(b"".join(encode(c) for c in (
+        [b"SET", b"a", b"1"], [b"PING"], [b"SET", b"b", b"2"],    # writes (PING rides along)
+        [b"GET", b"a"], [b"ECHO", b"e"], [b"MGET", b"a", b"b"],   # reads
+        [b"INCR", b"n"], [b"QUIT"], [b"GET", b"a"])))             # a write, QUIT, ignored
+    wait_until(lambda: node.counts() == (2, 0), what="the first two writes proposed together")
+    node.commit(1)
+    node.commit(0)
+    assert [raw.reply() for _ in range(3)] == [OK, SimpleString("PONG"), OK]
+    wait_until(lambda: node.counts() == (2, 1), what="one read for the run of reads")
+    node.serve_read(0)
+    assert [raw.reply() for _ in range(3)] == [b"1", b"e", [b"1", b"2"]]
+    wait_until(lambda: node.counts() == (3, 1), what="the write after the reads")
+    node.commit(2)
+    assert [raw.reply() for _ in range(2)] == [1, OK]
+    assert raw.closed_by_server()
+    assert node.counts() == (3, 1)  # nothing after QUIT ran
+
+
+def test_stop_with_a_run_in_flight() -> None:
+    """stop() closes a connection whose write is still proposed and returns (no task to wait
+    for); the future settled afterwards is a no-op."""
+    node = FakeNode()
+    server = KVServer(node, "127.0.0.1:0")  # type: ignore[arg-type]
+    server.start()
+    assert server.address is not None
+    raw = RawClient(server.address)
+    try:
+        raw.command("SET", "a", "1")
+        wait_until(lambda: node.counts() == (1, 0), what="the write proposed")
+        server.stop()
+        assert not kv_threads()
+        assert raw.closed_by_server()
+        node.commit(0)  # the connection and its loop are gone: nothing happens
+    finally:
+        raw.close()
+        server.stop()
