@@ -73,6 +73,7 @@ from engine.errors import (
     RaftError,
     ReadTimeout,
 )
+from engine.eventloop import new_event_loop
 from engine.kv.machine import COMMANDS, KVMachine, Op, arity_ok, check_args, encode_command
 from engine.kv.resp import (
     DEFAULT_MAX_ARRAY,
@@ -85,7 +86,6 @@ from engine.kv.resp import (
     encode_many,
 )
 from engine.membership import Membership
-from engine.runtime.loop import new_event_loop
 from engine.runtime.node import RaftNode
 from engine.transport.tcp import parse_address
 

@@ -47,6 +47,7 @@ from engine.errors import (
     ReadTimeout,
     TransferError,
 )
+from engine.eventloop import close_event_loop, new_event_loop
 from engine.membership import Membership
 from engine.runtime.applier import Applier, ReadWaiter
 from engine.runtime.membership import MembershipChange
@@ -82,15 +83,6 @@ _STATUS_ROLE = {Role.FOLLOWER: "follower", Role.PRE_CANDIDATE: "follower",
 
 _MAX_EVENTS_PER_ROUND = 10_000
 _READ_CHECK_INTERVAL = 0.1  # seconds between scans for expired reads
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A uvloop event loop when uvloop is importable, else asyncio's default one."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def start_transport(transport: Transport, handler: Callable[[Message], None],
@@ -216,16 +208,7 @@ class NodeLoop:
         try:
             loop.run_forever()
         finally:
-            try:
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                asyncio.set_event_loop(None)
-                loop.close()
+            close_event_loop(loop)
 
     def _begin(self) -> None:
         """Loop thread, once the transport runs: arm the tick timer and run a first round."""

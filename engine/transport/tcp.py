@@ -131,6 +131,7 @@ from collections.abc import Mapping, Sequence
 
 from engine.core.messages import Message, MessageKind
 from engine.errors import ConfigError, FrameError, RaftError
+from engine.eventloop import close_event_loop, new_event_loop
 from engine.transport.base import MessageHandler, check_peer_book
 from engine.transport.faults import FaultPlan, LinkOrder
 from engine.transport.framing import (
@@ -215,15 +216,6 @@ def parse_address(node_id: str, address: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"peers[{node_id!r}]={address!r}: port {port} must be in 0..65535")
     return host, port
-
-
-def _new_event_loop() -> asyncio.AbstractEventLoop:
-    """A uvloop loop when uvloop is importable, else the default asyncio loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def _running_loop_is(loop: asyncio.AbstractEventLoop) -> bool:
@@ -1046,7 +1038,7 @@ class TcpTransport:
     def _run(self) -> None:
         """Body of the ``raft-<id>-net`` thread (own loop only)."""
         try:
-            loop = _new_event_loop()
+            loop = new_event_loop()
         except BaseException as exc:
             logger.exception("%s: cannot create an event loop", self.node_id)
             self._start_error = exc
@@ -1062,15 +1054,8 @@ class TcpTransport:
                 self._start_error = exc
         finally:
             try:
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
+                close_event_loop(loop)
             finally:
-                asyncio.set_event_loop(None)
-                loop.close()
                 self._loop_ident = None  # this thread is gone; its ident may be reused
                 self._started.set()
 

@@ -373,7 +373,7 @@ def test_tcp_nodes_run_on_one_thread_each_and_leave_nothing_behind(tmp_path, see
     thread: while running, the engine's threads are exactly raft-<id>-loop and
     raft-<id>-snapshot (no -net, -apply or -storage thread); stop() joins them all and closes
     every socket and file."""
-    from engine.runtime.loop import new_event_loop
+    from engine.eventloop import new_event_loop
     from engine.transport.tcp import free_loopback_ports
 
     new_event_loop().close()  # uvloop keeps one process-wide pipe from its first loop on

@@ -42,7 +42,7 @@ def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     if request.param == "uvloop":
         pytest.importorskip("uvloop")
     else:
-        monkeypatch.setattr(tcp, "_new_event_loop", asyncio.new_event_loop)
+        monkeypatch.setattr(tcp, "new_event_loop", asyncio.new_event_loop)
     return str(request.param)
 
 
