@@ -18,7 +18,8 @@ from engine import (
     RaftNode,
 )
 from tests.conftest import FAST, LIVENESS, raft_threads
-from tests.runtime.scenario import agreed_commands, assert_identical, commands, one, open_fds
+from tests.fds import leaked_fds, open_fds
+from tests.runtime.scenario import agreed_commands, assert_identical, commands, one
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [
@@ -66,7 +67,7 @@ def test_context_manager_lifecycle_leaves_nothing_behind(seed):
     assert not any(n.status().running for n in cluster.nodes)
     cluster.stop()
     assert not raft_threads()
-    assert open_fds() == fds
+    assert leaked_fds(fds) == set()
 
 
 def test_stop_without_start(seed):

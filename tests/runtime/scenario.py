@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -124,11 +123,6 @@ def wait_all_applied(cluster: LocalCluster, nodes: Sequence[RaftNode] | None = N
 def settled(futures: Iterable[Future]) -> bool:
     """Whether every future is done."""
     return all(f.done() for f in futures)
-
-
-def open_fds() -> int:
-    """Number of open file descriptors of this process (Linux)."""
-    return len(os.listdir("/proc/self/fd"))
 
 
 class Load:

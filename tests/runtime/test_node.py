@@ -26,7 +26,8 @@ from engine import (
 from engine.storage.memory import MemoryLogStore, MemoryStableStore
 from engine.transport.memory import MemoryNetwork
 from tests.conftest import FAST, LIVENESS, raft_threads
-from tests.runtime.scenario import commands, open_fds
+from tests.fds import leaked_fds, open_fds
+from tests.runtime.scenario import commands
 
 PEERS = {"a": "memory:a", "b": "memory:b", "c": "memory:c"}
 
@@ -284,7 +285,7 @@ def test_no_fd_or_thread_leak(network, seed):
         node.stop()
     network.close()
     assert {t.ident for t in threading.enumerate()} <= threads_before
-    assert open_fds() == fds_before
+    assert leaked_fds(fds_before) == set()
 
 
 @pytest.mark.parametrize(("node_id", "peers", "field"), [
@@ -399,4 +400,4 @@ def test_tcp_nodes_run_on_one_thread_each_and_leave_nothing_behind(tmp_path, see
             node.stop()
     assert not raft_threads()
     assert {t.ident for t in threading.enumerate()} <= threads_before
-    assert open_fds() == fds_before
+    assert leaked_fds(fds_before) == set()

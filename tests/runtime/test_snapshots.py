@@ -32,7 +32,7 @@ from engine.storage.snapshot import (
     snapshot_file_name,
 )
 from tests.conftest import FAST, LIVENESS
-from tests.runtime.scenario import open_fds
+from tests.fds import leaked_fds, open_fds
 
 SNAPPY = dataclasses.replace(FAST, snapshot_threshold=200, snapshot_trailing_entries=50,
                              snapshot_chunk_bytes=2048)
@@ -366,7 +366,7 @@ def test_incoming_file_of_a_halted_follower(tmp_path: Path, monkeypatch: pytest.
         assert cluster.wait_for(lambda: watch.commits, LIVENESS)
         assert _incoming_names(snapshots) == []
         _same_state(cluster)
-    assert open_fds() == fds_before
+    assert leaked_fds(fds_before) == set()
 
 
 # --- the receiver alone (a memory store: no threads, no files) ------------------------------

@@ -26,8 +26,9 @@ from engine.transport.faults import FaultPlan
 from engine.transport.framing import decode_message, encode_message
 from engine.transport.tcp import TcpTransport
 from engine.types import Entry
+from tests.fds import leaked_fds, open_fds
 
-from .util import WAIT, Collector, LogWatcher, free_port, msg, open_fds, raft_threads
+from .util import WAIT, Collector, LogWatcher, free_port, msg, raft_threads
 
 SECRET = b"correct horse battery staple"
 TCP_LOGGER = "engine.transport.tcp"
@@ -491,7 +492,7 @@ def test_update_peers_removes_a_member(peers: dict[str, str]) -> None:
         finally:
             a.close()
     assert raft_threads() == []
-    assert open_fds() == before
+    assert leaked_fds(before) == set()
 
 
 def test_update_peers_moves_a_member(make: Factory, peers: dict[str, str]) -> None:
@@ -604,7 +605,7 @@ def test_close_leaves_no_thread_and_no_fd(peers: dict[str, str]) -> None:
     before = open_fds()
     _round_trip_cluster(peers)
     assert raft_threads() == []
-    assert open_fds() == before
+    assert leaked_fds(before) == set()
 
 
 def test_close_is_idempotent_and_send_after_close_is_dropped(make: Factory) -> None:

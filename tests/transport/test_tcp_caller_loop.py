@@ -23,6 +23,7 @@ from engine.errors import ConfigError, RaftError
 from engine.transport.faults import FaultPlan
 from engine.transport.tcp import TcpTransport
 from engine.types import Entry
+from tests.fds import leaked_fds, open_fds
 
 from .util import (
     WAIT,
@@ -31,7 +32,6 @@ from .util import (
     free_port,
     msg,
     new_loop,
-    open_fds,
     port_is_free,
     raft_threads,
 )
@@ -384,7 +384,7 @@ def test_close_leaves_the_loops_running_and_releases_every_socket(
     _round_trip(cluster, {node: f"127.0.0.1:{free_port()}" for node in ("a", "b")}, la, lb)
     before = open_fds()
     t = _round_trip(cluster, {node: peers[node] for node in ("a", "b")}, la, lb)
-    assert open_fds() == before
+    assert leaked_fds(before) == set()
     assert port_is_free(peers["a"]) and port_is_free(peers["b"])
     assert la.is_serving() and lb.is_serving()
     assert la.call(lambda: (t["a"]._protocols, t["a"]._connect_tasks)) == (set(), set())
@@ -501,7 +501,7 @@ def test_bind_failure_raises_oserror_and_leaves_the_loop_running(
         transport = cluster.new("a")
         with pytest.raises(OSError):
             transport.start(Collector(), loop=la.loop)
-        assert open_fds() == before
+        assert leaked_fds(before) == set()
         transport.close()
         transport.close()
         with pytest.raises(RaftError, match="start"):

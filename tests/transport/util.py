@@ -9,7 +9,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import os
 import socket
 import threading
 from collections.abc import Callable
@@ -58,15 +57,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def open_fds() -> set[str]:
-    """The process's open file descriptors, as "fd -> target" strings."""
-    out = set()
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(FileNotFoundError):  # the fd of the listdir itself
-            out.add(f"{name} -> {os.readlink(f'/proc/self/fd/{name}')}")
-    return out
 
 
 def raft_threads() -> list[str]:
