@@ -17,8 +17,8 @@ from dataclasses import dataclass, fields
 
 from engine.errors import ConfigError
 
-_BOOL_FIELDS = ("pre_vote", "check_quorum", "fast_backup", "fsync", "storage_thread",
-                "apply_thread")
+_BOOL_FIELDS = ("pre_vote", "check_quorum", "fast_backup", "fsync", "recover_corrupt_log",
+                "storage_thread", "apply_thread")
 _MAY_BE_ZERO = ("snapshot_threshold", "snapshot_trailing_entries")
 _INT_FIELDS = ("max_batch_entries", "max_batch_bytes", "max_inflight", "max_pending_proposals",
                "snapshot_threshold", "snapshot_trailing_entries", "snapshot_chunk_bytes")
@@ -63,6 +63,14 @@ class Config:
 
     fsync: bool = True
     """fdatasync durable writes.  False is for benchmarks and tests that do not need durability."""
+
+    recover_corrupt_log: bool = False
+    """At start-up, discard a damaged log suffix even when it reaches into the committed prefix
+    (a bad record followed by good ones, a segment missing between others) and fetch it back
+    from the peers: the node then starts *recovering* (it neither votes nor counts towards any
+    quorum until a leader has given it back every entry).  False (the default) stops the node
+    with CorruptLogError instead, for an operator to look at.  A lost *tail* (the newest records
+    gone or corrupt) is always recovered from the peers this way, whatever this says."""
 
     storage_thread: bool = False
     """Write on-disk stores from a ``raft-<id>-storage`` thread (group commit across Readys)

@@ -44,11 +44,18 @@ class HardState:
 
     ``commit`` is stored too so a restarted node knows how far it may replay at once; losing it
     is safe (the leader re-sends it).
+
+    ``recovering`` is nonzero while the node is *recovering* (protocol-aware recovery, CTRL,
+    FAST'18): start-up found that its log lost entries it may have acknowledged, up to at least
+    this index.  A recovering node does not vote, campaign or count towards any quorum until a
+    leader has given it back every entry the leader holds; the mark is durable so that a crash
+    in the middle of that does not forget it.
     """
 
     term: Term = 0
     vote: NodeId | None = None
     commit: Index = 0
+    recovering: Index = 0
 
 
 EMPTY_HARD_STATE = HardState()
