@@ -36,6 +36,10 @@ class Status:
     """The configuration in force on this node (None while stopped)."""
     membership_committed: bool = False
     """True when this node knows that configuration's entry to be committed."""
+    recovering: int = 0
+    """Nonzero while the node is recovering entries it lost but may have acknowledged: the
+    highest such index.  It neither votes nor counts towards any quorum meanwhile (see
+    ``HardState.recovering``); 0 once a leader has given them back."""
 
     @property
     def voters(self) -> tuple[str, ...]:

@@ -6,15 +6,18 @@ codec and fault injection uniform; the table below says which fields each kind u
 =====================  ===============================================================
 kind                   fields used (besides kind, src, dst, term)
 =====================  ===============================================================
-APPEND                 index (prev log index), log_term (prev log term), entries, commit
+APPEND                 index (prev log index), log_term (prev log term), entries, commit,
+                       leader_last (the leader's last log index when it sent this)
 APPEND_RESPONSE        index (last index now matching, or the rejected prev index),
-                       reject, reject_hint, conflict_term (rejections with fast backup)
+                       reject, reject_hint, conflict_term (rejections with fast backup),
+                       recovering
 HEARTBEAT              commit (min of leader commit and the follower's match), context,
-                       index (last index the leader has sent this follower)
+                       index (last index the leader has sent this follower), leader_last
 HEARTBEAT_RESPONSE     context (echoed, acknowledges ReadIndex rounds), reject (the follower
-                       lacks entries up to the heartbeat's index: an append was lost)
+                       lacks entries up to the heartbeat's index: an append was lost),
+                       recovering
 VOTE / PRE_VOTE        index, log_term (candidate's last log index and term)
-VOTE_RESPONSE /        reject
+VOTE_RESPONSE /        reject, recovering (a recovering node rejects every vote request)
 PRE_VOTE_RESPONSE
 SNAPSHOT               index, log_term (the snapshot's last index and term), data (orjson
                        list of the snapshot's voters).  Leader core -> its runtime: "send your
@@ -30,6 +33,11 @@ SNAPSHOT_CHUNK_RESP.   index, log_term (snapshot), context (next byte offset wan
 
 Snapshot chunks are a runtime sub-protocol (see ``engine/runtime/snapshots.py``): the core only
 decides that a follower needs a snapshot and installs one that has fully arrived.
+
+``recovering`` is set on every response of a node that is *recovering* (start-up found it lost
+entries it may have acknowledged; see :class:`~engine.types.HardState`): the leader does not
+count such a peer towards a commit or a ReadIndex quorum, and a recovering follower leaves that
+state once an append has given it every entry up to the ``leader_last`` it carried.
 
 A message whose ``src == dst`` is local: the core sends it to itself through
 ``Ready.messages_after_persist`` to learn that its own write is durable (an APPEND_RESPONSE: the
@@ -95,4 +103,6 @@ class Message:
     reject_hint: Index = 0
     conflict_term: Term = 0
     context: int = 0
+    leader_last: Index = 0
+    recovering: bool = False
     data: bytes = b""

@@ -84,6 +84,8 @@ class RaftOptions:
     max_batch_entries: int = 1024
     max_batch_bytes: int = 1 << 20
     max_inflight: int = 64
+    max_inflight_bytes: int = 32 << 20  #: 0: no byte limit (see Inflights)
+    entry_cache_bytes: int = 64 << 20  #: see RaftLog; needs a log reader to take effect
     max_committed_per_ready: int = 8192
     pre_vote: bool = True
     check_quorum: bool = True
@@ -99,9 +101,11 @@ class RaftOptions:
             raise ConfigError(f"election_ticks_max={self.election_ticks_max} must be > "
                               f"election_ticks_min={self.election_ticks_min}")
         for name in ("max_batch_entries", "max_batch_bytes", "max_inflight",
-                     "max_committed_per_ready"):
+                     "max_committed_per_ready", "entry_cache_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_inflight_bytes < 0:
+            raise ConfigError(f"max_inflight_bytes={self.max_inflight_bytes} must be >= 0")
 
     @classmethod
     def from_config(cls, config: Any) -> RaftOptions:
@@ -113,6 +117,8 @@ class RaftOptions:
             max_batch_entries=config.max_batch_entries,
             max_batch_bytes=config.max_batch_bytes,
             max_inflight=config.max_inflight,
+            max_inflight_bytes=config.max_inflight_bytes,
+            entry_cache_bytes=config.entry_cache_bytes,
             pre_vote=config.pre_vote,
             check_quorum=config.check_quorum,
             fast_backup=config.fast_backup,
@@ -150,14 +156,28 @@ class Raft:
         hard_state = hard_state or HardState()
         self.term: Term = hard_state.term
         self.vote: NodeId | None = hard_state.vote
+        #: Nonzero while this node is *recovering* (see HardState.recovering): it lost entries it
+        #: may have acknowledged, so it neither votes nor campaigns until a leader has given it
+        #: back everything the leader holds.
+        self.recovering: Index = hard_state.recovering
+        #: Recovering only: the index an append of this term brought the log to, covering the
+        #: leader's whole log; recovery ends once this node's own write reaches it.
+        self._recovered_at: Index = 0
+        #: Leader only: peers whose latest response said they are recovering (not counted
+        #: towards commit or ReadIndex quorums).
+        self._recovering_peers: set[NodeId] = set()
         #: The newest durable snapshot (what the leader sends to followers that need it).
         self.snapshot: SnapshotMeta | None = snapshot
+        # A disk that lost entries can leave the durable commit index past the log (the node is
+        # then recovering, see HardState.recovering); it can only know committed what it holds.
+        held = entries[-1].index if entries else snapshot.index if snapshot is not None else 0
+        committed = min(hard_state.commit, held)
         if snapshot is not None:
             self.log = RaftLog(entries, snapshot_index=snapshot.index,
-                               snapshot_term=snapshot.term, committed=hard_state.commit,
+                               snapshot_term=snapshot.term, committed=committed,
                                applied=max(applied, snapshot.index))
         else:
-            self.log = RaftLog(entries, committed=hard_state.commit, applied=applied)
+            self.log = RaftLog(entries, committed=committed, applied=applied)
         base = snapshot.membership if snapshot is not None and not snapshot.membership.is_empty \
             else voters
         self.memberships = MembershipLog(base, self.log.snapshot_index)
@@ -201,6 +221,8 @@ class Raft:
         if term != self.term:
             self.term = term
             self.vote = None
+            self._recovered_at = 0  # only the leader of one term vouches for its own log
+        self._recovering_peers = set()
         self.leader_id = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -265,8 +287,9 @@ class Raft:
         self.role = Role.LEADER
         self._set_peers()
         next_index = self.log.last_index() + 1
-        max_inflight = self.options.max_inflight
-        self.progress = {v: Progress(next_index, max_inflight) for v in self.peers}
+        max_inflight, max_bytes = self.options.max_inflight, self.options.max_inflight_bytes
+        self.progress = {v: Progress(next_index, max_inflight, max_inflight_bytes=max_bytes)
+                         for v in self.peers}
         own = self.progress[self.id] = Progress(next_index, max_inflight)
         own.match = self.log.stable
         own.become_replicate()
@@ -328,6 +351,10 @@ class Raft:
         and on a node that cannot vote (see :meth:`promotable`)."""
         if self.role is Role.LEADER or not self.promotable():
             return
+        if self.recovering:
+            logger.info("%s does not campaign: it is recovering entries up to %d it may have "
+                        "acknowledged", self.id, self.recovering)
+            return
         if self.options.pre_vote:
             self._campaign(PRE_VOTE)
         else:
@@ -368,6 +395,11 @@ class Raft:
         return result
 
     def _handle_vote_request(self, m: Message) -> None:
+        if self.recovering:
+            # It may have acknowledged entries its log lost: a vote could elect a leader that
+            # lacks a committed entry (CTRL, FAST'18).  Refuse until a leader restores them.
+            self._send(vote_response_kind(m.kind), m.src, term=self.term, reject=True)
+            return
         can_vote = (self.vote == m.src
                     or (self.vote is None and self.leader_id is None)
                     or (m.kind is PRE_VOTE and m.term > self.term))
@@ -434,7 +466,7 @@ class Raft:
             self.election_elapsed = 0
             self.leader_id = m.src
             self._handle_snapshot(m)
-        elif m.kind is TIMEOUT_NOW and self.promotable():
+        elif m.kind is TIMEOUT_NOW and self.promotable() and not self.recovering:
             logger.info("%s campaigns at once: %s hands over leadership", self.id, m.src)
             self._campaign(VOTE, transfer=True)
 
@@ -464,6 +496,11 @@ class Raft:
         if last_new is not None:
             if m.entries and self.memberships.observe(m.entries, log.term):
                 self._set_membership(self.memberships.current)
+            if self.recovering and last_new >= m.leader_last:
+                # The log now matches the leader's whole log as it was when it sent this,
+                # which holds every committed entry (Leader Completeness).
+                self._recovered_at = last_new
+                self._maybe_finish_recovering()
             self._send(APPEND_RESPONSE, m.src, index=last_new)
             return
         last = log.last_index()
@@ -598,25 +635,27 @@ class Raft:
             entries = log.slice(next_index, next_index + options.max_batch_entries)
             if not entries and not allow_empty:
                 return
-            if len(entries) > 1:
-                entries = self._limit_bytes(entries)
+            size = sum(map(len, map(_data_of, entries)))
+            if size > options.max_batch_bytes and len(entries) > 1:
+                entries, size = self._limit_bytes(entries)
             self._send(APPEND, peer, index=next_index - 1, log_term=prev_term, entries=entries,
-                       commit=log.committed)
-            pr.sent_append(len(entries), next_index - 1 + len(entries))
+                       commit=log.committed, leader_last=log.last_index())
+            pr.sent_append(len(entries), next_index - 1 + len(entries), size)
             if not entries or pr.state is not ProgressState.REPLICATE:
                 return
             allow_empty = False
 
-    def _limit_bytes(self, entries: list[Entry]) -> list[Entry]:
+    def _limit_bytes(self, entries: list[Entry]) -> tuple[list[Entry], int]:
+        """The longest prefix of ``entries`` within max_batch_bytes of payload (at least one
+        entry), and its payload size."""
         limit = self.options.max_batch_bytes
-        if sum(map(len, map(_data_of, entries))) <= limit:
-            return entries
         total = 0
         for count, entry in enumerate(entries):
-            total += len(entry.data)
-            if total > limit:
-                return entries[:max(count, 1)]
-        return entries
+            size = len(entry.data)
+            if total + size > limit:
+                return (entries[:count], total) if count else (entries[:1], size)
+            total += size
+        return entries, total
 
     def _broadcast_heartbeat(self, context: int) -> None:
         committed = self.log.committed
@@ -625,11 +664,24 @@ class Raft:
             self._send(HEARTBEAT, peer, commit=min(pr.match, committed), index=pr.next - 1,
                        context=context)
 
+    def _note_recovering(self, peer: NodeId, recovering: bool) -> None:
+        """Leader: track whether ``peer`` said it is recovering (see :attr:`recovering`)."""
+        if recovering:
+            if peer not in self._recovering_peers:
+                logger.info("%s: %s is recovering lost entries; not counted towards commit "
+                            "or read quorums until it has them back", self.id, peer)
+                self._recovering_peers.add(peer)
+        elif peer in self._recovering_peers:
+            self._recovering_peers.discard(peer)
+            self._maybe_commit()  # its match counts again
+
     def _handle_append_response(self, m: Message) -> None:
         pr = self.progress.get(m.src)
         if pr is None:
             return
         pr.recent_active = True
+        if m.recovering or self._recovering_peers:
+            self._note_recovering(m.src, m.recovering)
         if m.reject:
             self._handle_rejection(pr, m)
             return
@@ -649,6 +701,16 @@ class Raft:
             self._send_appends(m.src, allow_empty=False)
 
     def _handle_rejection(self, pr: Progress, m: Message) -> None:
+        if 0 < m.reject_hint <= pr.match:
+            # The peer lacks an entry it acknowledged: its log shrank (a lost tail, a deleted
+            # segment, a restore from backup).  Start over from what it says it holds; a stale
+            # rejection that reordering delivered late costs a resend, nothing more.
+            logger.warning("%s: %s no longer holds entries it acknowledged (match %d, it has "
+                           "up to %d); resending from there", self.id, m.src, pr.match,
+                           m.reject_hint - 1)
+            pr.reset_match(m.reject_hint - 1)
+            self._send_appends(m.src, allow_empty=True)
+            return
         if self.options.fast_backup:
             next_hint = m.reject_hint
             if m.conflict_term:
@@ -668,18 +730,21 @@ class Raft:
         if pr is None:
             return
         pr.recent_active = True
+        if m.recovering or self._recovering_peers:
+            self._note_recovering(m.src, m.recovering)
         if m.reject and pr.state is ProgressState.REPLICATE:
             pr.become_probe()  # an append in flight was lost; resend from the known match
         pr.probe_sent = False
-        if pr.match < self.log.last_index():
+        if pr.match < self.log.last_index() or m.reject or m.recovering:
             # Alive but behind.  If acks (or appends) in flight were lost, nothing else would
             # resend (next already points past them): free a window slot and send from next,
             # even an empty append, which the follower acks (match catches up) or rejects
-            # (-> probe).
+            # (-> probe).  Also when it lacks what it acknowledged (its log shrank: the
+            # append's rejection resets it) or is recovering (the append ends its recovery).
             if pr.state is ProgressState.REPLICATE and pr.inflights.full():
                 pr.inflights.free_first_one()
             self._send_appends(m.src, allow_empty=True)
-        if m.context:
+        if m.context and not m.recovering:
             acks = self.read_only.ack(m.context, m.src)
             if acks is not None and joint_vote_result(
                     self.membership.voters, self.membership.outgoing,
@@ -689,16 +754,30 @@ class Raft:
     def _on_persisted(self, index: Index, term: Term) -> None:
         """This node's own write up to (index, term) is durable."""
         self.log.stable_to(index, term)
+        if self._recovered_at:
+            self._maybe_finish_recovering()
         if self.role is Role.LEADER:
             own = self.progress[self.id]
             if own.maybe_update(self.log.stable):
                 self._maybe_commit()
 
+    def _maybe_finish_recovering(self) -> None:
+        """End recovery once the entries that brought the log up to the leader's are durable
+        here (until then a crash would lose them again; the durable mark stays meanwhile)."""
+        if self.recovering and self._recovered_at and self.log.stable >= self._recovered_at:
+            logger.info("%s has its lost entries back (log matches the leader's up to %d): "
+                        "it votes and counts again", self.id, self._recovered_at)
+            self.recovering = 0
+            self._recovered_at = 0
+
     def _maybe_commit(self) -> bool:
         """Advance the commit index to what a quorum matches, counting only entries of the
         current term (Figure 8).  Returns True when it moved."""
-        index = joint_committed_index(self.membership.voters, self.membership.outgoing,
-                                      {v: pr.match for v, pr in self.progress.items()})
+        recovering = self._recovering_peers
+        index = joint_committed_index(
+            self.membership.voters, self.membership.outgoing,
+            {v: 0 if v in recovering else pr.match for v, pr in self.progress.items()}
+            if recovering else {v: pr.match for v, pr in self.progress.items()})
         if index <= self.log.committed or self.log.term(index) != self.term:
             return False
         first_of_term = self.log.committed < index and not self._committed_in_term_before()
@@ -787,7 +866,9 @@ class Raft:
         next_index = self.log.last_index() + 1
         for peer in self.peers:
             if peer not in self.progress:
-                pr = self.progress[peer] = Progress(next_index, self.options.max_inflight)
+                pr = self.progress[peer] = Progress(
+                    next_index, self.options.max_inflight,
+                    max_inflight_bytes=self.options.max_inflight_bytes)
                 pr.recent_active = True  # give a new member an election timeout to answer
         for peer in [p for p in self.progress if p != self.id and p not in self.peers]:
             del self.progress[peer]
@@ -838,6 +919,9 @@ class Raft:
         if target == self.id or not self.membership.can_vote(target):
             raise ValueError(f"cannot transfer leadership to {target!r}: not another voter "
                              f"({self.membership.describe()})")
+        if target in self._recovering_peers:
+            raise ValueError(f"cannot transfer leadership to {target!r}: it is recovering lost "
+                             "entries and does not campaign until it has them back")
         if self.lead_transferee == target:
             return
         self.lead_transferee = target
@@ -877,6 +961,8 @@ class Raft:
 
     def _send(self, kind: MessageKind, dst: NodeId, *, term: Term | None = None,
               **fields: Any) -> None:
+        if self.recovering and kind in _AFTER_PERSIST:
+            fields["recovering"] = True
         m = Message(kind=kind, src=self.id, dst=dst,
                     term=self.term if term is None else term, **fields)
         if kind in _AFTER_PERSIST:
@@ -886,7 +972,7 @@ class Raft:
 
     def hard_state(self) -> HardState:
         """The current durable-state triple."""
-        return HardState(self.term, self.vote, self.log.committed)
+        return HardState(self.term, self.vote, self.log.committed, self.recovering)
 
     def soft_state(self) -> SoftState:
         """The current volatile role, leader and term."""

@@ -32,6 +32,7 @@ class PeerProgress:
     state: str
     inflight: int
     recent_active: bool
+    recovering: bool = False  #: its latest response said it is recovering lost entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class CoreStatus:
     log_entries: int
     membership: Membership = EMPTY_MEMBERSHIP
     progress: dict[NodeId, PeerProgress] = field(default_factory=dict)
+    recovering: Index = 0  #: see HardState.recovering (0: not recovering)
 
 
 _APPEND_RESPONSE = MessageKind.APPEND_RESPONSE
@@ -153,7 +155,7 @@ class RawNode:
             or r._installed_snapshot is not None or r._compact_index
             or r._membership_changed
             or r.term != prev_hard.term or r.vote != prev_hard.vote
-            or log.committed != prev_hard.commit
+            or log.committed != prev_hard.commit or r.recovering != prev_hard.recovering
             or r.role is not prev_soft.role or r.leader_id != prev_soft.leader_id)
 
     def ready(self) -> Ready:
@@ -206,6 +208,11 @@ class RawNode:
         return self.raft.term
 
     @property
+    def recovering(self) -> Index:
+        """Nonzero while recovering lost entries (see HardState.recovering)."""
+        return self.raft.recovering
+
+    @property
     def leader_id(self) -> NodeId | None:
         """The leader this node knows of (None: unknown)."""
         return self.raft.leader_id
@@ -251,8 +258,13 @@ class RawNode:
         r = self.raft
         if r.role is not Role.LEADER:
             return {}
+        return self._peer_progress()
+
+    def _peer_progress(self) -> dict[NodeId, PeerProgress]:
+        r = self.raft
+        recovering = r._recovering_peers
         return {peer: PeerProgress(pr.match, pr.next, pr.state.value, len(pr.inflights),
-                                   pr.recent_active)
+                                   pr.recent_active, peer in recovering)
                 for peer, pr in r.progress.items()}
 
     def status(self) -> CoreStatus:
@@ -264,6 +276,4 @@ class RawNode:
             stable_index=r.log.stable, last_log_index=r.log.last_index(),
             last_log_term=r.log.last_term(), snapshot_index=r.log.snapshot_index,
             log_entries=len(r.log), membership=r.membership,
-            progress={peer: PeerProgress(pr.match, pr.next, pr.state.value, len(pr.inflights),
-                                         pr.recent_active)
-                      for peer, pr in r.progress.items()})
+            progress=self._peer_progress(), recovering=r.recovering)

@@ -83,6 +83,10 @@ _STATUS_ROLE = {Role.FOLLOWER: "follower", Role.PRE_CANDIDATE: "follower",
 
 _MAX_EVENTS_PER_ROUND = 10_000
 _READ_CHECK_INTERVAL = 0.1  # seconds between scans for expired reads
+# A transfer whose outcome is still unknown this many maximal election timeouts after it began
+# fails with TransferError (the core aborts by itself after one election timeout, but only
+# while this node still leads).
+_TRANSFER_TIMEOUT_ELECTIONS = 4
 
 
 def start_transport(transport: Transport, handler: Callable[[Message], None],
@@ -137,7 +141,8 @@ class NodeLoop:
         self._read_ids = itertools.count(1)
         self._role = Role.FOLLOWER
         self._progress: dict[str, PeerProgress] = {}  # the leader's, as of the last tick
-        self._transfer: tuple[str, Future] | None = None
+        # The pending leadership transfer: (target, future, monotonic deadline).
+        self._transfer: tuple[str, Future, float] | None = None
         self.change: MembershipChange | None = None
         self._address_book: dict[str, str] = dict(peers)
         self.snapshots = SnapshotPipeline(
@@ -491,6 +496,11 @@ class NodeLoop:
             if rd.soft_state is not None:
                 changed = True
                 self._on_soft_state(rd)
+                # Publish the new role BEFORE this Ready's messages leave: a node that hears
+                # from us as leader (the old leader settling a transfer, a client that follows
+                # a redirect) must find status().role == 'leader' here, or propose() would
+                # fail with NotLeaderError while our own durable write is still running.
+                self._publish_status()
             if rd.membership is not None:
                 changed = True
                 self._update_address_book(rd.membership)
@@ -547,9 +557,13 @@ class NodeLoop:
         """Settle the pending leadership transfer when its outcome is known."""
         if self._transfer is None:
             return
-        target, future = self._transfer
+        target, future, deadline = self._transfer
         leading = raw.role is Role.LEADER
         if raw.leader_id == target and not leading:
+            # We heard from ``target`` as leader of our current term (>= the term the transfer
+            # started in).  Its status() said 'leader' before that message left it (see
+            # _drive_readys), so a propose() on it right after this future resolves is
+            # accepted.
             self._transfer = None
             settle(future, target)
         elif leading and raw.lead_transferee != target:
@@ -560,13 +574,23 @@ class NodeLoop:
             self._transfer = None
             settle(future, error=TransferError(
                 f"{raw.leader_id} took over instead of {target}"))
+        elif not leading and time.monotonic() >= deadline:
+            # We stepped down (the target's election reached us) but nobody has been heard
+            # from as leader since: the core's own abort only runs while we lead.
+            self._transfer = None
+            settle(future, error=TransferError(
+                f"{target} was not heard from as leader within "
+                f"{_TRANSFER_TIMEOUT_ELECTIONS * self.config.election_timeout_max:g}s "
+                f"(term {raw.term}, leader unknown to {self.id})"))
 
     def start_transfer(self, raw: RawNode, target: str, future: Future) -> None:
         """Begin handing leadership to ``target`` (a CALL from RaftNode.transfer_leadership)."""
         raw.transfer_leadership(target)
         if self._transfer is not None:
             settle(self._transfer[1], error=TransferError(f"superseded by a transfer to {target}"))
-        self._transfer = (target, future)
+        deadline = (time.monotonic()
+                    + _TRANSFER_TIMEOUT_ELECTIONS * self.config.election_timeout_max)
+        self._transfer = (target, future, deadline)
 
     def _on_soft_state(self, rd: Ready) -> None:
         soft = rd.soft_state
@@ -620,7 +644,8 @@ class NodeLoop:
                              snapshot_index=snapshot.index if snapshot else 0,
                              log_entries=raw.log_entries, progress=self._progress,
                              membership=raw.membership,
-                             membership_committed=commit >= raw.membership_index)
+                             membership_committed=commit >= raw.membership_index,
+                             recovering=raw.recovering)
 
     # -- membership -----------------------------------------------------------------------------
 

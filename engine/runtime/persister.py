@@ -16,7 +16,8 @@ Three modes, one write path (:meth:`Persister._write` then :meth:`Persister._fin
 * threaded (``Config.storage_thread``): the thread ``raft-<id>-storage`` owns the stores.  It
   takes every Ready queued while the previous write ran and writes them as one group.
 
-Only term and vote changes are saved to the StableStore synchronously; a commit-index change
+Only term, vote and recovering-mark changes are saved to the StableStore synchronously (the
+mark changes once per recovery); a commit-index change
 alone is saved along with the next term/vote change or at a graceful stop, because losing it is
 safe (the leader re-sends it) and an atomic rename per commit would dominate the write cost.
 
@@ -209,7 +210,8 @@ class Persister:
         """The group's log writes are durable: save a new term or vote, then let the messages
         that waited for both leave and report the group."""
         latest, saved = self._latest_hard_state, self._saved_hard_state
-        if latest.term != saved.term or latest.vote != saved.vote:
+        if (latest.term != saved.term or latest.vote != saved.vote
+                or latest.recovering != saved.recovering):
             self._stable_store.save(latest)
             self._saved_hard_state = latest
         outgoing = [m for rd in group for m in rd.messages_after_persist

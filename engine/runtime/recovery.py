@@ -6,10 +6,12 @@ returns is then handed to the loop thread, which owns it from then on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 from engine.config import Config
+from engine.core.lost_entries import recovering_mark
 from engine.errors import CorruptLogError
 from engine.statemachine import StateMachine
 from engine.storage.base import LogStore, StableStore
@@ -81,6 +83,11 @@ def recover(node_id: str, stores: Stores, state_machine: StateMachine) -> Recove
     A log that disagrees with the snapshot (its entry at the snapshot's index has another term)
     or ends before it is discarded from the snapshot on.
 
+    When the node holds less than it may have acknowledged (see
+    :func:`engine.core.lost_entries.recovering_mark`), the returned hard state is marked
+    *recovering*, and saved so before anything else happens: a crash during the recovery must
+    not forget it.
+
     Raises:
         CorruptLogError: the log has a gap after the snapshot (or starts after index 1 with no
             snapshot to cover the entries before it).
@@ -94,7 +101,7 @@ def recover(node_id: str, stores: Stores, state_machine: StateMachine) -> Recove
             raise CorruptLogError(f"{node_id}: the log starts at {first} but there is no "
                                   "snapshot covering the entries before it")
         entries = store.entries(first, last + 1) if last >= first else []
-        return Recovered(hard_state, None, None, entries)
+        return Recovered(_check_lost(node_id, stores, hard_state, 0), None, None, entries)
     meta, data = latest
     state_machine.restore(data)
     if first <= meta.index <= last and store.term_at(meta.index) != meta.term:
@@ -111,5 +118,28 @@ def recover(node_id: str, stores: Stores, state_machine: StateMachine) -> Recove
     lo, hi = max(store.first_index(), meta.index + 1), store.last_index() + 1
     logger.info("%s: restored snapshot %d/%d, replaying %d entries", node_id, meta.term,
                 meta.index, max(0, hi - lo))
-    return Recovered(hard_state, meta, encode_snapshot(meta, data),
-                     store.entries(lo, hi) if hi > lo else [])
+    return Recovered(_check_lost(node_id, stores, hard_state, meta.index), meta,
+                     encode_snapshot(meta, data), store.entries(lo, hi) if hi > lo else [])
+
+
+def _check_lost(node_id: str, stores: Stores, hard_state: HardState,
+                snapshot_index: int) -> HardState:
+    """``hard_state``, marked recovering (and saved so) when the node lost entries it may have
+    acknowledged."""
+    log = stores.log
+    synced = getattr(log, "synced_index_at_open", 0)  # TODO(sync mark protocol)
+    held = max(log.last_index(), snapshot_index)
+    mark = recovering_mark(hard_state, synced, held)
+    if mark == hard_state.recovering:
+        if mark:
+            logger.warning("%s is still recovering lost entries up to %d; it will not vote "
+                           "until a leader has given them back", node_id, mark)
+        return hard_state
+    logger.warning(
+        "%s lost entries it may have acknowledged: it holds up to index %d, but its hard state "
+        "says commit=%d and its log had made index %d durable.  It starts recovering: no "
+        "votes, no campaigns and no quorum counting until a leader has given them back",
+        node_id, held, hard_state.commit, synced)
+    hard_state = dataclasses.replace(hard_state, recovering=mark)
+    stores.stable.save(hard_state)
+    return hard_state

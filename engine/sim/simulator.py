@@ -212,7 +212,8 @@ class Sim:
         bootstrap = self.initial if node_id in self.initial else Membership()
         self.nodes[node_id] = RawNode(
             node_id, bootstrap, rng=random.Random(self.rng.getrandbits(64)),
-            options=self.params.options, hard_state=disk.hard_state, entries=list(disk.entries),
+            options=self.params.options, hard_state=disk.boot_hard_state(),
+            entries=list(disk.entries),
             snapshot=disk.snapshot)
         self.pending[node_id].clear()
         self.incarnation[node_id] += 1

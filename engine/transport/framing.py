@@ -5,10 +5,10 @@ entries as :func:`engine.codec.encode_entries` records (the native log's own rec
 record with its own CRC32C)::
 
     offset size  field
-    0      4     length         bytes after this field (= 77 + src_len + dst_len + entries_len)
-    4      4     header_crc     zlib CRC-32 of bytes [8, 81 + src_len + dst_len): header and ids
+    0      4     length         bytes after this field (= 85 + src_len + dst_len + entries_len)
+    4      4     header_crc     zlib CRC-32 of bytes [8, 89 + src_len + dst_len): header and ids
     8      2     magic          0x5246 ("FR" little-endian)
-    10     1     version        1
+    10     1     version        2
     11     1     kind           MessageKind value
     12     8     term
     20     8     log_term
@@ -17,13 +17,15 @@ record with its own CRC32C)::
     44     8     reject_hint
     52     8     conflict_term
     60     8     context
-    68     1     flags          bit 0: reject; bit 1: the payload is raw ``data`` (snapshot
-                                chunks), not entry records; other bits must be 0
-    69     2     src_len        utf-8 bytes of src (1..MAX_ID_BYTES)
-    71     2     dst_len        utf-8 bytes of dst (1..MAX_ID_BYTES)
-    73     4     entry_count    number of entry records
-    77     4     entries_len    bytes of entry records
-    81     ...   src, dst (utf-8), then entries_len bytes of records
+    68     8     leader_last
+    76     1     flags          bit 0: reject; bit 1: the payload is raw ``data`` (snapshot
+                                chunks), not entry records; bit 2: the sender is recovering;
+                                other bits must be 0
+    77     2     src_len        utf-8 bytes of src (1..MAX_ID_BYTES)
+    79     2     dst_len        utf-8 bytes of dst (1..MAX_ID_BYTES)
+    81     4     entry_count    number of entry records
+    85     4     entries_len    bytes of entry records
+    89     ...   src, dst (utf-8), then entries_len bytes of records
 
 The header CRC guards the fields the record CRCs do not cover, so a corrupted header is reported
 as such instead of as a confusing decode error further on.  All integers are unsigned.
@@ -46,9 +48,9 @@ from engine.errors import FrameError
 logger = logging.getLogger(__name__)
 
 MAGIC = 0x5246
-VERSION = 1
-HEADER = struct.Struct("<IIHBBQQQQQQQBHHII")
-HEADER_SIZE = HEADER.size  # 81
+VERSION = 2
+HEADER = struct.Struct("<IIHBBQQQQQQQQBHHII")
+HEADER_SIZE = HEADER.size  # 89
 _LENGTH = struct.Struct("<I")
 _PREFIX = _LENGTH.size  # the length field itself
 _CRC_START = 8  # header_crc covers from here to the end of dst
@@ -58,10 +60,12 @@ DEFAULT_MAX_FRAME_SIZE = 64 << 20
 
 _FLAG_REJECT = 0x01
 _FLAG_DATA = 0x02
-_KNOWN_FLAGS = _FLAG_REJECT | _FLAG_DATA
+_FLAG_RECOVERING = 0x04
+_KNOWN_FLAGS = _FLAG_REJECT | _FLAG_DATA | _FLAG_RECOVERING
 _U64 = (1 << 64) - 1
 _KINDS = {int(kind): kind for kind in MessageKind}
-_INT_FIELDS = ("term", "log_term", "index", "commit", "reject_hint", "conflict_term", "context")
+_INT_FIELDS = ("term", "log_term", "index", "commit", "reject_hint", "conflict_term", "context",
+               "leader_last")
 
 
 def encode_message(msg: Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
@@ -79,6 +83,8 @@ def encode_message(msg: Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -
                          f"bytes, got {len(src)} and {len(dst)}")
     entries = msg.entries
     flags = _FLAG_REJECT if msg.reject else 0
+    if msg.recovering:
+        flags |= _FLAG_RECOVERING
     if msg.data:
         if entries:
             raise FrameError(f"cannot encode {msg.kind.name}: both entries and data")
@@ -96,7 +102,7 @@ def encode_message(msg: Message, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -
     try:
         header = HEADER.pack(
             length, 0, MAGIC, VERSION, msg.kind, msg.term, msg.log_term, msg.index, msg.commit,
-            msg.reject_hint, msg.conflict_term, msg.context, flags,
+            msg.reject_hint, msg.conflict_term, msg.context, msg.leader_last, flags,
             len(src), len(dst), len(entries), len(payload))
     except struct.error:
         bad = [name for name in _INT_FIELDS
@@ -115,7 +121,7 @@ def _decode_frame(view: memoryview, start: int, length: int) -> Message:
     if length < HEADER_SIZE - _PREFIX:
         raise FrameError(f"frame length {length} is shorter than the {HEADER_SIZE}-byte header")
     (_, crc, magic, version, kind_value, term, log_term, index, commit, reject_hint,
-     conflict_term, context, flags, src_len, dst_len, entry_count,
+     conflict_term, context, leader_last, flags, src_len, dst_len, entry_count,
      entries_len) = HEADER.unpack_from(view, start)
     if magic != MAGIC:
         raise FrameError(f"bad magic 0x{magic:04x} (expected 0x{MAGIC:04x}): not a raft frame")
@@ -163,6 +169,7 @@ def _decode_frame(view: memoryview, start: int, length: int) -> Message:
     return Message(kind=kind, src=src, dst=dst, term=term, log_term=log_term, index=index,
                    entries=entries, commit=commit, reject=bool(flags & _FLAG_REJECT),
                    reject_hint=reject_hint, conflict_term=conflict_term, context=context,
+                   leader_last=leader_last, recovering=bool(flags & _FLAG_RECOVERING),
                    data=data)
 
 

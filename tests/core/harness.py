@@ -60,7 +60,7 @@ class CoreNetwork:
         disk = self.disks[node_id]
         self.nodes[node_id] = RawNode(
             node_id, self.bootstrap(node_id), rng=random.Random(self.rng.random()),
-            options=self.options, hard_state=disk.hard_state, entries=list(disk.entries),
+            options=self.options, hard_state=disk.boot_hard_state(), entries=list(disk.entries),
             snapshot=disk.snapshot)
         self.applied[node_id] = list(disk.snapshot_state)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import struct
 import zlib
 
@@ -45,15 +46,13 @@ def messages(draw: st.DrawFn) -> Message:
         kind=kind, src=draw(IDS), dst=draw(IDS), term=draw(U64), log_term=draw(U64),
         index=draw(U64), entries=draw(entries()) if kind == MessageKind.APPEND else (),
         commit=draw(U64), reject=draw(st.booleans()), reject_hint=draw(U64),
-        conflict_term=draw(U64), context=draw(U64))
+        conflict_term=draw(U64), context=draw(U64), leader_last=draw(U64),
+        recovering=draw(st.booleans()))
 
 
 def _normal(msg: Message) -> Message:
     """Messages compare equal up to the container type of entries (tuple vs list)."""
-    return Message(kind=msg.kind, src=msg.src, dst=msg.dst, term=msg.term, log_term=msg.log_term,
-                   index=msg.index, entries=tuple(msg.entries), commit=msg.commit,
-                   reject=msg.reject, reject_hint=msg.reject_hint,
-                   conflict_term=msg.conflict_term, context=msg.context)
+    return dataclasses.replace(msg, entries=tuple(msg.entries))
 
 
 def _raw_frame(*, kind: int = 3, magic: int = MAGIC, version: int = VERSION, flags: int = 0,
@@ -61,7 +60,7 @@ def _raw_frame(*, kind: int = 3, magic: int = MAGIC, version: int = VERSION, fla
                payload: bytes = b"", length_delta: int = 0) -> bytes:
     """Build a frame by hand, with a correct header CRC, to reach the checks behind the CRC."""
     length = HEADER_SIZE - 4 + len(src) + len(dst) + len(payload) + length_delta
-    header = HEADER.pack(length, 0, magic, version, kind, 1, 0, 0, 0, 0, 0, 0, flags,
+    header = HEADER.pack(length, 0, magic, version, kind, 1, 0, 0, 0, 0, 0, 0, 0, flags,
                          len(src), len(dst), entry_count, len(payload))
     crc = zlib.crc32(header[8:] + src + dst)
     return header[:4] + struct.pack("<I", crc) + header[8:] + src + dst + payload
@@ -152,7 +151,7 @@ def test_mutated_frames_raise_only_frame_error(msg: Message, data: st.DataObject
     ("frame", "pattern"),
     [
         (b"", r"truncated frame: 0 bytes"),
-        (_raw_frame()[:-1], r"truncated frame: length field says 83 bytes, got 82"),
+        (_raw_frame()[:-1], r"truncated frame: length field says 91 bytes, got 90"),
         (_raw_frame() + b"x", r"1 trailing bytes"),
         (_raw_frame(kind=99), r"unknown message kind 99"),
         (_raw_frame(kind=0), r"unknown message kind 0"),

@@ -10,19 +10,21 @@ from engine.types import Index
 class Progress:
     """The leader's view of one peer (the leader has one for itself too).
 
-    Invariant: ``match < next``.  ``match`` only grows while one leader term lasts.
+    Invariant: ``match < next``.  ``match`` only grows while one leader term lasts, except when
+    the peer shows that its log shrank (:meth:`reset_match`).
     """
 
     __slots__ = ("inflights", "match", "next", "pending_snapshot", "probe_sent", "recent_active",
                  "state")
 
-    def __init__(self, next_index: Index, max_inflight: int, match: Index = 0) -> None:
+    def __init__(self, next_index: Index, max_inflight: int, match: Index = 0, *,
+                 max_inflight_bytes: int = 0) -> None:
         self.match: Index = match  #: highest index known to be replicated on the peer
         self.next: Index = next_index  #: next index to send
         self.state = ProgressState.PROBE
         self.probe_sent = False  #: PROBE only: an append is out and unanswered
         self.recent_active = False  #: heard from within the current CheckQuorum period
-        self.inflights = Inflights(max_inflight)
+        self.inflights = Inflights(max_inflight, max_inflight_bytes)
         self.pending_snapshot: Index = 0  #: SNAPSHOT only: index of the snapshot being sent
 
     def __repr__(self) -> str:
@@ -37,6 +39,12 @@ class Progress:
         self.next = self.match + 1
         self.probe_sent = False
         self.inflights.reset()
+
+    def reset_match(self, match: Index) -> None:
+        """The peer's log shrank to ``match`` (it lost entries it had acknowledged): forget the
+        higher match and probe from just past it.  The one place ``match`` goes down."""
+        self.match = match
+        self.become_probe()
 
     def become_replicate(self) -> None:
         """Start streaming: the log is known to match up to ``match``."""
@@ -62,12 +70,13 @@ class Progress:
             return self.inflights.full()
         return True
 
-    def sent_append(self, entry_count: int, last_index: Index) -> None:
-        """Account for an append carrying ``entry_count`` entries ending at ``last_index``."""
+    def sent_append(self, entry_count: int, last_index: Index, size: int = 0) -> None:
+        """Account for an append carrying ``entry_count`` entries ending at ``last_index``, with
+        ``size`` payload bytes (what the inflight byte budget counts)."""
         if self.state is ProgressState.REPLICATE:
             if entry_count:
                 self.next = last_index + 1
-                self.inflights.add(last_index)
+                self.inflights.add(last_index, size)
         elif self.state is ProgressState.PROBE:
             self.probe_sent = True
 
