@@ -158,8 +158,32 @@ class BackgroundSync(Protocol):
 
 
 @runtime_checkable
+class SyncMarkStore(Protocol):
+    """Optional extension of a :class:`LogStore`: it keeps a durable *sync mark*, the last index
+    a completed ``sync()`` made durable, so that start-up can tell whether the log lost entries
+    it had made durable (and the node may have acknowledged): a rotten newest record cut off as
+    a torn tail, a deleted newest segment, a corrupt suffix discarded on purpose.
+
+    The rules an implementation keeps: the mark on the device never claims more than was
+    durable (it is written only after the data's flush returned); ``truncate_suffix(i)`` lowers
+    it to ``i - 1`` at once when higher, ``reset(n)`` sets it to ``n - 1``, ``compact_prefix``
+    leaves it, and a sync never lowers it.  The runtime computes ``expected =
+    max(hard_state.commit, synced_index_at_open)``; a log (after the open-time repairs) that
+    ends below ``expected`` lost entries.  Implemented by the native and file stores (file
+    ``syncmark``) and, trivially, the memory store.
+    """
+
+    @property
+    def synced_index_at_open(self) -> Index:
+        """The last index this log had recorded as durable before it was opened; 0 when it kept
+        no record (e.g. a directory made by an older version, or an unreadable mark)."""
+        ...
+
+
+@runtime_checkable
 class StableStore(Protocol):
-    """Holds the single :class:`HardState` record, replaced atomically."""
+    """Holds the single :class:`HardState` record (term, vote, commit, recovering), replaced
+    atomically."""
 
     def load(self) -> HardState:
         """The last saved hard state, or ``HardState()`` when nothing was saved."""

@@ -9,8 +9,25 @@ native CRC when the module exists and pure Python otherwise).
 Layout of a store directory::
 
     <first index, 20 digits>.seg   segment: 32-byte header, then records (engine/codec.py format)
-    hardstate                      term, vote, commit; replaced atomically
+    hardstate                      term, vote, commit, recovering; replaced atomically
     hardstate.tmp                  a save in progress; ignored
+    syncmark                       the sync mark: the last index a sync made durable
+
+The hard state file is format version 2 (``HARDSTATE_HEADER``: magic, version, vote length,
+term, commit, recovering, then the vote and a CRC32C); version 1 files (no ``recovering``) still
+load, with ``recovering=0``.  Saves write version 2.
+
+Sync mark (same as native, see ``raftlog.h``): after every successful ``sync()`` the store writes
+the last index that sync made durable to ``syncmark`` (32 bytes, ``SYNCMARK``: magic, version,
+size, index, 0, CRC32C of the first 28 bytes), with one ``pwrite`` at offset 0 once the
+fdatasyncs returned and no flush of its own; it is skipped when the value would not rise, so a
+sync never lowers it.  ``truncate_suffix(i)`` lowers it to ``i - 1`` first (flushed when fsync
+is on), ``reset(n)`` sets it to ``n - 1``, ``compact_prefix`` leaves it, ``close()`` flushes it
+(fsync on).  With ``fsync=False`` it is still written on every sync (the page cache outlives a
+process crash) but never flushed.  So the value on the device never claims more than was made
+durable.  On open it is read into :attr:`FileLogStore.synced_index_at_open` (0 when missing;
+0 and a reported repair when unreadable): a recovered log that ends below it lost entries a
+sync had made durable, which the node may have acknowledged.
 
 Durability rules (same as native): appends reach the OS at once and the device at ``sync()``;
 structural changes (new segment, removed segments, truncated suffix, repaired tail) are flushed
@@ -20,7 +37,9 @@ suffix never reappears behind newer entries.  A failed fsync poisons the store (
 dirty pages, and retrying would report success for data that is gone.
 
 Recovery rules (same as native): see :class:`FileLogStore`.  A directory whose only segment is
-a bare header starting at N (what ``reset(N)`` leaves) is an empty log at N.
+a bare header starting at N (what ``reset(N)`` leaves) is an empty log at N.  With
+``discard_corrupt_suffix`` corruption before the tail cuts the log at the first damage instead of
+raising.  Every repair names the first index it lost (:attr:`RecoveryAction.first_lost`).
 """
 
 from __future__ import annotations
@@ -47,7 +66,10 @@ SEGMENT_MAGIC = b"RAFTSEG\0"
 SEGMENT_HEADER = struct.Struct("<8sIIQII")  # magic, version, header size, first index, 0, crc32c
 SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 32
 HARDSTATE_MAGIC = b"RAFTHST\0"
-HARDSTATE_HEADER = struct.Struct("<8sIIQQ")  # magic, version, vote length, term, commit
+HARDSTATE_VERSION = 2
+# magic, version, vote length, term, commit, recovering (version 2; version 1 lacks recovering)
+HARDSTATE_HEADER = struct.Struct("<8sIIQQQ")
+HARDSTATE_HEADER_V1 = struct.Struct("<8sIIQQ")
 HARDSTATE_FILE = "hardstate"
 HARDSTATE_TMP = "hardstate.tmp"
 NO_VOTE = 0xFFFFFFFF
@@ -55,6 +77,10 @@ MAX_VOTE = 4096
 DEFAULT_SEGMENT_SIZE = 64 << 20
 MAX_SEGMENT_SIZE = 1 << 31
 MAX_BATCH = 1 << 30
+SYNCMARK_FILE = "syncmark"
+SYNCMARK_MAGIC = b"RAFTSYN\0"
+SYNCMARK = SEGMENT_HEADER  # the same layout: magic, version (1), size (32), index, 0, crc32c
+SYNCMARK_SIZE = SYNCMARK.size  # 32
 _SEGMENT_NAME = re.compile(r"^[0-9]{20}\.seg$")
 _CHUNK = 4 << 20
 
@@ -64,10 +90,16 @@ def segment_name(first: Index) -> str:
     return f"{first:020d}.seg"
 
 
+def _encode_fixed32(magic: bytes, value: int) -> bytes:
+    """The 32-byte layout shared by segment headers and the sync mark: magic, version (1),
+    size (32), value, 0, CRC32C of the first 28 bytes."""
+    body = SEGMENT_HEADER.pack(magic, FORMAT_VERSION, SEGMENT_HEADER_SIZE, value, 0, 0)
+    return body[:28] + struct.pack("<I", codec.crc32c(body[:28]))
+
+
 def encode_segment_header(first: Index) -> bytes:
     """The 32-byte header of a segment starting at ``first``."""
-    body = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, SEGMENT_HEADER_SIZE, first, 0, 0)
-    return body[:28] + struct.pack("<I", codec.crc32c(body[:28]))
+    return _encode_fixed32(SEGMENT_MAGIC, first)
 
 
 def check_segment_header(data: bytes) -> tuple[int, str | None]:
@@ -88,8 +120,30 @@ def check_segment_header(data: bytes) -> tuple[int, str | None]:
     return first, None
 
 
+def encode_syncmark(index: Index) -> bytes:
+    """The 32 bytes of a ``syncmark`` file recording ``index``."""
+    return _encode_fixed32(SYNCMARK_MAGIC, index)
+
+
+def decode_syncmark(data: bytes) -> tuple[int, str | None]:
+    """``(index, None)`` for a good ``syncmark`` file (``(0, None)`` when empty: no record), else
+    ``(0, what is wrong)``."""
+    if not data:
+        return 0, None
+    if len(data) != SYNCMARK_SIZE:
+        return 0, "wrong size"
+    index = SYNCMARK.unpack(data)[3]
+    if data == encode_syncmark(index):
+        return index, None
+    if not data.startswith(SYNCMARK_MAGIC):
+        return 0, "bad magic"
+    if codec.crc32c(data[:28]) != SYNCMARK.unpack(data)[5]:
+        return 0, "CRC mismatch"
+    return 0, "unsupported version"
+
+
 def encode_hard_state(state: HardState) -> bytes:
-    """The bytes of a ``hardstate`` file holding ``state``.
+    """The bytes of a ``hardstate`` file (version 2) holding ``state``.
 
     Raises:
         ValueError: a negative or oversized field, or a vote over 4096 bytes of UTF-8.
@@ -100,10 +154,11 @@ def encode_hard_state(state: HardState) -> bytes:
     try:
         body = HARDSTATE_HEADER.pack(
             HARDSTATE_MAGIC,
-            FORMAT_VERSION,
+            HARDSTATE_VERSION,
             NO_VOTE if state.vote is None else len(vote),
             state.term,
             state.commit,
+            state.recovering,
         )
     except struct.error as exc:
         raise ValueError(f"hard state {state!r} does not fit the format: {exc}") from None
@@ -112,21 +167,21 @@ def encode_hard_state(state: HardState) -> bytes:
 
 
 def decode_hard_state(data: bytes, path: str) -> HardState:
-    """Parse a ``hardstate`` file.
+    """Parse a ``hardstate`` file, version 2 or 1 (``recovering=0``).
 
     Raises:
         CorruptLogError: the file is cut short, has a bad magic, version or CRC (names ``path``).
     """
-    fixed = HARDSTATE_HEADER.size
-    if len(data) < fixed + 4:
+    if len(data) < HARDSTATE_HEADER_V1.size + 4:
         raise CorruptLogError(f"corrupt hard state: {path} is {len(data)} bytes, cut short")
-    magic, version, vote_len, term, commit = HARDSTATE_HEADER.unpack_from(data)
+    magic, version, vote_len, term, commit = HARDSTATE_HEADER_V1.unpack_from(data)
     if magic != HARDSTATE_MAGIC:
         raise CorruptLogError(f"corrupt hard state: bad magic in {path} at offset 0")
-    if version != FORMAT_VERSION:
+    if version not in (1, HARDSTATE_VERSION):
         raise CorruptLogError(
             f"hard state {path} has unsupported format version {version} at offset 8"
         )
+    fixed = HARDSTATE_HEADER_V1.size if version == 1 else HARDSTATE_HEADER.size
     if vote_len != NO_VOTE and vote_len > MAX_VOTE:
         raise CorruptLogError(
             f"corrupt hard state: vote length {vote_len} at offset 12 of {path} is too large"
@@ -145,17 +200,25 @@ def decode_hard_state(data: bytes, path: str) -> HardState:
             vote = data[fixed:body].decode("utf-8")
         except UnicodeDecodeError:
             raise CorruptLogError(f"corrupt hard state: vote in {path} is not UTF-8") from None
-    return HardState(term=term, vote=vote, commit=commit)
+    recovering = 0 if version == 1 else HARDSTATE_HEADER.unpack_from(data)[5]
+    return HardState(term=term, vote=vote, commit=commit, recovering=recovering)
 
 
 @dataclass(frozen=True, slots=True)
 class RecoveryAction:
-    """One repair that opening a log store made: bytes of a torn write that were dropped.
+    """One repair that opening a log store made: bytes that were dropped.
 
-    ``file`` is the segment file name inside the store directory, ``offset`` where the dropped
-    bytes started, ``bytes_dropped`` how many; ``removed`` is True when the whole file went (a
-    segment whose creation was torn).  Nothing in a repaired range was ever made durable by a
-    successful ``sync()``, unless the disk lied about its flushes.
+    ``file`` is the file name inside the store directory (a segment, or ``syncmark``),
+    ``offset`` where the dropped bytes started, ``bytes_dropped`` how many; ``removed`` is True
+    when the whole file went (a segment whose creation was torn, or one discarded with
+    ``discard_corrupt_suffix``).  ``first_lost`` is the first log index the repair lost: the
+    index the first dropped record had or would have had (for a segment that does not chain, the
+    first missing index); 0 when no entry was lost (an unreadable sync mark, taken as no record).
+
+    A torn tail or torn segment creation normally holds nothing a successful ``sync()`` made
+    durable -- but a rotten newest record looks exactly like a torn tail, so compare with
+    ``synced_index_at_open``.  A discarded range may hold entries that were durable and even
+    committed.
     """
 
     file: str
@@ -163,11 +226,13 @@ class RecoveryAction:
     bytes_dropped: int
     removed: bool
     reason: str
+    first_lost: int = 0
 
     def __str__(self) -> str:
         what = "removed" if self.removed else "truncated"
+        lost = f", entries from index {self.first_lost} on" if self.first_lost else ""
         return (
-            f"{self.file}: {what} {self.bytes_dropped} bytes at offset {self.offset} "
+            f"{self.file}: {what} {self.bytes_dropped} bytes at offset {self.offset}{lost} "
             f"({self.reason})"
         )
 
@@ -256,11 +321,18 @@ class FileLogStore:
     the last segment, a record cut short or a bad record that no valid record follows is a torn
     write: it is truncated away and reported in :attr:`recovery_report` (and logged as a
     warning).  A bad record followed by a valid one, a bad record or header in an earlier segment,
-    or a gap between segments raises :class:`CorruptLogError` naming the file and offset.
+    or a gap between segments raises :class:`CorruptLogError` naming the file and offset --
+    unless ``discard_corrupt_suffix`` is set: then the log is cut at the first damage, durably
+    (later segments removed newest first, then the damaged segment truncated at its first bad
+    record, or removed when its header is bad or it does not chain), and each file touched is
+    reported.  Every repair names the first index it lost (:attr:`RecoveryAction.first_lost`).
 
     A last segment holding only a header starting at N is an empty log at N (after
     :meth:`reset`).  A zero-length last segment is a torn creation: it is removed and recreated
     empty at the index its name says (reported as a repair).
+
+    Sync mark (see the module docstring): implements
+    :class:`~engine.storage.base.SyncMarkStore`.
 
     Threading: one thread at a time (the node's log-writing thread); no locks.  Extra methods
     beyond the protocol: :meth:`append_encoded`, :meth:`entries_encoded`.
@@ -272,15 +344,24 @@ class FileLogStore:
         *,
         fsync: bool = True,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
+        discard_corrupt_suffix: bool = False,
     ) -> None:
         """Open (creating the directory and first segment if needed) and recover the log.
 
         Raises:
-            CorruptLogError: the log is corrupt before its tail.
+            CorruptLogError: the log is corrupt before its tail (never with
+                ``discard_corrupt_suffix``).
             StorageError: the directory or a segment cannot be read or repaired.
         """
         self.directory = os.fspath(directory)
         self._fsync = bool(fsync)
+        self._discard = bool(discard_corrupt_suffix)
+        # The sync mark: its fd, the value on disk (None: unknown after a failed write), whether
+        # it was written since its last flush, and what it said at open.
+        self._markfd = -1
+        self._mark: int | None = 0
+        self._mark_unflushed = False
+        self._synced_at_open = 0
         self._segment_size = min(max(int(segment_size), SEGMENT_HEADER_SIZE + HEADER_SIZE),
                                  MAX_SEGMENT_SIZE)
         # Owned by one thread at a time.  Invariant: _segs[i + 1].first ==
@@ -296,9 +377,13 @@ class FileLogStore:
             raise storage_error(exc, f"cannot open log directory {self.directory}") from exc
         try:
             self._recover(actions)
+            self._open_mark(actions)
         except BaseException:
             self._release()
             raise
+        # What a crashed process left in the page cache may not be on the device yet: the next
+        # sync flushes the last segment (earlier ones were flushed before the next was created).
+        self._segs[-1].dirty = self._fsync
         self.recovery_report: tuple[RecoveryAction, ...] = tuple(actions)
         """What recovery repaired when this store was opened (empty when nothing)."""
         log_recovery(self.directory, self.recovery_report)
@@ -315,6 +400,7 @@ class FileLogStore:
             is_last = i + 1 == len(names)
             first = int(name[:20])
             path = os.path.join(self.directory, name)
+            expect = self._segs[-1].first + self._segs[-1].count if self._segs else first
             try:
                 fd = os.open(path, os.O_RDWR)
             except OSError as exc:
@@ -323,36 +409,52 @@ class FileLogStore:
             try:
                 data = self._read_file(fd, path)
                 hfirst, why = check_segment_header(data)
+                bad: str | None = None  # discard mode: what is wrong with this segment
                 if why is not None:
                     if is_last and not data[SEGMENT_HEADER_SIZE:].strip(b"\0"):
-                        os.close(fd)
-                        seg.fd = -1
-                        try:
-                            os.unlink(path)
-                            if self._fsync:
-                                _fsync_dir(self._dirfd)
-                        except OSError as exc:
-                            raise storage_error(exc, f"cannot remove torn segment {path}") from exc
-                        actions.append(RecoveryAction(
-                            name, 0, len(data), True, f"torn segment creation: {why}"))
+                        actions.append(self._remove_whole(
+                            seg, len(data), first, "torn segment", f"torn segment creation: {why}"))
                         recreate_first = first
                         break
                     follow = " (records follow it)" if is_last else ""
-                    raise CorruptLogError(f"corrupt log: {why} in {path} at offset 0{follow}")
-                if hfirst != first:
-                    raise CorruptLogError(
+                    bad = self._damage(f"{why} at offset 0",
+                                       f"corrupt log: {why} in {path} at offset 0{follow}")
+                elif hfirst != first:
+                    bad = self._damage(
+                        f"header at offset 16 says first index {hfirst}",
                         f"corrupt log: {path} at offset 16 says first index {hfirst}, "
-                        f"its name says {first}"
-                    )
-                if self._segs:
+                        f"its name says {first}")
+                elif self._segs and expect != first:
                     prev = self._segs[-1]
-                    if prev.first + prev.count != first:
-                        raise CorruptLogError(
-                            f"corrupt log: {path} starts at index {first} but {prev.name} ends "
-                            f"at index {prev.first + prev.count - 1} (a segment is missing or "
-                            f"was cut short)"
-                        )
-                self._scan(seg, data, is_last, actions)
+                    bad = self._damage(
+                        f"starts at index {first} but {prev.name} ends at index {expect - 1}",
+                        f"corrupt log: {path} starts at index {first} but {prev.name} ends "
+                        f"at index {expect - 1} (a segment is missing or was cut short)")
+                whole = bad is not None
+                if not whole:
+                    bad = self._scan(seg, data, is_last, actions)
+                if bad is not None:
+                    # Discard mode: everything from the damage on goes, newest first.
+                    self._remove_files(names[i + 1:], name, actions)
+                    if whole:
+                        actions.append(self._remove_whole(
+                            seg, len(data), expect, "damaged segment", f"discarded: {bad}"))
+                        recreate_first = expect
+                        break
+                    try:
+                        if self._fsync and i + 1 < len(names):
+                            _fsync_dir(self._dirfd)
+                        os.ftruncate(seg.fd, seg.size)
+                        if self._fsync:
+                            os.fdatasync(seg.fd)
+                    except OSError as exc:
+                        raise storage_error(
+                            exc, f"cannot truncate {path} at offset {seg.size}") from exc
+                    actions.append(RecoveryAction(
+                        name, seg.size, len(data) - seg.size, False, f"discarded: {bad}",
+                        seg.first + seg.count))
+                    self._segs.append(seg)
+                    break
             except BaseException:
                 if seg.fd >= 0:
                     os.close(seg.fd)
@@ -360,6 +462,106 @@ class FileLogStore:
             self._segs.append(seg)
         if not self._segs:
             self._create_segment(recreate_first)
+
+    def _remove_whole(self, seg: _Segment, size: int, first_lost: Index, what: str,
+                      reason: str) -> RecoveryAction:
+        """Close and unlink a whole segment being recovered (the directory flushed when fsync is
+        on); the repair that reports it."""
+        os.close(seg.fd)
+        seg.fd = -1
+        try:
+            os.unlink(seg.path)
+            if self._fsync:
+                _fsync_dir(self._dirfd)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot remove {what} {seg.path}") from exc
+        return RecoveryAction(seg.name, 0, size, True, reason, first_lost)
+
+    def _damage(self, short: str, message: str) -> str:
+        """Corruption found: in discard mode its short description, else CorruptLogError."""
+        if not self._discard:
+            raise CorruptLogError(message)
+        return short
+
+    def _remove_files(self, names: Sequence[str], damaged: str,
+                      actions: list[RecoveryAction]) -> None:
+        """Discard mode: unlink the segment files ``names`` (in order), newest first."""
+        for name in reversed(names):
+            path = os.path.join(self.directory, name)
+            try:
+                size = os.stat(path).st_size
+                os.unlink(path)
+            except OSError as exc:
+                raise storage_error(exc, f"cannot remove {path}") from exc
+            actions.append(RecoveryAction(
+                name, 0, size, True, f"discarded: follows the damage in {damaged}",
+                int(name[:20])))
+
+    def _open_mark(self, actions: list[RecoveryAction]) -> None:
+        """Open (creating) the sync mark and read it into ``synced_index_at_open``."""
+        path = os.path.join(self.directory, SYNCMARK_FILE)
+        try:
+            self._markfd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            data = self._read_file(self._markfd, path)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot open the sync mark {path}") from exc
+        index, why = decode_syncmark(data)
+        if why is not None:
+            # Never an error: an unknown mark claims nothing.  Cut it, so that it reads as 0
+            # until the next sync writes it whole.
+            try:
+                os.ftruncate(self._markfd, 0)
+            except OSError:
+                self._mark = None
+            actions.append(RecoveryAction(
+                SYNCMARK_FILE, 0, len(data), False,
+                f"unreadable sync mark ({why}): taken as no record", 0))
+        if self._mark is not None:
+            self._mark = index
+        self._synced_at_open = index
+
+    @property
+    def synced_index_at_open(self) -> Index:
+        """The last index this log had recorded as durable (its sync mark) before it was opened;
+        0 when it kept no record.  When the recovered log ends below it, entries that a sync had
+        made durable -- which the node may have acknowledged -- are gone."""
+        return self._synced_at_open
+
+    def _write_mark(self, index: Index) -> None:
+        """Write ``index`` as the sync mark (no flush).
+
+        Raises:
+            OSError: the write failed (the mark on disk is then unknown).
+        """
+        try:
+            _pwrite_all(self._markfd, encode_syncmark(index), 0)
+        except OSError:
+            self._mark = None
+            raise
+        self._mark = index
+        self._mark_unflushed = True
+
+    def _lower_mark(self, index: Index) -> None:
+        """Before removing entries >= ``index``: lower a higher mark to ``index - 1``, flushed
+        when fsync is on, so the mark on the device never names an entry that is gone.
+
+        Raises:
+            StorageError: the write (nothing changed) or the flush (poisoned) failed.
+        """
+        want = index - 1
+        if self._mark is not None and self._mark <= want:
+            return
+        try:
+            self._write_mark(want)
+        except OSError as exc:
+            raise storage_error(exc, f"cannot lower the sync mark of {self.directory}") from exc
+        if self._fsync:
+            try:
+                os.fdatasync(self._markfd)
+            except OSError as exc:
+                self._mark = None
+                raise self._poison(exc, f"fdatasync of the sync mark of {self.directory}") from exc
+            self._mark_unflushed = False
 
     @staticmethod
     def _read_file(fd: int, path: str) -> bytes:
@@ -378,7 +580,15 @@ class FileLogStore:
             raise storage_error(exc, f"cannot read {path}") from exc
 
     def _scan(self, seg: _Segment, data: bytes, is_last: bool,
-              actions: list[RecoveryAction]) -> None:
+              actions: list[RecoveryAction]) -> str | None:
+        """Fill ``seg``'s index from ``data``; cut (and report) a torn tail of the last segment.
+
+        Returns None, or in discard mode a description of other damage (``seg.size`` is then
+        the offset of the bad record).
+
+        Raises:
+            CorruptLogError: other damage, without discard mode.
+        """
         at = SEGMENT_HEADER_SIZE
         end = len(data)
         expect = seg.first
@@ -403,18 +613,20 @@ class FileLogStore:
             break
         seg.size = at
         if at == end:
-            return
+            return None
         if not is_last:
-            raise CorruptLogError(
+            return self._damage(
+                f"{why} at offset {at} (expected index {expect}) in a segment that is not the "
+                f"last",
                 f"corrupt log: {why} in {seg.path} at offset {at} (expected index {expect}); "
-                f"it is not the last segment, so this is not a torn write"
-            )
+                f"it is not the last segment, so this is not a torn write")
         found = _valid_record_after(data, at, expect)
         if found:
-            raise CorruptLogError(
+            return self._damage(
+                f"{why} at offset {at} (expected index {expect}), followed by a valid record "
+                f"at offset {found}",
                 f"corrupt log: {why} in {seg.path} at offset {at} (expected index {expect}), "
-                f"followed by a valid record at offset {found}"
-            )
+                f"followed by a valid record at offset {found}")
         try:
             os.ftruncate(seg.fd, at)
             if self._fsync:
@@ -422,7 +634,9 @@ class FileLogStore:
         except OSError as exc:
             raise storage_error(exc, f"cannot truncate the torn tail of {seg.path}") from exc
         actions.append(RecoveryAction(
-            seg.name, at, end - at, False, f"torn tail: {why} (expected index {expect})"))
+            seg.name, at, end - at, False, f"torn tail: {why} (expected index {expect})",
+            expect))
+        return None
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -686,18 +900,21 @@ class FileLogStore:
         return removed
 
     def truncate_suffix(self, index: Index) -> None:
-        """Remove every entry with index ``>= index`` (no-op past the end).
+        """Remove every entry with index ``>= index`` (no entry goes past the end).
 
         Durable before this returns when fsync is on (newest segments are removed first, so the
-        files always hold a prefix of the log).
+        files always hold a prefix of the log).  First lowers the sync mark to ``index - 1``
+        when it is higher, even past the end.
 
         Raises:
-            StorageError: a file could not be removed or truncated.
+            StorageError: a file could not be removed or truncated, or the sync mark could not be
+                lowered (then nothing changed).
         """
         self._check_writable()
+        index = max(index, self.first_index())
+        self._lower_mark(index)
         if index > self.last_index():
             return
-        index = max(index, self.first_index())
         dir_changed = self._remove_newest_segments(index)
         seg = self._segs[-1]
         keep = index - seg.first
@@ -778,6 +995,8 @@ class FileLogStore:
         if (len(self._segs) == 1 and seg.first == next_index and not seg.offsets
                 and seg.size == SEGMENT_HEADER_SIZE):
             return  # already there
+        # The sync mark becomes next_index - 1: lowered before anything goes, raised at the end.
+        self._lower_mark(next_index)
         # 1. Every segment but the oldest, newest first: each step is a suffix truncation.
         dir_changed = self._remove_newest_segments(0)
         if self._fsync and dir_changed:
@@ -823,31 +1042,54 @@ class FileLogStore:
                 os.fdatasync(seg.fd)
         except OSError as exc:
             raise self._poison(exc, f"header write of {seg.path}") from exc
+        if self._mark != next_index - 1:
+            # No flush needed: a lost raise leaves a lower mark, which claims less.
+            with contextlib.suppress(OSError):
+                self._write_mark(next_index - 1)
 
     def sync(self) -> None:
-        """Make every earlier write durable (fdatasync of the segments written since).
+        """Make every earlier write durable (fdatasync of the segments written since), then
+        record the last index as the sync mark (see the module docstring).  A failed write of the
+        mark does not fail the sync: the mark on disk then claims less (or reads as 0), and the
+        next sync writes it again.
 
         Raises:
             StorageError: the flush failed; the store is poisoned until reopened.
         """
         self._check_writable()
-        if not self._fsync:
-            return
-        for seg in self._segs:
-            if seg.dirty:
-                try:
-                    os.fdatasync(seg.fd)
-                except OSError as exc:
-                    raise self._poison(exc, f"fdatasync of {seg.path}") from exc
-                seg.dirty = False
+        last = self.last_index()
+        if self._fsync:
+            for seg in self._segs:
+                if seg.dirty:
+                    try:
+                        os.fdatasync(seg.fd)
+                    except OSError as exc:
+                        raise self._poison(exc, f"fdatasync of {seg.path}") from exc
+                    seg.dirty = False
+        # Only now, after the data's fdatasync returned: the mark never runs ahead of the device.
+        if self._mark is None or last > self._mark:
+            with contextlib.suppress(OSError):
+                self._write_mark(last)
 
     def close(self) -> None:
-        """Close every file (does not sync).  Idempotent."""
+        """Close every file (does not sync the segments; flushes the sync mark when fsync is on
+        and it was written since -- a failure there is only logged, as the mark then claims
+        less).  Idempotent."""
         if not self._closed:
             self._closed = True
-            self._release()
+            try:
+                if (self._fsync and self._mark_unflushed and self._poisoned is None
+                        and self._markfd >= 0):
+                    os.fdatasync(self._markfd)
+            except OSError as exc:
+                logger.warning("fdatasync of the sync mark of %s failed: %s", self.directory, exc)
+            finally:
+                self._release()
 
     def _release(self) -> None:
+        if self._markfd >= 0:
+            os.close(self._markfd)
+            self._markfd = -1
         for seg in self._segs:
             if seg.fd >= 0:
                 os.close(seg.fd)

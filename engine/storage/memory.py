@@ -94,6 +94,14 @@ class MemoryLogStore:
     def sync(self) -> None:
         """Nothing to flush: every write is already 'durable'."""
 
+    @property
+    def synced_index_at_open(self) -> Index:
+        """:class:`~engine.storage.base.SyncMarkStore`: every write is durable at once and a
+        crash keeps everything, so the mark is simply the last index, read live: the log never
+        ends below it.  (A fault-injecting wrapper such as
+        :class:`~engine.storage.faulty.FaultyLogStore` models losses on top.)"""
+        return self.last_index()
+
     def close(self) -> None:
         """Nothing to release; the entries stay for a restarted node."""
 

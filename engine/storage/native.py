@@ -3,7 +3,14 @@
 ``NativeLogStore`` and ``NativeStableStore`` implement the protocols of
 :mod:`engine.storage.base` over ``native/`` (segmented log, CRC32C, fdatasync), in the on-disk
 format described in :mod:`engine.storage.filestore`, whose pure-Python stores read and write the
-same files.
+same files (segments, the version-2 hard state with ``recovering``, the sync mark).
+
+Protocol-aware recovery support: :attr:`NativeLogStore.synced_index_at_open` is the sync mark
+as found at open (the last index a sync had made durable; the mark is written in C after every
+successful sync, on the syncer thread for background syncs), every repair in
+:attr:`NativeLogStore.recovery_report` names the first index it lost, and
+``discard_corrupt_suffix=True`` cuts a log corrupt before its tail at the first damage instead
+of raising :class:`CorruptLogError`.
 
 Why C: the per-entry work (encoding, CRC, copying, the offset index) happens in one C call per
 batch, and cffi releases the GIL for the duration of the call; the fdatasync itself can run on
@@ -76,7 +83,13 @@ class NativeLogStore:
     Recovery: opening checks every record's CRC and rebuilds the in-memory offset index.  A torn
     tail of the last segment is truncated, logged as a warning and listed in
     :attr:`recovery_report`; corruption before the tail raises :class:`CorruptLogError` naming
-    the file and offset.
+    the file and offset -- or, with ``discard_corrupt_suffix=True``, cuts the log at the first
+    damage (durably; every file touched is listed in :attr:`recovery_report`).  Each
+    :class:`~engine.storage.filestore.RecoveryAction` names the first index it lost.
+
+    Sync mark (:class:`~engine.storage.base.SyncMarkStore`): every successful sync records the
+    last index it made durable in the file ``syncmark``; :attr:`synced_index_at_open` is what it
+    said at open (see the module docs of :mod:`engine.storage.filestore` and raftlog.h).
 
     Errors: I/O failures (ENOSPC, EIO) raise :class:`StorageError` (with ``.errno``) and leave the
     log as it was, so the store is usable again once space is freed.  A failed fsync is the
@@ -94,11 +107,13 @@ class NativeLogStore:
         *,
         fsync: bool = True,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
+        discard_corrupt_suffix: bool = False,
     ) -> None:
         """Open (creating the directory and first segment if needed) and recover the log.
 
         Raises:
-            CorruptLogError: the log is corrupt before its tail.
+            CorruptLogError: the log is corrupt before its tail (never with
+                ``discard_corrupt_suffix``).
             StorageError: the directory or a segment cannot be read or repaired.
         """
         self.directory = os.fspath(directory)
@@ -106,9 +121,11 @@ class NativeLogStore:
             os.makedirs(self.directory, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create log directory {self.directory}: {exc}") from exc
-        opts = ffi.new(
-            "rl_options *", {"segment_size": int(segment_size), "fsync": int(bool(fsync))}
-        )
+        opts = ffi.new("rl_options *", {
+            "segment_size": int(segment_size),
+            "fsync": int(bool(fsync)),
+            "discard_corrupt_suffix": int(bool(discard_corrupt_suffix)),
+        })
         out = ffi.new("rl_log **")
         err = ffi.new("char[]", _ERRLEN)
         rc = lib.rl_open(os.fsencode(self.directory), opts, out, err, _ERRLEN)
@@ -134,10 +151,19 @@ class NativeLogStore:
                 bytes_dropped=rep.bytes,
                 removed=bool(rep.removed),
                 reason=ffi.string(rep.reason).decode("utf-8", "replace"),
+                first_lost=rep.first_lost,
             ))
+        self._synced_at_open: Index = lib.rl_synced_index_at_open(self._log)
         self.recovery_report: tuple[RecoveryAction, ...] = tuple(actions)
         """What recovery repaired when this store was opened (empty when nothing)."""
         log_recovery(self.directory, self.recovery_report)
+
+    @property
+    def synced_index_at_open(self) -> Index:
+        """The last index this log had recorded as durable (its sync mark) before it was opened;
+        0 when it kept no record.  When the recovered log ends below it, entries that a sync had
+        made durable -- which the node may have acknowledged -- are gone."""
+        return self._synced_at_open
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -302,17 +328,17 @@ class NativeLogStore:
         return term[0]
 
     def truncate_suffix(self, index: Index) -> None:
-        """Remove every entry with index ``>= index`` (no-op past the end).
+        """Remove every entry with index ``>= index`` (no entry goes past the end).
 
-        Durable before this returns when fsync is on.
+        Durable before this returns when fsync is on.  First lowers the sync mark to
+        ``index - 1`` when it is higher, even past the end.
 
         Raises:
-            StorageError: a file could not be removed or truncated.
+            StorageError: a file could not be removed or truncated, or the sync mark could not be
+                lowered (then nothing changed).
         """
         log = self._handle()
-        if index > self._last:
-            return
-        rc = lib.rl_truncate_suffix(log, max(index, 0))
+        rc = lib.rl_truncate_suffix(log, min(max(index, 0), (1 << 64) - 1))
         if rc:
             raise self._fail(rc)
         self._first = lib.rl_first_index(log)
@@ -358,7 +384,8 @@ class NativeLogStore:
         self._last = lib.rl_last_index(log)
 
     def sync(self) -> None:
-        """Make every earlier write durable (fdatasync; the GIL is released meanwhile).
+        """Make every earlier write durable (fdatasync; the GIL is released meanwhile), then
+        record the last index as the sync mark.
 
         Raises:
             StorageError: the flush failed; the store refuses writes until reopened.
@@ -426,8 +453,8 @@ class NativeLogStore:
         return True
 
     def close(self) -> None:
-        """Close every file (does not sync; waits for a background sync still running).
-        Idempotent."""
+        """Close every file (does not sync; waits for a background sync still running; flushes
+        the sync mark when fsync is on and it was written since).  Idempotent."""
         syncer, self._syncer = self._syncer, None
         if syncer is not None:
             lib.rl_syncer_close(syncer)  # finishes a sync in flight first
@@ -449,7 +476,8 @@ class NativeLogStore:
 
 
 class NativeStableStore:
-    """A :class:`~engine.storage.base.StableStore` in the file ``hardstate``, written in C.
+    """A :class:`~engine.storage.base.StableStore` in the file ``hardstate``, written in C
+    (format version 2, with ``recovering``; version-1 files load with ``recovering=0``).
 
     ``save`` writes ``hardstate.tmp``, fsyncs it, renames it over ``hardstate`` and fsyncs the
     directory, so a reader sees the old or the new state, never a mix.  A save of the state
@@ -496,10 +524,11 @@ class NativeStableStore:
         hs = self._handle()
         term = ffi.new("uint64_t *")
         commit = ffi.new("uint64_t *")
+        recovering = ffi.new("uint64_t *")
         vote = ffi.new("char[]", _MAX_VOTE)
         vote_len = ffi.new("int64_t *")
         found = ffi.new("int *")
-        rc = lib.rl_hs_load(hs, term, commit, vote, _MAX_VOTE, vote_len, found)
+        rc = lib.rl_hs_load(hs, term, commit, recovering, vote, _MAX_VOTE, vote_len, found)
         if rc:
             raise self._fail(rc)
         if not found[0]:
@@ -512,7 +541,7 @@ class NativeStableStore:
                 raise CorruptLogError(
                     f"corrupt hard state: vote in {self.directory}/hardstate is not UTF-8"
                 ) from None
-        state = HardState(term=term[0], vote=voted, commit=commit[0])
+        state = HardState(term=term[0], vote=voted, commit=commit[0], recovering=recovering[0])
         self._saved = state
         return state
 
@@ -528,6 +557,7 @@ class NativeStableStore:
             return
         term = _u64(state.term, "term")
         commit = _u64(state.commit, "commit")
+        recovering = _u64(state.recovering, "recovering")
         if state.vote is None:
             vote, vote_len = ffi.NULL, -1
         else:
@@ -536,7 +566,7 @@ class NativeStableStore:
             if vote_len > _MAX_VOTE:
                 raise ValueError(f"vote {state.vote!r} is over {_MAX_VOTE} bytes")
         self._saved = None
-        rc = lib.rl_hs_save(hs, term, commit, vote, vote_len)
+        rc = lib.rl_hs_save(hs, term, commit, recovering, vote, vote_len)
         if rc:
             raise self._fail(rc)
         self._saved = state

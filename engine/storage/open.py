@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from engine.storage.base import LogStore, SnapshotStore, StableStore
+from engine.storage.base import LogStore, SnapshotStore, StableStore, SyncMarkStore
 from engine.storage.filestore import FileLogStore, FileStableStore
 from engine.storage.snapshot import FileSnapshotStore
 
@@ -21,7 +21,9 @@ def native_disabled() -> bool:
     return os.environ.get("RAFT_ENGINE_NO_NATIVE", "") not in ("", "0")
 
 
-def open_stores(directory: str, *, fsync: bool = True) -> tuple[LogStore, StableStore]:
+def open_stores(
+    directory: str, *, fsync: bool = True, discard_corrupt_suffix: bool = False
+) -> tuple[LogStore, StableStore]:
     """Open (creating if needed) the log store and the stable store kept in ``directory``.
 
     Picks :class:`~engine.storage.native.NativeLogStore` and
@@ -33,10 +35,18 @@ def open_stores(directory: str, *, fsync: bool = True) -> tuple[LogStore, Stable
 
     The returned stores belong to the caller's writing thread (one thread at a time); close
     both when the node stops.  The log store's ``recovery_report`` lists any torn tail that was
-    repaired (already logged as a warning).
+    repaired (already logged as a warning), each with the first index it lost, and its
+    ``synced_index_at_open`` (:class:`~engine.storage.base.SyncMarkStore`) the last index it had
+    made durable before: a log that ends below ``max(commit, synced_index_at_open)`` lost
+    entries the node may have acknowledged (protocol-aware recovery decides what to do).
+
+    ``discard_corrupt_suffix`` (``Config.recover_corrupt_log``): corruption before the tail cuts
+    the log at the first damage, durably and reported in ``recovery_report``, instead of raising
+    CorruptLogError.
 
     Raises:
-        CorruptLogError: the log is corrupt before its tail; the node must not start.
+        CorruptLogError: the log is corrupt before its tail and ``discard_corrupt_suffix`` is
+            off; the node must not start.
         StorageError: the directory cannot be created, read or repaired.
     """
     log_cls: type = FileLogStore
@@ -53,7 +63,7 @@ def open_stores(directory: str, *, fsync: bool = True) -> tuple[LogStore, Stable
                 "in %s (build it with `pip install .`)", exc, directory)
         else:
             log_cls, stable_cls = NativeLogStore, NativeStableStore
-    log = log_cls(directory, fsync=fsync)
+    log = log_cls(directory, fsync=fsync, discard_corrupt_suffix=discard_corrupt_suffix)
     try:
         stable = stable_cls(directory, fsync=fsync)
         commit = stable.load().commit
@@ -68,6 +78,11 @@ def open_stores(directory: str, *, fsync: bool = True) -> tuple[LogStore, Stable
         logger.warning(
             "hard state in %s says commit=%d but the log ends at index %d: entries may be lost",
             directory, commit, log.last_index())
+    synced = log.synced_index_at_open if isinstance(log, SyncMarkStore) else 0
+    if synced > log.last_index():
+        logger.warning(
+            "the log in %s had made index %d durable but now ends at index %d: entries it may "
+            "have acknowledged are lost", directory, synced, log.last_index())
     return log, stable
 
 

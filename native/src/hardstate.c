@@ -1,4 +1,4 @@
-/* The hard state file: term, vote, commit, replaced atomically by write-temp, fsync, rename,
+/* The hard state file: term, vote, commit, recovering, replaced atomically by write-temp, fsync, rename,
  * fsync-directory.  A reader sees either the old or the new state, never a mix. */
 #define _POSIX_C_SOURCE 200809L
 
@@ -11,7 +11,8 @@
 
 #include "internal.h"
 
-#define HS_FIXED 32u
+#define HS_FIXED_V1 32u /* version 1: no recovering field */
+#define HS_FIXED 40u    /* version 2 */
 #define HS_NO_VOTE 0xFFFFFFFFu
 
 struct rl_hs {
@@ -75,13 +76,13 @@ void rl_hs_close(rl_hs *hs) {
 const char *rl_hs_errmsg(const rl_hs *hs) { return hs ? hs->err : "no hard state store"; }
 int rl_hs_errno(const rl_hs *hs) { return hs ? hs->last_errno : 0; }
 
-int rl_hs_load(rl_hs *hs, uint64_t *term, uint64_t *commit, char *vote, size_t vote_cap,
-               int64_t *vote_len, int *found) {
+int rl_hs_load(rl_hs *hs, uint64_t *term, uint64_t *commit, uint64_t *recovering, char *vote,
+               size_t vote_cap, int64_t *vote_len, int *found) {
     uint8_t buf[HS_FIXED + RL_MAX_VOTE + 4 + 1];
-    size_t n = 0;
-    uint32_t vlen;
+    size_t n = 0, fixed;
+    uint32_t vlen, version;
     int fd;
-    *term = *commit = 0;
+    *term = *commit = *recovering = 0;
     *vote_len = -1;
     *found = 0;
     fd = open(hs->path, O_RDONLY);
@@ -100,19 +101,21 @@ int rl_hs_load(rl_hs *hs, uint64_t *term, uint64_t *commit, char *vote, size_t v
         n += (size_t)r;
     }
     close(fd);
-    if (n < HS_FIXED + 4)
+    if (n < HS_FIXED_V1 + 4)
         return hs_fail(hs, RL_ERR_CORRUPT, 0, "corrupt hard state: %s is %zu bytes, cut short",
                        hs->path, n);
     if (memcmp(buf, RL_HS_MAGIC, 8) != 0)
         return hs_fail(hs, RL_ERR_CORRUPT, 0, "corrupt hard state: bad magic in %s at offset 0",
                        hs->path);
-    if (rl__get32(buf + 8) != RL_FORMAT_VERSION)
+    version = rl__get32(buf + 8);
+    if (version != 1 && version != RL_HS_VERSION)
         return hs_fail(hs, RL_ERR_CORRUPT, 0,
                        "hard state %s has unsupported format version %u at offset 8", hs->path,
-                       (unsigned)rl__get32(buf + 8));
+                       (unsigned)version);
+    fixed = version == 1 ? HS_FIXED_V1 : HS_FIXED;
     vlen = rl__get32(buf + 12);
     {
-        size_t body = HS_FIXED + (vlen == HS_NO_VOTE ? 0 : vlen);
+        size_t body = fixed + (vlen == HS_NO_VOTE ? 0 : vlen);
         if (vlen != HS_NO_VOTE && vlen > RL_MAX_VOTE)
             return hs_fail(hs, RL_ERR_CORRUPT, 0,
                            "corrupt hard state: vote length %u at offset 12 of %s is too large",
@@ -128,27 +131,30 @@ int rl_hs_load(rl_hs *hs, uint64_t *term, uint64_t *commit, char *vote, size_t v
             if (vlen > vote_cap)
                 return hs_fail(hs, RL_ERR_CORRUPT, 0, "vote of %u bytes in %s exceeds the buffer",
                                (unsigned)vlen, hs->path);
-            memcpy(vote, buf + HS_FIXED, vlen);
+            memcpy(vote, buf + fixed, vlen);
             *vote_len = vlen;
         }
     }
     *term = rl__get64(buf + 16);
     *commit = rl__get64(buf + 24);
+    if (version != 1) *recovering = rl__get64(buf + 32);
     *found = 1;
     return RL_OK;
 }
 
-int rl_hs_save(rl_hs *hs, uint64_t term, uint64_t commit, const char *vote, int64_t vote_len) {
+int rl_hs_save(rl_hs *hs, uint64_t term, uint64_t commit, uint64_t recovering, const char *vote,
+               int64_t vote_len) {
     uint8_t buf[HS_FIXED + RL_MAX_VOTE + 4];
     size_t body;
     int fd, e;
     if (vote_len < -1 || vote_len > (int64_t)RL_MAX_VOTE || (vote_len > 0 && !vote))
         return hs_fail(hs, RL_ERR_INVAL, 0, "vote must be at most %u bytes", RL_MAX_VOTE);
     memcpy(buf, RL_HS_MAGIC, 8);
-    rl__put32(buf + 8, RL_FORMAT_VERSION);
+    rl__put32(buf + 8, RL_HS_VERSION);
     rl__put32(buf + 12, vote_len < 0 ? HS_NO_VOTE : (uint32_t)vote_len);
     rl__put64(buf + 16, term);
     rl__put64(buf + 24, commit);
+    rl__put64(buf + 32, recovering);
     body = HS_FIXED;
     if (vote_len > 0) {
         memcpy(buf + HS_FIXED, vote, (size_t)vote_len);

@@ -19,9 +19,13 @@
 #define RL_SEGMENT_NAME_LEN 24            /* 20 digits + ".seg" */
 #define RL_ERRLEN 512
 #define RL_MAX_VOTE 4096
+#define RL_HS_VERSION 2u                  /* hard state format written; version 1 still loads */
+#define RL_SYNCMARK_SIZE RL_SEGMENT_HEADER /* same layout (rl__encode_fixed32) */
+#define RL_SYNCMARK_FILE "syncmark"
 
 static const char RL_SEGMENT_MAGIC[8] = {'R', 'A', 'F', 'T', 'S', 'E', 'G', '\0'};
 static const char RL_HS_MAGIC[8] = {'R', 'A', 'F', 'T', 'H', 'S', 'T', '\0'};
+static const char RL_SYNCMARK_MAGIC[8] = {'R', 'A', 'F', 'T', 'S', 'Y', 'N', '\0'};
 
 /* One segment file.  Invariant: offsets[k] is the file offset of the record with index
  * first + k, terms[k] its term, for k < count; size is the file size (end of the last record). */
@@ -50,6 +54,15 @@ struct rl_log {
     size_t scratch_cap;
     rl_repair *repairs;
     size_t nrepairs;
+    int discard_corrupt; /* rl_options.discard_corrupt_suffix */
+    /* The sync mark (file RL_SYNCMARK_FILE, see raftlog.h).  mark: the value on disk (when
+     * !mark_unknown); mark_at_open: what it said when the log was opened; mark_unflushed: written
+     * since the mark file was last fdatasynced. */
+    int markfd;
+    uint64_t mark;
+    uint64_t mark_at_open;
+    int mark_unknown;
+    int mark_unflushed;
     int poisoned;
     int last_errno;
     char err[RL_ERRLEN];
@@ -87,6 +100,9 @@ int rl__rename(const char *from, const char *to);
 /* Segments (segment.c). */
 void rl__segment_name(char *out, uint64_t first);
 int rl__parse_segment_name(const char *name, uint64_t *first);
+/* The 32-byte layout shared by segment headers and the sync mark: magic, version (1), size (32),
+ * value, 0, crc32c of the first 28 bytes. */
+void rl__encode_fixed32(uint8_t *out, const char *magic, uint64_t value);
 void rl__encode_segment_header(uint8_t *out, uint64_t first);
 /* NULL when the header is valid, else what is wrong with it. */
 const char *rl__check_segment_header(const uint8_t *hdr, uint64_t *first);
@@ -103,6 +119,13 @@ const char *rl__check_record(const uint8_t *data, size_t avail, uint64_t expect,
 int rl__recover(rl_log *log);
 int rl__create_segment(rl_log *log, uint64_t first);
 int rl__add_repair(rl_log *log, const char *file, uint64_t offset, uint64_t bytes, int removed,
-                   const char *reason);
+                   uint64_t first_lost, const char *reason);
+
+/* Sync mark (log.c).  rl__mark_open opens (creating) the mark file and reads it into
+ * log->mark / log->mark_at_open; an unreadable mark counts as 0 and is reported as a repair. */
+int rl__mark_open(rl_log *log);
+void rl__encode_syncmark(uint8_t *out, uint64_t index);
+/* NULL when the RL_SYNCMARK_SIZE bytes are a good mark (*index set), else what is wrong. */
+const char *rl__check_syncmark(const uint8_t *rec, uint64_t *index);
 
 #endif

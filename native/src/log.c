@@ -1,5 +1,5 @@
-/* The log handle: open/close, append, sync, read, term lookup, suffix truncation, prefix
- * compaction.  See raftlog.h for the contract and the durability rules. */
+/* The log handle: open/close, append, sync (and the sync mark), read, term lookup, suffix
+ * truncation, prefix compaction.  See raftlog.h for the contract and the durability rules. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
@@ -7,9 +7,109 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
+
+/* ---- sync mark ------------------------------------------------------------------------- */
+
+void rl__encode_syncmark(uint8_t *out, uint64_t index) {
+    rl__encode_fixed32(out, RL_SYNCMARK_MAGIC, index);
+}
+
+const char *rl__check_syncmark(const uint8_t *rec, uint64_t *index) {
+    uint8_t want[RL_SYNCMARK_SIZE];
+    rl__encode_syncmark(want, rl__get64(rec + 16));
+    if (memcmp(rec, want, sizeof want) == 0) {
+        *index = rl__get64(rec + 16);
+        return NULL;
+    }
+    if (memcmp(rec, RL_SYNCMARK_MAGIC, 8) != 0) return "bad magic";
+    if (rl_crc32c(0, rec, 28) != rl__get32(rec + 28)) return "CRC mismatch";
+    return "unsupported version";
+}
+
+int rl__mark_open(rl_log *log) {
+    uint8_t rec[RL_SYNCMARK_SIZE];
+    struct stat st;
+    const char *why = NULL;
+    uint64_t index = 0;
+    char *path = rl__join(log->dir, RL_SYNCMARK_FILE);
+    if (!path) return rl__fail(log, RL_ERR_NOMEM, ENOMEM, "out of memory");
+    log->markfd = rl__open(path, O_RDWR | O_CREAT, 0644);
+    if (log->markfd < 0 || fstat(log->markfd, &st) < 0) {
+        int e = errno;
+        rl__fail(log, RL_ERR_IO, e, "cannot open the sync mark %s: %s", path, strerror(e));
+        free(path);
+        return RL_ERR_IO;
+    }
+    if (st.st_size == 0) {
+        why = NULL; /* never written (or made by an older version): no record */
+    } else if (st.st_size != (off_t)RL_SYNCMARK_SIZE) {
+        why = "wrong size";
+    } else if (rl__pread_all(log->markfd, rec, sizeof rec, 0) < 0) {
+        int e = errno;
+        rl__fail(log, RL_ERR_IO, e, "cannot read the sync mark %s: %s", path, strerror(e));
+        free(path);
+        return RL_ERR_IO;
+    } else {
+        why = rl__check_syncmark(rec, &index);
+    }
+    free(path);
+    if (why) {
+        /* Never an error: an unknown mark claims nothing.  Cut it, so that it reads as 0 until
+         * the next sync writes it whole. */
+        char reason[160];
+        index = 0;
+        if (rl__ftruncate(log->markfd, 0) < 0) log->mark_unknown = 1;
+        rl__format(reason, sizeof reason, "unreadable sync mark (%s): taken as no record", why);
+        if (rl__add_repair(log, RL_SYNCMARK_FILE, 0, (uint64_t)st.st_size, 0, 0, reason) != RL_OK)
+            return RL_ERR_NOMEM;
+    }
+    log->mark = log->mark_at_open = index;
+    return RL_OK;
+}
+
+/* Writes `index` as the sync mark (no flush).  Returns 0, or -1 with errno set (the mark on disk
+ * is then unknown: the old value, the new one, or unreadable). */
+static int mark_write(rl_log *log, uint64_t index) {
+    uint8_t rec[RL_SYNCMARK_SIZE];
+    rl__encode_syncmark(rec, index);
+    if (rl__pwrite_all(log->markfd, rec, sizeof rec, 0) < 0) {
+        log->mark_unknown = 1;
+        return -1;
+    }
+    log->mark = index;
+    log->mark_unknown = 0;
+    log->mark_unflushed = 1;
+    return 0;
+}
+
+/* Before removing entries >= index: a mark above index - 1 is lowered to it, flushed when fsync
+ * is on, so that the mark on the device never names an entry that is gone. */
+static int mark_lower(rl_log *log, uint64_t index) {
+    uint64_t want = index - 1;
+    if (!log->mark_unknown && log->mark <= want) return RL_OK;
+    if (mark_write(log, want) < 0)
+        return rl__fail(log, RL_ERR_IO, errno, "cannot lower the sync mark of %s to %llu: %s",
+                        log->dir, (unsigned long long)want, strerror(errno));
+    if (log->fsync) {
+        if (rl__fdatasync(log->markfd) < 0) {
+            int e = errno;
+            log->mark_unknown = 1;
+            log->poisoned = 1;
+            return rl__fail(log, RL_ERR_IO, e, "fdatasync of %s/%s failed: %s; the log must be "
+                            "reopened", log->dir, RL_SYNCMARK_FILE, strerror(e));
+        }
+        log->mark_unflushed = 0;
+    }
+    return RL_OK;
+}
+
+uint64_t rl_synced_index_at_open(const rl_log *log) { return log->mark_at_open; }
+
+/* ---- open / close ---------------------------------------------------------------------- */
 
 int rl_open(const char *dir, const rl_options *opts, rl_log **out, char *err, size_t errlen) {
     rl_log *log;
@@ -25,7 +125,9 @@ int rl_open(const char *dir, const rl_options *opts, rl_log **out, char *err, si
         return RL_ERR_NOMEM;
     }
     log->dirfd = -1;
+    log->markfd = -1;
     log->fsync = opts ? opts->fsync != 0 : 1;
+    log->discard_corrupt = opts ? opts->discard_corrupt_suffix != 0 : 0;
     log->segment_size = opts && opts->segment_size ? opts->segment_size : RL_DEFAULT_SEGMENT;
     if (log->segment_size < RL_SEGMENT_HEADER + RL_RECORD_HEADER) log->segment_size = RL_SEGMENT_HEADER + RL_RECORD_HEADER;
     if (log->segment_size > RL_MAX_SEGMENT) log->segment_size = RL_MAX_SEGMENT;
@@ -41,12 +143,17 @@ int rl_open(const char *dir, const rl_options *opts, rl_log **out, char *err, si
         rc = rl__fail(log, RL_ERR_IO, errno, "cannot open log directory %s: %s", dir, strerror(errno));
     } else {
         rc = rl__recover(log);
+        if (rc == RL_OK) rc = rl__mark_open(log);
     }
     if (rc != RL_OK) {
         rl__format(err, errlen, "%s", log->err);
         rl_close(log);
         return rc;
     }
+    /* What a crashed process left in the page cache may not be on the device: the next sync
+     * flushes the last segment whatever this handle writes (earlier segments were flushed
+     * before the next one was created). */
+    log->segs[log->nsegs - 1].dirty = log->fsync;
     *out = log;
     return RL_OK;
 }
@@ -55,6 +162,11 @@ int rl_close(rl_log *log) {
     size_t i;
     int rc = RL_OK;
     if (!log) return RL_OK;
+    if (log->markfd >= 0) {
+        if (log->fsync && log->mark_unflushed && !log->poisoned && rl__fdatasync(log->markfd) < 0)
+            rc = RL_ERR_IO;
+        if (close(log->markfd) < 0) rc = RL_ERR_IO;
+    }
     for (i = 0; i < log->nsegs; i++) {
         if (log->segs[i].fd >= 0 && close(log->segs[i].fd) < 0) rc = RL_ERR_IO;
         log->segs[i].fd = -1;
@@ -139,8 +251,9 @@ int rl_truncate_suffix(rl_log *log, uint64_t index) {
     int rc = check_writable(log), dir_changed = 0;
     uint64_t keep, newsize;
     if (rc) return rc;
-    if (index > rl_last_index(log)) return RL_OK;
     if (index < rl_first_index(log)) index = rl_first_index(log);
+    if ((rc = mark_lower(log, index)) != RL_OK) return rc; /* even past the end */
+    if (index > rl_last_index(log)) return RL_OK;
     /* Newest first, so that the files on disk always hold a prefix of the log. */
     while (log->nsegs > 1 && log->segs[log->nsegs - 1].first >= index) {
         if ((rc = drop_last_segment(log)) != RL_OK) break;
@@ -215,6 +328,8 @@ int rl_reset(rl_log *log, uint64_t next_index) {
     s = &log->segs[0];
     if (log->nsegs == 1 && s->first == next_index && s->count == 0 && s->size == RL_SEGMENT_HEADER)
         return RL_OK; /* already there */
+    /* The sync mark becomes next_index - 1: lowered before anything goes, raised at the end. */
+    if ((rc = mark_lower(log, next_index)) != RL_OK) return rc;
     /* 1. Every segment but the oldest, newest first: each step is a suffix truncation. */
     while (log->nsegs > 1) {
         if ((rc = drop_last_segment(log)) != RL_OK) return rc;
@@ -272,6 +387,8 @@ int rl_reset(rl_log *log, uint64_t next_index) {
     if (rl__pwrite_all(s->fd, hdr, sizeof hdr, 0) < 0) return poison(log, errno, "header write", s->name);
     s->size = RL_SEGMENT_HEADER;
     if (log->fsync && rl__fdatasync(s->fd) < 0) return poison(log, errno, "fdatasync", s->name);
+    /* Raising needs no flush: a lost raise leaves a lower mark, which claims less. */
+    if (log->mark_unknown || log->mark != next_index - 1) (void)mark_write(log, next_index - 1);
     return RL_OK;
 }
 
@@ -383,15 +500,19 @@ int rl_append_parts(rl_log *log, size_t n, const uint64_t *indexes, const uint64
 
 int rl_sync(rl_log *log) {
     size_t i;
+    uint64_t last;
     int rc = check_writable(log);
     if (rc) return rc;
-    if (!log->fsync) return RL_OK;
-    for (i = 0; i < log->nsegs; i++) {
+    last = rl_last_index(log);
+    for (i = 0; log->fsync && i < log->nsegs; i++) {
         rl_segment *s = &log->segs[i];
         if (!s->dirty) continue;
         if (rl__fdatasync(s->fd) < 0) return poison(log, errno, "fdatasync", s->name);
         s->dirty = 0;
     }
+    /* Only now, after the data's fdatasync returned: the mark never runs ahead of the device.
+     * A failed write is not a failed sync (see raftlog.h); mark_unknown retries it next time. */
+    if (log->mark_unknown || last > log->mark) (void)mark_write(log, last);
     return RL_OK;
 }
 

@@ -11,6 +11,12 @@
  *     must not silently drop entries that may be committed);
  *   - a last segment whose header is cut short or bad, with nothing but zeros after it, is a
  *     segment whose creation was torn: it is removed.
+ *
+ * With rl_options.discard_corrupt_suffix, corruption cuts the log at the first damage instead:
+ * the later segments are removed newest first (each removal a suffix truncation), then the
+ * damaged segment is truncated at its first bad record, or removed when its header is bad or it
+ * does not chain onto the one before; the directory and the cut segment are flushed when fsync
+ * is on.  Each file touched is reported, with the first index it lost.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -150,7 +156,7 @@ static int list_segments(rl_log *log, uint64_t **firsts, size_t *n) {
 }
 
 int rl__add_repair(rl_log *log, const char *file, uint64_t offset, uint64_t bytes, int removed,
-                   const char *reason) {
+                   uint64_t first_lost, const char *reason) {
     rl_repair *r = (rl_repair *)realloc(log->repairs, (log->nrepairs + 1) * sizeof *r);
     if (!r) return rl__fail(log, RL_ERR_NOMEM, ENOMEM, "out of memory");
     log->repairs = r;
@@ -160,13 +166,55 @@ int rl__add_repair(rl_log *log, const char *file, uint64_t offset, uint64_t byte
     r->offset = offset;
     r->bytes = bytes;
     r->removed = removed;
+    r->first_lost = first_lost;
     rl__format(r->reason, sizeof r->reason, "%s", reason);
     return RL_OK;
 }
 
+/* Discard mode: unlinks the segments firsts[from..n), newest first, reporting each as lost from
+ * its first index on. */
+static int remove_segments(rl_log *log, const uint64_t *firsts, size_t from, size_t n,
+                           const char *damaged) {
+    size_t j;
+    for (j = n; j-- > from;) {
+        char name[RL_SEGMENT_NAME_LEN + 1], reason[160];
+        struct stat st;
+        char *path;
+        rl__segment_name(name, firsts[j]);
+        path = rl__join(log->dir, name);
+        if (!path) return rl__fail(log, RL_ERR_NOMEM, ENOMEM, "out of memory");
+        if (stat(path, &st) < 0) st.st_size = 0;
+        if (unlink(path) < 0) {
+            int e = errno;
+            rl__fail(log, RL_ERR_IO, e, "cannot remove %s: %s", path, strerror(e));
+            free(path);
+            return RL_ERR_IO;
+        }
+        free(path);
+        rl__format(reason, sizeof reason, "discarded: follows the damage in %s", damaged);
+        if (rl__add_repair(log, name, 0, (uint64_t)st.st_size, 1, firsts[j], reason) != RL_OK)
+            return RL_ERR_NOMEM;
+    }
+    return RL_OK;
+}
+
+/* Closes and unlinks a whole segment being recovered (fsyncing the directory when fsync is on)
+ * and reports it as removed, lost from first_lost on. */
+static int remove_whole(rl_log *log, rl_segment *seg, const char *path, uint64_t size,
+                        uint64_t first_lost, const char *what, const char *reason) {
+    close(seg->fd);
+    seg->fd = -1;
+    if (unlink(path) < 0 || (log->fsync && rl__fsync(log->dirfd) < 0))
+        return rl__fail(log, RL_ERR_IO, errno, "cannot remove %s %s: %s", what, path,
+                        strerror(errno));
+    return rl__add_repair(log, seg->name, 0, size, 1, first_lost, reason);
+}
+
 /* Scans the records of an opened segment whose header is good; fills seg's index.  In the last
- * segment a torn tail is truncated and reported. */
-static int scan_records(rl_log *log, rl_segment *seg, reader *r, const char *path, int is_last) {
+ * segment a torn tail is truncated and reported.  Other damage fails with RL_ERR_CORRUPT, or in
+ * discard mode returns RL_OK with seg->size at the bad record and its description in `bad`. */
+static int scan_records(rl_log *log, rl_segment *seg, reader *r, const char *path, int is_last,
+                        char *bad, size_t badlen) {
     uint64_t at = RL_SEGMENT_HEADER, expect = seg->first, need, found;
     const char *why = NULL;
     const uint8_t *p;
@@ -190,12 +238,23 @@ static int scan_records(rl_log *log, rl_segment *seg, reader *r, const char *pat
     seg->size = at;
     if (at == r->fsize) return RL_OK;
     /* A bad record at `at`. */
+    if (!is_last && log->discard_corrupt) {
+        rl__format(bad, badlen, "%s at offset %llu (expected index %llu) in a segment that is not "
+                   "the last", why, (unsigned long long)at, (unsigned long long)expect);
+        return RL_OK;
+    }
     if (!is_last)
         return rl__fail(log, RL_ERR_CORRUPT, 0,
                         "corrupt log: %s in %s at offset %llu (expected index %llu); "
                         "it is not the last segment, so this is not a torn write",
                         why, path, (unsigned long long)at, (unsigned long long)expect);
     if (find_valid_record_after(r, at, expect, &found) < 0) goto io_error;
+    if (found && log->discard_corrupt) {
+        rl__format(bad, badlen, "%s at offset %llu (expected index %llu), followed by a valid "
+                   "record at offset %llu", why, (unsigned long long)at,
+                   (unsigned long long)expect, (unsigned long long)found);
+        return RL_OK;
+    }
     if (found)
         return rl__fail(log, RL_ERR_CORRUPT, 0,
                         "corrupt log: %s in %s at offset %llu (expected index %llu), "
@@ -209,7 +268,7 @@ static int scan_records(rl_log *log, rl_segment *seg, reader *r, const char *pat
         char reason[160];
         rl__format(reason, sizeof reason, "torn tail: %s (expected index %llu)", why,
                    (unsigned long long)expect);
-        return rl__add_repair(log, seg->name, at, r->fsize - at, 0, reason);
+        return rl__add_repair(log, seg->name, at, r->fsize - at, 0, expect, reason);
     }
 io_error:
     return rl__fail(log, RL_ERR_IO, errno, "cannot read %s near offset %llu: %s", path,
@@ -236,8 +295,10 @@ int rl__recover(rl_log *log) {
         const uint8_t *hdr;
         const char *why = NULL;
         size_t avail;
-        uint64_t hfirst = 0;
-        char *path;
+        uint64_t hfirst = 0, expect = firsts[i];
+        char *path, bad[160];
+        bad[0] = '\0';
+        if (log->nsegs > 0) expect = log->segs[log->nsegs - 1].first + log->segs[log->nsegs - 1].count;
         memset(&seg, 0, sizeof seg);
         seg.first = firsts[i];
         rl__segment_name(seg.name, firsts[i]);
@@ -271,37 +332,72 @@ int rl__recover(rl_log *log) {
             } else if (is_last && zero) {
                 /* Its creation was torn: nothing was ever acknowledged from it. */
                 char reason[160];
-                close(seg.fd);
-                seg.fd = -1;
-                if (unlink(path) < 0 || (log->fsync && rl__fsync(log->dirfd) < 0)) {
-                    rc = rl__fail(log, RL_ERR_IO, errno, "cannot remove torn segment %s: %s",
-                                  path, strerror(errno));
-                } else {
-                    rl__format(reason, sizeof reason, "torn segment creation: %s", why);
-                    rc = rl__add_repair(log, seg.name, 0, r.fsize, 1, reason);
-                    recreate_first = seg.first;
-                }
+                rl__format(reason, sizeof reason, "torn segment creation: %s", why);
+                rc = remove_whole(log, &seg, path, r.fsize, seg.first, "torn segment", reason);
+                recreate_first = seg.first;
                 free(path);
                 break;
+            } else if (log->discard_corrupt) {
+                rl__format(bad, sizeof bad, "%s at offset 0", why);
             } else {
                 rc = rl__fail(log, RL_ERR_CORRUPT, 0, "corrupt log: %s in %s at offset 0%s", why,
                               path, is_last ? " (records follow it)" : "");
             }
         }
-        if (rc == RL_OK && hfirst != seg.first)
-            rc = rl__fail(log, RL_ERR_CORRUPT, 0,
-                          "corrupt log: %s at offset 16 says first index %llu, its name says %llu",
-                          path, (unsigned long long)hfirst, (unsigned long long)seg.first);
-        if (rc == RL_OK && log->nsegs > 0) {
+        if (rc == RL_OK && !bad[0] && hfirst != seg.first) {
+            if (log->discard_corrupt)
+                rl__format(bad, sizeof bad, "header at offset 16 says first index %llu",
+                           (unsigned long long)hfirst);
+            else
+                rc = rl__fail(log, RL_ERR_CORRUPT, 0,
+                              "corrupt log: %s at offset 16 says first index %llu, its name says "
+                              "%llu", path, (unsigned long long)hfirst,
+                              (unsigned long long)seg.first);
+        }
+        if (rc == RL_OK && !bad[0] && log->nsegs > 0 && expect != seg.first) {
             rl_segment *prev = &log->segs[log->nsegs - 1];
-            if (prev->first + prev->count != seg.first)
+            if (log->discard_corrupt)
+                rl__format(bad, sizeof bad, "starts at index %llu but %s ends at index %llu",
+                           (unsigned long long)seg.first, prev->name,
+                           (unsigned long long)(expect - 1));
+            else
                 rc = rl__fail(log, RL_ERR_CORRUPT, 0,
                               "corrupt log: %s starts at index %llu but %s ends at index %llu "
                               "(a segment is missing or was cut short)",
                               path, (unsigned long long)seg.first, prev->name,
-                              (unsigned long long)(prev->first + prev->count - 1));
+                              (unsigned long long)(expect - 1));
         }
-        if (rc == RL_OK) rc = scan_records(log, &seg, &r, path, is_last);
+        if (rc == RL_OK && bad[0]) {
+            /* Discard mode, the whole segment is bad: it and everything after it go. */
+            char reason[160];
+            rl__format(reason, sizeof reason, "discarded: %s", bad);
+            rc = remove_segments(log, firsts, i + 1, n, seg.name);
+            if (rc == RL_OK)
+                rc = remove_whole(log, &seg, path, r.fsize, expect, "damaged segment", reason);
+            recreate_first = expect;
+            rl__segment_free(&seg);
+            free(path);
+            break;
+        }
+        if (rc == RL_OK) rc = scan_records(log, &seg, &r, path, is_last, bad, sizeof bad);
+        if (rc == RL_OK && bad[0]) {
+            /* Discard mode, a bad record: everything after it goes, then it is cut off. */
+            char reason[160];
+            rc = remove_segments(log, firsts, i + 1, n, seg.name);
+            if (rc == RL_OK && i + 1 < n && log->fsync && rl__fsync(log->dirfd) < 0)
+                rc = rl__fail(log, RL_ERR_IO, errno, "fsync of %s failed: %s", log->dir,
+                              strerror(errno));
+            if (rc == RL_OK && (rl__ftruncate(seg.fd, seg.size) < 0 ||
+                                (log->fsync && rl__fdatasync(seg.fd) < 0)))
+                rc = rl__fail(log, RL_ERR_IO, errno, "cannot truncate %s at offset %llu: %s",
+                              path, (unsigned long long)seg.size, strerror(errno));
+            if (rc == RL_OK) {
+                rl__format(reason, sizeof reason, "discarded: %s", bad);
+                rc = rl__add_repair(log, seg.name, seg.size, r.fsize - seg.size, 0,
+                                    seg.first + seg.count, reason);
+            }
+            n = i + 1; /* nothing after it is left to scan */
+        }
         free(path);
         if (rc == RL_OK && log->nsegs == log->segcap) {
             size_t cap = log->segcap ? log->segcap * 2 : 8;

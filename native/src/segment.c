@@ -30,13 +30,17 @@ int rl__parse_segment_name(const char *name, uint64_t *first) {
     return 1;
 }
 
-void rl__encode_segment_header(uint8_t *out, uint64_t first) {
-    memcpy(out, RL_SEGMENT_MAGIC, 8);
+void rl__encode_fixed32(uint8_t *out, const char *magic, uint64_t value) {
+    memcpy(out, magic, 8);
     rl__put32(out + 8, RL_FORMAT_VERSION);
     rl__put32(out + 12, RL_SEGMENT_HEADER);
-    rl__put64(out + 16, first);
+    rl__put64(out + 16, value);
     rl__put32(out + 24, 0);
     rl__put32(out + 28, rl_crc32c(0, out, 28));
+}
+
+void rl__encode_segment_header(uint8_t *out, uint64_t first) {
+    rl__encode_fixed32(out, RL_SEGMENT_MAGIC, first);
 }
 
 const char *rl__check_segment_header(const uint8_t *hdr, uint64_t *first) {

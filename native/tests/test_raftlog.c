@@ -1,5 +1,6 @@
 /* C unit tests of raftlog: CRC32C (hardware vs table), append/read/reopen, segments, conflicts,
- * torn tails, corruption, injected ENOSPC/EIO, and the hard state file.
+ * torn tails, corruption, injected ENOSPC/EIO, the hard state file (versions 1 and 2), the sync
+ * mark, and the opt-in discard of a corrupt suffix.
  *
  * Usage: test_raftlog [case ...]   (no argument runs every case).  CTest runs one case per entry.
  */
@@ -153,6 +154,7 @@ static rl_log *open_log(const char *dir, uint64_t segment_size) {
     rl_options o;
     rl_log *log = NULL;
     char err[512];
+    memset(&o, 0, sizeof o);
     o.segment_size = segment_size;
     o.fsync = 1;
     if (rl_open(dir, &o, &log, err, sizeof err) != RL_OK) {
@@ -166,6 +168,7 @@ static int open_rc(const char *dir, char *err, size_t errlen) {
     rl_options o;
     rl_log *log = NULL;
     int rc;
+    memset(&o, 0, sizeof o);
     o.segment_size = 0;
     o.fsync = 1;
     rc = rl_open(dir, &o, &log, err, errlen);
@@ -558,6 +561,7 @@ static void test_recovery_large(void) {
     rl_log *log = NULL;
     char err[512];
     uint64_t i;
+    memset(&o, 0, sizeof o);
     o.segment_size = 4 << 20;
     o.fsync = 0;
     CHECK_OK(NULL, rl_open(dir, &o, &log, err, sizeof err));
@@ -576,30 +580,30 @@ static void test_hardstate(void) {
     char *dir = make_dir();
     rl_hs *hs = NULL;
     char err[256], vote[64], path[4096];
-    uint64_t term, commit;
+    uint64_t term, commit, recovering;
     int64_t vlen;
     int found;
     CHECK(rl_hs_open(dir, 1, &hs, err, sizeof err) == RL_OK);
-    CHECK(rl_hs_load(hs, &term, &commit, vote, sizeof vote, &vlen, &found) == RL_OK);
+    CHECK(rl_hs_load(hs, &term, &commit, &recovering, vote, sizeof vote, &vlen, &found) == RL_OK);
     CHECK(!found && term == 0 && commit == 0 && vlen == -1);
-    CHECK(rl_hs_save(hs, 5, 17, "node-2", 6) == RL_OK);
-    CHECK(rl_hs_load(hs, &term, &commit, vote, sizeof vote, &vlen, &found) == RL_OK);
+    CHECK(rl_hs_save(hs, 5, 17, 0, "node-2", 6) == RL_OK);
+    CHECK(rl_hs_load(hs, &term, &commit, &recovering, vote, sizeof vote, &vlen, &found) == RL_OK);
     CHECK(found && term == 5 && commit == 17 && vlen == 6 && !memcmp(vote, "node-2", 6));
-    CHECK(rl_hs_save(hs, 6, 18, NULL, -1) == RL_OK);
-    CHECK(rl_hs_load(hs, &term, &commit, vote, sizeof vote, &vlen, &found) == RL_OK);
+    CHECK(rl_hs_save(hs, 6, 18, 0, NULL, -1) == RL_OK);
+    CHECK(rl_hs_load(hs, &term, &commit, &recovering, vote, sizeof vote, &vlen, &found) == RL_OK);
     CHECK(found && term == 6 && commit == 18 && vlen == -1);
-    CHECK(rl_hs_save(hs, 7, 18, "", 0) == RL_OK); /* empty vote is not no vote */
-    CHECK(rl_hs_load(hs, &term, &commit, vote, sizeof vote, &vlen, &found) == RL_OK);
+    CHECK(rl_hs_save(hs, 7, 18, 0, "", 0) == RL_OK); /* empty vote is not no vote */
+    CHECK(rl_hs_load(hs, &term, &commit, &recovering, vote, sizeof vote, &vlen, &found) == RL_OK);
     CHECK(vlen == 0);
     /* A failed rename leaves the previous state. */
     rl_fault_set(RL_FAULT_RENAME, 0, EIO, 1);
-    CHECK(rl_hs_save(hs, 8, 20, "x", 1) == RL_ERR_IO);
+    CHECK(rl_hs_save(hs, 8, 20, 0, "x", 1) == RL_ERR_IO);
     rl_fault_clear();
-    CHECK(rl_hs_load(hs, &term, &commit, vote, sizeof vote, &vlen, &found) == RL_OK);
+    CHECK(rl_hs_load(hs, &term, &commit, &recovering, vote, sizeof vote, &vlen, &found) == RL_OK);
     CHECK(term == 7 && commit == 18);
     snprintf(path, sizeof path, "%s/hardstate", dir);
     poke(path, 16, 0x01);
-    CHECK(rl_hs_load(hs, &term, &commit, vote, sizeof vote, &vlen, &found) == RL_ERR_CORRUPT);
+    CHECK(rl_hs_load(hs, &term, &commit, &recovering, vote, sizeof vote, &vlen, &found) == RL_ERR_CORRUPT);
     CHECK(strstr(rl_hs_errmsg(hs), "hardstate"));
 done:
     rl_fault_clear();
@@ -843,6 +847,407 @@ done:
     remove_dir(dir);
 }
 
+/* ---- hard state version 2, sync mark, protocol-aware recovery --------------------------- */
+
+static void put64(uint8_t *p, uint64_t v) {
+    int k;
+    for (k = 0; k < 8; k++) p[k] = (uint8_t)(v >> (8 * k));
+}
+
+static void put32(uint8_t *p, uint32_t v) {
+    int k;
+    for (k = 0; k < 4; k++) p[k] = (uint8_t)(v >> (8 * k));
+}
+
+static uint32_t get32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static int write_file(const char *path, const void *data, size_t len) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int ok = fd >= 0 && write(fd, data, len) == (ssize_t)len;
+    if (fd >= 0) close(fd);
+    return ok;
+}
+
+static void test_hardstate_v2(void) {
+    char *dir = make_dir();
+    rl_hs *hs = NULL;
+    char err[256], vote[64], path[4096];
+    uint8_t v1[32 + 2 + 4], file[64];
+    uint64_t term, commit, recovering;
+    int64_t vlen;
+    int found, fd;
+    CHECK(rl_hs_open(dir, 1, &hs, err, sizeof err) == RL_OK);
+    CHECK(rl_hs_save(hs, 9, 30, 41, "n3", 2) == RL_OK);
+    CHECK(rl_hs_load(hs, &term, &commit, &recovering, vote, sizeof vote, &vlen, &found) == RL_OK);
+    CHECK(found && term == 9 && commit == 30 && recovering == 41 && vlen == 2);
+    CHECK(!memcmp(vote, "n3", 2));
+    snprintf(path, sizeof path, "%s/hardstate", dir);
+    CHECK(file_size(path) == 40 + 2 + 4);
+    fd = open(path, O_RDONLY);
+    CHECK(fd >= 0 && pread(fd, file, 12, 0) == 12);
+    close(fd);
+    CHECK(get32(file + 8) == 2);
+    /* A version-1 file (as written before the recovering field existed) still loads. */
+    memcpy(v1, "RAFTHST", 8);
+    put32(v1 + 8, 1);
+    put32(v1 + 12, 2);
+    put64(v1 + 16, 4);
+    put64(v1 + 24, 11);
+    memcpy(v1 + 32, "n1", 2);
+    put32(v1 + 34, rl_crc32c(0, v1, 34));
+    CHECK(write_file(path, v1, sizeof v1));
+    recovering = 99;
+    CHECK(rl_hs_load(hs, &term, &commit, &recovering, vote, sizeof vote, &vlen, &found) == RL_OK);
+    CHECK(found && term == 4 && commit == 11 && recovering == 0 && vlen == 2);
+    CHECK(!memcmp(vote, "n1", 2));
+    /* A bad CRC in a version-1 file is still caught; a version-2 cut short too. */
+    poke(path, 24, 0x01);
+    CHECK(rl_hs_load(hs, &term, &commit, &recovering, vote, sizeof vote, &vlen, &found) ==
+          RL_ERR_CORRUPT);
+    CHECK(rl_hs_save(hs, 5, 12, 7, NULL, -1) == RL_OK);
+    CHECK(truncate(path, 40) == 0);
+    CHECK(rl_hs_load(hs, &term, &commit, &recovering, vote, sizeof vote, &vlen, &found) ==
+          RL_ERR_CORRUPT);
+    /* Recovering rides through the CRC: a flip in it is caught. */
+    CHECK(rl_hs_save(hs, 5, 12, 7, NULL, -1) == RL_OK);
+    poke(path, 32, 0x01);
+    CHECK(rl_hs_load(hs, &term, &commit, &recovering, vote, sizeof vote, &vlen, &found) ==
+          RL_ERR_CORRUPT);
+done:
+    rl_hs_close(hs);
+    remove_dir(dir);
+}
+
+/* The index in <dir>/syncmark, checking its format; -1 when missing or empty, -2 when bad. */
+static long long mark_on_disk(const char *dir) {
+    char path[4096];
+    uint8_t rec[32];
+    uint64_t v = 0;
+    long size;
+    int fd, k;
+    snprintf(path, sizeof path, "%s/syncmark", dir);
+    size = file_size(path);
+    if (size <= 0) return -1;
+    if (size != 32) return -2;
+    fd = open(path, O_RDONLY);
+    if (fd < 0 || pread(fd, rec, 32, 0) != 32) exit(3);
+    close(fd);
+    if (memcmp(rec, "RAFTSYN", 8) != 0 || get32(rec + 8) != 1 || get32(rec + 12) != 32 ||
+        rl_crc32c(0, rec, 28) != get32(rec + 28))
+        return -2;
+    for (k = 7; k >= 0; k--) v = v << 8 | rec[16 + k];
+    return (long long)v;
+}
+
+static rl_log *open_opts(const char *dir, uint64_t segment_size, int fsync, int discard) {
+    rl_options o;
+    rl_log *log = NULL;
+    char err[512];
+    memset(&o, 0, sizeof o);
+    o.segment_size = segment_size;
+    o.fsync = fsync;
+    o.discard_corrupt_suffix = discard;
+    if (rl_open(dir, &o, &log, err, sizeof err) != RL_OK) {
+        fprintf(stderr, "rl_open(%s): %s\n", dir, err);
+        return NULL;
+    }
+    return log;
+}
+
+static void test_syncmark(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 256);
+    rl_repair rep;
+    char path[4096];
+    uint64_t i;
+    CHECK(log);
+    CHECK(rl_synced_index_at_open(log) == 0 && mark_on_disk(dir) == -1);
+    CHECK_OK(log, append_range(log, 1, 10, 1));
+    CHECK(mark_on_disk(dir) == -1); /* appends alone claim nothing */
+    CHECK_OK(log, rl_sync(log));
+    CHECK(mark_on_disk(dir) == 10);
+    CHECK_OK(log, append_range(log, 11, 10, 1));
+    CHECK_OK(log, rl_close(log));
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_synced_index_at_open(log) == 10 && rl_last_index(log) == 20);
+    CHECK_OK(log, rl_sync(log));
+    CHECK(mark_on_disk(dir) == 20 && rl_synced_index_at_open(log) == 10);
+    /* truncate_suffix lowers it at once (before any sync), compaction leaves it. */
+    for (i = 21; i <= 40; i++) CHECK_OK(log, append_range(log, i, 1, 1));
+    CHECK_OK(log, rl_sync(log));
+    CHECK(mark_on_disk(dir) == 40);
+    CHECK_OK(log, rl_compact_prefix(log, 20));
+    CHECK(rl_first_index(log) > 1 && mark_on_disk(dir) == 40);
+    CHECK_OK(log, rl_truncate_suffix(log, 35));
+    CHECK(mark_on_disk(dir) == 34);
+    CHECK_OK(log, append_range(log, 30, 3, 2)); /* a conflict: truncation at 30 */
+    CHECK(mark_on_disk(dir) == 29);
+    CHECK_OK(log, rl_sync(log));
+    CHECK(mark_on_disk(dir) == 32);
+    CHECK_OK(log, rl_truncate_suffix(log, 100)); /* past the end, below nothing: unchanged */
+    CHECK(mark_on_disk(dir) == 32);
+    /* reset(n) sets it to n - 1, up or down. */
+    CHECK_OK(log, rl_reset(log, 500));
+    CHECK(mark_on_disk(dir) == 499);
+    CHECK_OK(log, append_range(log, 500, 5, 3));
+    CHECK_OK(log, rl_reset(log, 200));
+    CHECK(mark_on_disk(dir) == 199);
+    CHECK_OK(log, append_range(log, 200, 5, 3));
+    CHECK_OK(log, rl_sync(log));
+    CHECK_OK(log, rl_close(log));
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_synced_index_at_open(log) == 204 && rl_recovery_count(log) == 0);
+    rl_close(log);
+    /* Missing (an older directory): no record. */
+    snprintf(path, sizeof path, "%s/syncmark", dir);
+    CHECK(unlink(path) == 0);
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_synced_index_at_open(log) == 0 && rl_recovery_count(log) == 0);
+    CHECK_OK(log, rl_sync(log));
+    CHECK(mark_on_disk(dir) == 204);
+    rl_close(log);
+    /* Corrupt: no record, reported, never an error; the next sync writes it whole again. */
+    poke(path, 17, 0x10);
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_synced_index_at_open(log) == 0 && rl_recovery_count(log) == 1);
+    CHECK_OK(log, rl_recovery_get(log, 0, &rep));
+    CHECK(!strcmp(rep.file, "syncmark") && rep.first_lost == 0 && strstr(rep.reason, "CRC"));
+    CHECK(mark_on_disk(dir) == -1);
+    CHECK_OK(log, rl_sync(log));
+    CHECK(mark_on_disk(dir) == 204);
+    rl_close(log);
+    CHECK(write_file(path, "short", 5));
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_synced_index_at_open(log) == 0 && rl_recovery_count(log) == 1);
+    rl_close(log);
+    log = NULL;
+    remove_dir(dir);
+    /* fsync off: the mark is still written on every sync (the page cache outlives a crash). */
+    dir = make_dir();
+    log = open_opts(dir, 0, 0, 0);
+    CHECK(log);
+    CHECK_OK(log, append_range(log, 1, 7, 1));
+    CHECK_OK(log, rl_sync(log));
+    CHECK(mark_on_disk(dir) == 7);
+    CHECK_OK(log, rl_truncate_suffix(log, 3));
+    CHECK(mark_on_disk(dir) == 2);
+done:
+    rl_close(log);
+    remove_dir(dir);
+}
+
+static void test_syncmark_syncer(void) {
+    char *dir = make_dir();
+    rl_log *log = open_log(dir, 256);
+    rl_syncer *s = NULL;
+    int result = -1, k;
+    CHECK(log);
+    CHECK_OK(NULL, rl_syncer_open(&s));
+    for (k = 0; k < 5; k++) {
+        uint64_t lo = (uint64_t)k * 4 + 1;
+        CHECK_OK(log, append_range(log, lo, 4, 1));
+        CHECK_OK(NULL, rl_syncer_submit(s, log));
+        CHECK_OK(NULL, rl_syncer_wait(s, &result));
+        CHECK(result == RL_OK);
+        CHECK(mark_on_disk(dir) == (long long)(lo + 3));
+    }
+    /* A failed background fdatasync writes no mark. */
+    CHECK_OK(log, append_range(log, 21, 4, 1));
+    rl_fault_set(RL_FAULT_FSYNC, 0, EIO, 1);
+    CHECK_OK(NULL, rl_syncer_submit(s, log));
+    CHECK_OK(NULL, rl_syncer_wait(s, &result));
+    rl_fault_clear();
+    CHECK(result == RL_ERR_IO && mark_on_disk(dir) == 20);
+    rl_close(log);
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_synced_index_at_open(log) == 20);
+done:
+    rl_fault_clear();
+    rl_syncer_close(s);
+    rl_close(log);
+    remove_dir(dir);
+}
+
+/* Segment first indexes of dir, sorted (at most cap). */
+static size_t list_firsts(const char *dir, uint64_t *out, size_t cap) {
+    size_t n = 0, a, b;
+    uint64_t f;
+    for (f = 1; f < 10000 && n < cap; f++)
+        if (file_size(seg_path(dir, f)) >= 0) out[n++] = f;
+    for (a = 0; a < n; a++)
+        for (b = a + 1; b < n; b++)
+            if (out[b] < out[a]) {
+                f = out[a];
+                out[a] = out[b];
+                out[b] = f;
+            }
+    return n;
+}
+
+static uint64_t min_first_lost(rl_log *log) {
+    size_t i;
+    uint64_t m = UINT64_MAX;
+    rl_repair rep;
+    for (i = 0; i < rl_recovery_count(log); i++)
+        if (rl_recovery_get(log, i, &rep) == RL_OK && rep.first_lost && rep.first_lost < m)
+            m = rep.first_lost;
+    return m;
+}
+
+/* A synced log of entries 1..n (one append each, term 1) in dir, closed.  1 on success. */
+static int build_synced(const char *dir, uint64_t segment_size, uint64_t n) {
+    rl_log *log = open_log(dir, segment_size);
+    uint64_t i;
+    int ok = log != NULL;
+    for (i = 1; ok && i <= n; i++) ok = append_range(log, i, 1, 1) == RL_OK;
+    ok = ok && rl_sync(log) == RL_OK;
+    rl_close(log);
+    return ok;
+}
+
+static void test_lost_tail(void) {
+    /* A rotten newest record (after a sync) is cut as a torn tail: the log ends below the mark. */
+    char *dir = make_dir();
+    rl_log *log = NULL;
+    rl_repair rep;
+    uint64_t firsts[64];
+    size_t n;
+    CHECK(build_synced(dir, 256, 30));
+    n = list_firsts(dir, firsts, 64);
+    CHECK(n >= 3);
+    poke(seg_path(dir, firsts[n - 1]), file_size(seg_path(dir, firsts[n - 1])) - 1, 0x01);
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_last_index(log) == 29 && rl_synced_index_at_open(log) == 30);
+    CHECK(rl_recovery_count(log) == 1);
+    CHECK_OK(log, rl_recovery_get(log, 0, &rep));
+    CHECK(rep.first_lost == 30 && !rep.removed && strstr(rep.reason, "torn tail"));
+    /* A sync does not lower the mark: a crash now still tells that 30 was lost. */
+    CHECK_OK(log, rl_sync(log));
+    CHECK(mark_on_disk(dir) == 30);
+    CHECK_OK(log, rl_close(log));
+    /* The newest segment deleted. */
+    CHECK(unlink(seg_path(dir, firsts[n - 1])) == 0);
+    log = open_log(dir, 256);
+    CHECK(log);
+    CHECK(rl_last_index(log) == firsts[n - 1] - 1 && rl_synced_index_at_open(log) == 30);
+    CHECK(verify_range(log, 1, firsts[n - 1], 1));
+    /* Appending past the mark and syncing raises it again. */
+    CHECK_OK(log, append_range(log, firsts[n - 1], 40, 2));
+    CHECK_OK(log, rl_sync(log));
+    CHECK(mark_on_disk(dir) == (long long)(firsts[n - 1] + 39));
+done:
+    rl_close(log);
+    remove_dir(dir);
+}
+
+/* 1 when a default open of dir finds nothing to repair and the log ending at `last`. */
+static int reopens_clean(const char *dir, uint64_t segment_size, uint64_t last) {
+    rl_log *log = open_log(dir, segment_size);
+    int ok = log && rl_recovery_count(log) == 0 && rl_last_index(log) == last;
+    rl_close(log);
+    return ok;
+}
+
+/* A fresh directory holding a synced log 1..40 in segments of 128 bytes; their first indexes. */
+static char *build_segments(uint64_t *firsts, size_t *n) {
+    char *dir = make_dir();
+    *n = build_synced(dir, 128, 40) ? list_firsts(dir, firsts, 64) : 0;
+    return dir;
+}
+
+static void test_discard_corrupt(void) {
+    char *dir = make_dir();
+    rl_log *log = NULL;
+    char err[512];
+    uint64_t firsts[64], again[64];
+    size_t n, m;
+    long size;
+    rl_repair rep;
+    /* A bad record followed by valid ones in the only segment. */
+    log = open_log(dir, 0);
+    CHECK(log);
+    CHECK_OK(log, append_range(log, 1, 10, 1));
+    CHECK_OK(log, rl_sync(log));
+    rl_close(log);
+    log = NULL;
+    size = file_size(seg_path(dir, 1));
+    poke(seg_path(dir, 1), 32 + 30, 0x40); /* inside record 2 (record 1 is 25 + 3 bytes) */
+    CHECK(open_rc(dir, err, sizeof err) == RL_ERR_CORRUPT);
+    CHECK(strstr(err, "followed by a valid record"));
+    CHECK(file_size(seg_path(dir, 1)) == size); /* the default changes nothing */
+    log = open_opts(dir, 0, 1, 1);
+    CHECK(log);
+    CHECK(rl_last_index(log) == 1 && rl_synced_index_at_open(log) == 10);
+    CHECK(rl_recovery_count(log) == 1);
+    CHECK_OK(log, rl_recovery_get(log, 0, &rep));
+    CHECK(rep.first_lost == 2 && !rep.removed && rep.offset == 32 + 28);
+    CHECK(rep.bytes == (uint64_t)size - rep.offset && strstr(rep.reason, "discarded"));
+    CHECK(verify_range(log, 1, 2, 1));
+    CHECK_OK(log, append_range(log, 2, 3, 2));
+    CHECK_OK(log, rl_close(log));
+    log = NULL;
+    CHECK(reopens_clean(dir, 0, 4)); /* durable and clean: the default opens it */
+    remove_dir(dir);
+
+    /* A bad record in a segment that is not the last: it and every later segment go. */
+    dir = build_segments(firsts, &n);
+    CHECK(n >= 5);
+    /* The second record of the second segment. */
+    poke(seg_path(dir, firsts[1]), 32 + 25 + (long)payload_len(firsts[1]) + 3, 0x01);
+    CHECK(open_rc(dir, err, sizeof err) == RL_ERR_CORRUPT);
+    CHECK(strstr(err, "not the last segment"));
+    log = open_opts(dir, 128, 1, 1);
+    CHECK(log);
+    CHECK(rl_last_index(log) == firsts[1] && rl_synced_index_at_open(log) == 40);
+    CHECK(rl_recovery_count(log) == n - 1 && min_first_lost(log) == firsts[1] + 1);
+    CHECK(verify_range(log, 1, firsts[1] + 1, 1));
+    m = list_firsts(dir, again, 64);
+    CHECK(m == 2 && again[1] == firsts[1]);
+    rl_close(log);
+    log = NULL;
+    CHECK(reopens_clean(dir, 128, firsts[1]));
+    remove_dir(dir);
+
+    /* A missing segment in the middle: the log ends before the gap. */
+    dir = build_segments(firsts, &n);
+    CHECK(n >= 5);
+    CHECK(unlink(seg_path(dir, firsts[2])) == 0);
+    CHECK(open_rc(dir, err, sizeof err) == RL_ERR_CORRUPT && strstr(err, "missing"));
+    log = open_opts(dir, 128, 1, 1);
+    CHECK(log);
+    CHECK(rl_last_index(log) == firsts[2] - 1 && rl_synced_index_at_open(log) == 40);
+    CHECK(rl_recovery_count(log) == n - 3 && min_first_lost(log) == firsts[2]);
+    CHECK(verify_range(log, 1, firsts[2], 1));
+    CHECK(list_firsts(dir, again, 64) == 2);
+    rl_close(log);
+    log = NULL;
+    remove_dir(dir);
+
+    /* A bad header in the first segment: everything goes; the log restarts empty there. */
+    dir = build_segments(firsts, &n);
+    CHECK(n >= 5);
+    poke(seg_path(dir, 1), 3, 0x01);
+    log = open_opts(dir, 128, 1, 1);
+    CHECK(log);
+    CHECK(rl_first_index(log) == 1 && rl_last_index(log) == 0);
+    CHECK(rl_recovery_count(log) == n && min_first_lost(log) == 1);
+    CHECK(list_firsts(dir, again, 64) == 1 && file_size(seg_path(dir, 1)) == 32);
+    CHECK_OK(log, append_range(log, 1, 2, 5));
+    CHECK(verify_range(log, 1, 3, 5));
+done:
+    rl_close(log);
+    remove_dir(dir);
+}
+
 /* ---- runner ----------------------------------------------------------------------------- */
 
 static const struct {
@@ -867,6 +1272,11 @@ static const struct {
     {"compact_keeps_last", test_compact_keeps_last},
     {"syncer", test_syncer},
     {"syncer_failure", test_syncer_failure},
+    {"hardstate_v2", test_hardstate_v2},
+    {"syncmark", test_syncmark},
+    {"syncmark_syncer", test_syncmark_syncer},
+    {"lost_tail", test_lost_tail},
+    {"discard_corrupt", test_discard_corrupt},
 };
 
 int main(int argc, char **argv) {

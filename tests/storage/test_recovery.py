@@ -228,23 +228,32 @@ def test_cross_read(writer, reader, tmp_path):
     want = store.entries(first, 90)
     store.close()
     stable = open_stable(writer, tmp_path, fsync=True)
-    stable.save(HardState(term=2, vote="w", commit=70))
+    stable.save(HardState(term=2, vote="w", commit=70, recovering=88))
     stable.close()
 
     other = open_log(reader, tmp_path, segment_size=300)
     assert (other.first_index(), other.last_index()) == (first, 89)
     assert other.entries(first, 90) == want
     assert other.entries_encoded(first, 90) == encoded
-    assert open_stable(reader, tmp_path).load() == HardState(term=2, vote="w", commit=70)
+    assert other.synced_index_at_open == 89  # the writer's sync mark
+    back_state = open_stable(reader, tmp_path)
+    assert back_state.load() == HardState(term=2, vote="w", commit=70, recovering=88)
+    back_state.save(HardState(term=3, vote=None, commit=71, recovering=0))
+    back_state.close()
+    assert open_stable(writer, tmp_path).load() == HardState(term=3, vote=None, commit=71)
     other.append(make_entries(90, 95, term=3))
+    other.sync()
+    other.truncate_suffix(94)
     other.close()
 
     # A torn tail written by one is repaired identically by the other.
     last = tmp_path / sorted(p for p in os.listdir(tmp_path) if p.endswith(".seg"))[-1]
     last.write_bytes(last.read_bytes()[:-3])
     back = open_log(writer, tmp_path, segment_size=300)
-    assert back.last_index() == 93
+    assert back.last_index() == 92
+    assert back.synced_index_at_open == 93  # the reader's mark, lowered by its truncation
     assert back.recovery_report[0].bytes_dropped > 0
+    assert back.recovery_report[0].first_lost == 93
     assert back.entries(first, 90) == want
     back.close()
     assert names

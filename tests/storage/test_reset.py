@@ -13,7 +13,12 @@ import pytest
 
 from engine.errors import StorageError
 from engine.storage import filestore
-from engine.storage.filestore import SEGMENT_HEADER_SIZE, encode_segment_header, segment_name
+from engine.storage.filestore import (
+    SEGMENT_HEADER_SIZE,
+    SYNCMARK_SIZE,
+    encode_segment_header,
+    segment_name,
+)
 
 from .conftest import DISK_IMPLS, make_entries, native_mod, open_log
 
@@ -148,6 +153,7 @@ def test_file_reset_steps_are_ordered(tmp_path, monkeypatch):
         "fsync dir",
         f"pwrite {SEGMENT_HEADER_SIZE}@0",
         "fdatasync",
+        f"pwrite {SYNCMARK_SIZE}@0",  # the sync mark raised to 899, after the reset is durable
     ]
     store.close()
 
