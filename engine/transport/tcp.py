@@ -18,15 +18,17 @@ Two ways to run (see "Threads and ownership"):
 
 Sending (any thread): ``send`` counts the messages, asks the :class:`FaultPlan` (when given) what
 happens to each, appends the survivors to the destination's bounded queue and wakes the loop with
-one ``call_soon_threadsafe`` per burst (a flag suppresses redundant wake-ups).  The loop drains
-each queue into a single ``write`` of concatenated frames (coalescing), respecting the socket's
-flow control: while the kernel buffer is full (``pause_writing``) messages wait in the bounded
-queue, where the oldest are dropped first when it overflows.  Dropping the oldest is the right
-end for Raft: newer heartbeats and appends carry newer state, and the leader resends anything
-lost.  A ``send`` made on the loop thread itself does not wake the loop: it drains the queues at
-once, so its frames are in the sockets' transports (normally already in the kernel) when it
-returns.  The node's runtime fdatasyncs right after sending, and the followers should receive the
-appends while the leader's disk works, not after.
+one ``call_soon_threadsafe`` per burst (a flag suppresses redundant wake-ups).  The loop drains each
+queue into a single ``write`` of concatenated frames (coalescing), respecting the socket's flow
+control: while the kernel buffer is full (``pause_writing``) messages wait in the bounded queue,
+where the oldest are dropped first (and counted) when it overflows: beyond ``max_queue`` messages or
+beyond ``max_queue_bytes`` bytes (frame payload estimated from the entries' data; the newest message
+is always kept, however large).  Dropping the oldest is the right end for Raft: newer heartbeats and
+appends carry newer state, and the leader resends anything lost.  A ``send`` made on the loop thread
+itself does not wake the loop: it drains the queues at once, so its frames are in the sockets'
+transports (normally already in the kernel) when it returns.  The node's runtime fdatasyncs right
+after sending, and the followers should receive the appends while the leader's disk works, not
+after.
 
 Unreachable peers: a failed connect or handshake is retried with exponential backoff and jitter
 (from a ``random.Random(seed)`` used only by the loop thread).  While backing off, messages for
@@ -44,9 +46,9 @@ connection is closed and the next message reconnects to the new address.  Inboun
 are not touched: they belong to the other node, which stops using them when it drops us.
 
 Faults: with a ``faults`` plan, drop/duplicate/delay decisions are taken on the sending side;
-isolation and partitions are also checked on the receiving side (``link_up``, no randomness), so
-a cut takes effect for messages already in flight.  Share one plan between the transports of a
-cluster.
+isolation, partitions and one-way cuts are also checked on the receiving side (``link_up`` for
+the message's direction, no randomness), so a cut takes effect for messages already in flight.
+Share one plan between the transports of a cluster.
 
 Authentication (``secret``): mutual HMAC-SHA256 challenge-response when each connection opens::
 
@@ -84,13 +86,15 @@ Threads and ownership:
   exception: they are delivered by a ``call_soon`` callback (``self._local_scheduled``, loop
   thread only, prevents piling them up), never from inside ``send``, so a handler or runtime
   step that sends is not re-entered.  A ``send`` from any other thread queues and wakes the loop.
-* ``self._outq`` maps each peer (and this node) to a deque shared by senders, who append, and
-  the loop, which pops; deque append/popleft are atomic.  The dict itself is copy-on-write:
+* ``self._outq`` maps each peer (and this node) to a deque (a :class:`_PeerQueue`, which also
+  counts its bytes) shared by senders, who append, and the loop, which pops; both hold
+  ``self._queue_lock`` while they change a deque and its byte count (a sender that overflows a
+  bound drops the oldest under it).  The dict itself is copy-on-write:
   it is never mutated in place, only replaced as a whole by ``update_peers`` (holding
   ``self._book_lock``) with a new dict that reuses the deques of the peers it keeps, so a
   sender or the loop may read and iterate whichever dict it loaded without a lock.  Only the loop
-  ever removes items from a deque (a deque detached from the dict is emptied by the loop, not by
-  ``update_peers``, so the loop's check-then-popleft never races another consumer).  A send that
+  and overflowing senders remove items from a deque, under ``self._queue_lock`` (a deque detached
+  from the dict is emptied by the loop, not by ``update_peers``).  A send that
   loaded the old dict just before a peer was removed may append to its detached deque; such
   messages are dropped (counted as dropped if the loop has not yet emptied that deque, otherwise
   counted only as sent).  ``self._wake_pending`` is a bool both sides write without a lock: the
@@ -128,6 +132,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 
 from engine.core.messages import Message, MessageKind
 from engine.errors import ConfigError, FrameError, RaftError
@@ -158,6 +163,9 @@ _ACCEPT = b"RFTK"
 _NONCE = 16
 
 _WRITE_CHUNK = 1 << 20  # bytes of frames joined into one write
+_MESSAGE_WIRE_OVERHEAD = 96  # estimated frame bytes of a message besides entries and data
+_ENTRY_WIRE_OVERHEAD = 16  # estimated frame bytes of one entry besides its data
+_data_of = itemgetter(3)  # Entry.data
 _KEEPALIVE_IDLE = 5  # seconds idle before the first keepalive probe
 _KEEPALIVE_INTERVAL = 2  # seconds between probes
 _KEEPALIVE_COUNT = 3  # unanswered probes before the kernel drops the connection
@@ -536,6 +544,23 @@ class _OutboundProtocol(_BaseProtocol):
             self.owner._flush(self.link)
 
 
+def _wire_size(msg: Message) -> int:
+    """The frame bytes ``msg`` will take, estimated without encoding it (what the queue byte
+    bound counts): the payloads of its entries and its data plus fixed overheads."""
+    entries = msg.entries
+    if entries:
+        return (_MESSAGE_WIRE_OVERHEAD + len(msg.data) + _ENTRY_WIRE_OVERHEAD * len(entries)
+                + sum(map(len, map(_data_of, entries))))
+    return _MESSAGE_WIRE_OVERHEAD + len(msg.data)
+
+
+class _PeerQueue(deque):  # type: ignore[type-arg]
+    """The messages waiting for one peer, oldest first, and their :func:`_wire_size` total.
+    Changed only under ``TcpTransport._queue_lock``."""
+
+    nbytes: int = 0
+
+
 class TcpTransport:
     """A :class:`~engine.transport.base.Transport` over TCP (optionally TLS).
 
@@ -550,6 +575,8 @@ class TcpTransport:
         ssl_context_server: TLS context for the listening socket, or None.
         ssl_context_client: TLS context for outbound connections, or None.
         max_queue: messages queued per peer before the oldest are dropped.
+        max_queue_bytes: bytes (estimated frame size) queued per peer before the oldest are
+            dropped; the newest message is kept even when it alone is larger.
         max_frame_size: largest frame sent or accepted, in bytes.
         seed: seed for the reconnect-jitter rng (None: from the OS).
         backoff_min: first reconnect delay in seconds (doubled per failure, with jitter).
@@ -572,7 +599,8 @@ class TcpTransport:
                  secret: bytes | None = None,
                  ssl_context_server: ssl.SSLContext | None = None,
                  ssl_context_client: ssl.SSLContext | None = None,
-                 max_queue: int = 1024, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                 max_queue: int = 1024, max_queue_bytes: int = 64 << 20,
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
                  seed: int | None = None, backoff_min: float = 0.02, backoff_max: float = 1.0,
                  connect_timeout: float = 2.0, handshake_timeout: float = 2.0) -> None:
         peers = check_peer_book(peers)
@@ -583,6 +611,9 @@ class TcpTransport:
             raise ConfigError("secret must be non-empty bytes or None")
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ConfigError(f"max_queue={max_queue!r} must be an int >= 1")
+        if isinstance(max_queue_bytes, bool) or not isinstance(max_queue_bytes, int) \
+                or max_queue_bytes < 1:
+            raise ConfigError(f"max_queue_bytes={max_queue_bytes!r} must be an int >= 1")
         if max_frame_size < 1024:
             raise ConfigError(f"max_frame_size={max_frame_size} must be >= 1024")
         for name, value in (("backoff_min", backoff_min), ("backoff_max", backoff_max),
@@ -595,11 +626,14 @@ class TcpTransport:
 
         self.node_id = node_id
         self._max_queue = max_queue
+        self._max_queue_bytes = max_queue_bytes
+        # Guards the contents of every _PeerQueue and its byte count (see the module docstring).
+        self._queue_lock = threading.Lock()
         # Guarded by self._book_lock; _addresses and _outq are replaced, never mutated.
         self._book_lock = threading.Lock()
         self._addresses: dict[str, tuple[str, int]] = addresses
         self._book_version = 0  # bumped by every update_peers that changes the book
-        self._detached: list[deque[Message]] = []  # queues of removed peers, emptied by the loop
+        self._detached: list[_PeerQueue] = []  # queues of removed peers, emptied by the loop
         self._faults = faults
         self._secret = bytes(secret) if secret is not None else None
         self._ssl_server = ssl_context_server
@@ -611,8 +645,8 @@ class TcpTransport:
         self._handshake_timeout = float(handshake_timeout)
 
         # Shared, see the module docstring: senders append, the loop pops; copy-on-write.
-        self._outq: dict[str, deque[Message]] = {
-            peer: deque(maxlen=max_queue) for peer in addresses}
+        self._outq: dict[str, _PeerQueue] = {
+            peer: _PeerQueue((), max_queue) for peer in addresses}
         self._wake_pending = False
         # Guarded by self._order_lock.
         self._order_lock = threading.Lock()
@@ -784,15 +818,15 @@ class TcpTransport:
             return
         outq = self._outq
         plan = self._faults
+        enqueue = self._enqueue
         if plan is None or (not plan.active and not self._order.has_pending()):
-            for msg in messages:
-                queue = outq.get(msg.dst)
-                if queue is None:
-                    dropped += 1
-                    continue
-                if len(queue) == queue.maxlen:
-                    dropped += 1
-                queue.append(msg)
+            with self._queue_lock:
+                for msg in messages:
+                    queue = outq.get(msg.dst)
+                    if queue is None:
+                        dropped += 1
+                        continue
+                    dropped += enqueue(queue, msg)
         else:
             src = self.node_id
             decide = plan.decide_ordered
@@ -808,9 +842,8 @@ class TcpTransport:
                     for delay in delays:
                         due = order.schedule(msg.dst, now, delay, reorder)
                         if due is None:
-                            if len(queue) == queue.maxlen:
-                                dropped += 1
-                            queue.append(msg)
+                            with self._queue_lock:
+                                dropped += enqueue(queue, msg)
                         else:
                             self._delay_inbox.append((due, msg.dst, msg))
         if dropped:
@@ -820,6 +853,26 @@ class TcpTransport:
             self._flush_now()  # on the loop thread: write before returning
         else:
             self._wake()
+
+    def _enqueue(self, queue: _PeerQueue, msg: Message) -> int:
+        """Append ``msg`` (``self._queue_lock`` held), dropping the oldest messages while a
+        bound is exceeded (never ``msg`` itself).  Returns how many were dropped."""
+        dropped = 0
+        if len(queue) == queue.maxlen:
+            queue.nbytes -= _wire_size(queue.popleft())
+            dropped = 1
+        queue.append(msg)
+        queue.nbytes += _wire_size(msg)
+        limit = self._max_queue_bytes
+        while queue.nbytes > limit and len(queue) > 1:
+            queue.nbytes -= _wire_size(queue.popleft())
+            dropped += 1
+        return dropped
+
+    def queued_bytes(self, peer: str) -> int:
+        """Estimated frame bytes waiting in ``peer``'s queue (0 for an unknown peer)."""
+        queue = self._outq.get(peer)
+        return queue.nbytes if queue is not None else 0
 
     def check_peers(self, peers: Mapping[str, str]) -> dict[str, tuple[str, int]]:
         """Check an address book without using it; returns the parsed addresses of the other
@@ -855,10 +908,10 @@ class TcpTransport:
             if parsed == old:
                 return
             old_outq = self._outq
-            outq: dict[str, deque[Message]] = {}
+            outq: dict[str, _PeerQueue] = {}
             for peer in parsed:
                 queue = old_outq.get(peer)
-                outq[peer] = queue if queue is not None else deque(maxlen=self._max_queue)
+                outq[peer] = queue if queue is not None else _PeerQueue((), self._max_queue)
             self._detached.extend(queue for peer, queue in old_outq.items() if peer not in outq)
             self._addresses = parsed
             self._outq = outq  # one atomic store: senders see the old or the new dict
@@ -1203,13 +1256,15 @@ class TcpTransport:
         if queue:
             self._deliver_local(queue)
 
-    def _deliver_local(self, queue: deque[Message]) -> None:
+    def _deliver_local(self, queue: _PeerQueue) -> None:
         """Messages a node sends to itself skip the network.  Delivers those queued on entry
         only: any the handler adds meanwhile come with a callback of their own (``_on_local`` or
         a wake-up), so one callback never runs on indefinitely."""
         handler = self._handler
-        for _ in range(len(queue)):
-            msg = queue.popleft()
+        with self._queue_lock:
+            batch = [queue.popleft() for _ in range(len(queue))]
+            queue.nbytes = 0
+        for msg in batch:
             if handler is not None:
                 try:
                     handler(msg)
@@ -1250,9 +1305,8 @@ class TcpTransport:
             if queue is None:  # the peer was removed while the copy was delayed
                 dropped += 1
                 continue
-            if len(queue) == queue.maxlen:
-                dropped += 1
-            queue.append(msg)
+            with self._queue_lock:
+                dropped += self._enqueue(queue, msg)
             queued.add(dst)
         with self._order_lock:
             for dst in released:
@@ -1282,11 +1336,19 @@ class TcpTransport:
             write = protocol.transport.write
             max_frame = self._max_frame_size
             dropped = 0
+            lock = self._queue_lock
             while queue and not link.paused and link.state == _CONNECTED:
                 frames: list[bytes] = []
+                batch: list[Message] = []
                 size = 0
-                while queue and size < _WRITE_CHUNK:
-                    msg = queue.popleft()
+                with lock:
+                    while queue and size < _WRITE_CHUNK:
+                        msg = queue.popleft()
+                        msg_size = _wire_size(msg)
+                        queue.nbytes -= msg_size
+                        size += msg_size
+                        batch.append(msg)
+                for msg in batch:
                     try:
                         frame = encode_message(msg, max_frame)
                     except FrameError as exc:
@@ -1295,7 +1357,6 @@ class TcpTransport:
                         dropped += 1
                         continue
                     frames.append(frame)
-                    size += len(frame)
                 if frames:
                     write(frames[0] if len(frames) == 1 else b"".join(frames))
                     self._frames_written += len(frames)
@@ -1311,8 +1372,10 @@ class TcpTransport:
             self._connect_tasks.add(task)
             task.add_done_callback(self._connect_tasks.discard)
         elif state == _BACKOFF:
-            count = len(queue)
-            queue.clear()
+            with self._queue_lock:
+                count = len(queue)
+                queue.clear()
+                queue.nbytes = 0
             with self._count_lock:
                 self._dropped += count
         # _CONNECTING: keep queueing; the connect task flushes when the handshake completes.
@@ -1391,8 +1454,10 @@ class TcpTransport:
             detached, self._detached = self._detached, []
         dropped = 0
         for queue in detached:
-            dropped += len(queue)
-            queue.clear()
+            with self._queue_lock:
+                dropped += len(queue)
+                queue.clear()
+                queue.nbytes = 0
         if dropped:
             with self._count_lock:
                 self._dropped += dropped
