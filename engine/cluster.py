@@ -3,7 +3,9 @@
 The cluster owns each node's durable stores, so ``crash(i)`` followed by ``restart(i)`` finds what
 node i made durable, exactly as a disk would (with ``data_dir`` the stores are real files under
 ``data_dir/<node id>``).  Faults (isolate, partition, drop, duplicate, delay, reorder) are applied
-by the transport through one seeded :class:`~engine.transport.faults.FaultPlan`.
+by the transport through one seeded :class:`~engine.transport.faults.FaultPlan`; one-way cuts
+(``cut``, ``cut_outgoing``, ``cut_incoming``) model gray failures, links that work in one
+direction only.
 
 Threading: the public methods are meant for one controlling thread; ``wait_for*`` block on a
 condition that node threads notify when roles change or entries are applied.
@@ -82,6 +84,7 @@ class LocalCluster:
         self._next_number = n + 1
         self._stores: dict[str, tuple[LogStore, StableStore, SnapshotStore]] = {}
         self._tcp_counts_of_dead = 0
+        self._tcp_kind_counts_of_dead: dict[str, int] = {}
         self._changed = threading.Condition()
         self._generation = 0  # guarded by self._changed; bumped by every node notification
         self._started = False
@@ -280,6 +283,9 @@ class LocalCluster:
         transport = getattr(self.nodes[i], "_transport", None)
         if self.network is None and transport is not None:
             self._tcp_counts_of_dead += transport.message_count()
+            for kind, count in transport.message_counts().items():
+                self._tcp_kind_counts_of_dead[kind] = (
+                    self._tcp_kind_counts_of_dead.get(kind, 0) + count)
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -288,15 +294,35 @@ class LocalCluster:
         self.faults.isolate(self.ids[i])
 
     def rejoin(self, i: int) -> None:
-        """Restore node i's links."""
+        """Undo :meth:`isolate` for node i (a partition or one-way cut in force still applies)."""
         self.faults.rejoin(self.ids[i])
 
     def partition(self, *groups: Iterable[int]) -> None:
         """Split the cluster: nodes talk only within their group (indexes, e.g. [0, 1], [2])."""
         self.faults.partition(*[[self.ids[i] for i in group] for group in groups])
 
+    def cut(self, i: int, j: int) -> None:
+        """Cut the link from node i to node j in that direction only: i's messages to j are
+        dropped, j's messages to i still arrive (a one-way link failure).  Until :meth:`heal`.
+
+        Raises:
+            ConfigError: ``i == j``.
+        """
+        self.faults.cut(self.ids[i], self.ids[j])
+
+    def cut_outgoing(self, i: int) -> None:
+        """Node i can receive but not send: every message it sends to another node is dropped
+        (a gray failure: it hears the others, they never hear it).  Until :meth:`heal`."""
+        self.faults.cut_outgoing(self.ids[i])
+
+    def cut_incoming(self, i: int) -> None:
+        """Node i can send but not receive: every message sent to it by another node is dropped
+        (a gray failure: the others hear it, it never hears them).  Until :meth:`heal`."""
+        self.faults.cut_incoming(self.ids[i])
+
     def heal(self) -> None:
-        """Remove every partition and isolation."""
+        """Remove every partition, isolation and one-way cut (:meth:`cut`,
+        :meth:`cut_outgoing`, :meth:`cut_incoming`); fault rates are kept."""
         self.faults.heal()
 
     def set_faults(self, drop: float = 0.0, duplicate: float = 0.0,
@@ -310,6 +336,19 @@ class LocalCluster:
             return self.network.message_count()
         return self._tcp_counts_of_dead + sum(
             n._transport.message_count() for n in self.nodes if n._transport is not None)
+
+    def message_counts(self) -> dict[str, int]:
+        """:meth:`message_count` split by message kind (``MessageKind`` names, e.g.
+        ``'HEARTBEAT'``, ``'PRE_VOTE'``); every kind is present.  Lets a test wait for protocol
+        activity (heartbeat rounds, election attempts) instead of for wall-clock time."""
+        if self.network is not None:
+            return self.network.message_counts()
+        totals = dict(self._tcp_kind_counts_of_dead)
+        for node in self.nodes:
+            if node._transport is not None:
+                for kind, count in node._transport.message_counts().items():
+                    totals[kind] = totals.get(kind, 0) + count
+        return totals
 
     # -- waiting -------------------------------------------------------------------------------
 

@@ -64,17 +64,18 @@ def fast_config() -> Config:
 @pytest.fixture
 def make_cluster(request: pytest.FixtureRequest,
                  seed: int) -> Iterator[Callable[..., LocalCluster]]:
-    """``make_cluster(n=3, config=FAST, state_machine=None, start=True) -> LocalCluster``.
+    """``make_cluster(n=3, config=FAST, state_machine=None, start=True, transport="memory")
+    -> LocalCluster``.
 
-    Memory transport, seeded; stopped at teardown, which also checks for leaked raft threads.
+    Seeded; stopped at teardown, which also checks for leaked raft threads.
     """
     clusters: list[LocalCluster] = []
 
     def make(n: int = 3, *, config: Config = FAST,
              state_machine: Callable[[], StateMachine] | None = None,
-             start: bool = True) -> LocalCluster:
+             start: bool = True, transport: str = "memory") -> LocalCluster:
         cluster = LocalCluster(n, state_machine=state_machine, config=config,
-                               transport="memory", seed=seed + len(clusters))
+                               transport=transport, seed=seed + len(clusters))
         clusters.append(cluster)
         if start:
             cluster.start()

@@ -7,10 +7,11 @@ Both transports ask the same plan, per message, on the sending side::
     # (d,)        deliver once, d seconds from now
     # (d1, d2)    deliver twice (a duplicate), each after its own delay
 
-The plan holds the *link state* (isolated nodes, a partition) and the *fault rates* (drop,
-duplicate, delay, reorder).  All randomness comes from the plan's own ``random.Random(seed)``, and
-a draw is made only for a rate that is switched on, so the decisions are a pure function of the
-seed and the sequence of calls: a failing seed reproduces (given the same call order).
+The plan holds the *link state* (isolated nodes, a partition, one-way cuts) and the *fault
+rates* (drop, duplicate, delay, reorder).  All randomness comes from the plan's own
+``random.Random(seed)``, and a draw is made only for a rate that is switched on, so the decisions
+are a pure function of the seed and the sequence of calls: a failing seed reproduces (given the
+same call order).  Link state involves no randomness.
 
 Reordering: with ``reorder=False`` a transport keeps every link FIFO even when messages are
 delayed (a later message waits for an earlier, more delayed one; see :class:`LinkOrder`).  With
@@ -24,8 +25,18 @@ Link state semantics (documented choices):
   a partition.
 * ``partition(g1, g2, ...)`` replaces any earlier partition: nodes in the same group can talk,
   nodes in different groups cannot, and nodes named in no group are cut from everyone.
-* ``heal()`` removes the partition and every isolation (fault rates are unchanged; reset them with
-  ``set_faults()``).
+* One-way cuts model gray failures, where a link works in one direction only: ``cut(a, b)``
+  drops every message from ``a`` to ``b`` while ``b -> a`` still works; ``cut_outgoing(n)`` cuts
+  every link from ``n`` (it can receive but not send); ``cut_incoming(n)`` every link to ``n``
+  (it can send but not receive).  They add to isolations and the partition: a message passes
+  only if no rule cuts its link.  ``rejoin(n)`` does not undo them; ``heal()`` does.
+* ``heal()`` removes the partition, every isolation and every one-way cut (fault rates are
+  unchanged; reset them with ``set_faults()``).
+
+Both transports filter with :meth:`FaultPlan.decide_ordered` on the sending side and
+:meth:`FaultPlan.link_up` where a message is handed on (the memory transport's delay thread, the
+TCP receiver), always with the direction ``(src, dst)`` of the message, so every cut, one-way or
+not, is honoured by both and also drops messages already in flight on the cut direction.
 
 Locking: one lock, ``self._lock``, guards every field below; every public method takes it, so any
 thread may call any method.  ``active`` is read without the lock on the hot path (a bool read is
@@ -109,6 +120,11 @@ class FaultPlan:
         self._isolated: set[NodeId] = set()
         # node -> group number while a partition is in force, else None.
         self._groups: dict[NodeId, int] | None = None
+        # One-way cuts: directed links (src, dst); nodes that cannot send; nodes that cannot
+        # receive.  See the module docstring.
+        self._cut_links: set[tuple[NodeId, NodeId]] = set()
+        self._cut_outgoing: set[NodeId] = set()
+        self._cut_incoming: set[NodeId] = set()
         # True when any rate or link cut is in force; written under the lock, read without it.
         self.active = False
 
@@ -181,11 +197,45 @@ class FaultPlan:
             self._update_active()
         logger.info("partitioned %s", materialized)
 
+    def cut(self, src: NodeId, dst: NodeId) -> None:
+        """Drop every message from ``src`` to ``dst`` until ``heal()``; ``dst -> src`` is not
+        affected (a one-way link failure).
+
+        Raises:
+            ConfigError: ``src == dst`` (a node always reaches itself).
+        """
+        if src == dst:
+            raise ConfigError(f"cut: src and dst are both {src!r}; a node always reaches itself")
+        with self._lock:
+            self._cut_links.add((src, dst))
+            self._update_active()
+        logger.info("cut %s -> %s", src, dst)
+
+    def cut_outgoing(self, node: NodeId) -> None:
+        """Drop every message ``node`` sends to another node until ``heal()``; it still
+        receives (a node that can receive but not send)."""
+        self._cut_node(self._cut_outgoing, node, "outgoing")
+
+    def cut_incoming(self, node: NodeId) -> None:
+        """Drop every message another node sends to ``node`` until ``heal()``; it still
+        sends (a node that can send but not receive)."""
+        self._cut_node(self._cut_incoming, node, "incoming")
+
+    def _cut_node(self, cuts: set[NodeId], node: NodeId, direction: str) -> None:
+        with self._lock:
+            cuts.add(node)
+            self._update_active()
+        logger.info("cut %s links of %s", direction, node)
+
     def heal(self) -> None:
-        """Remove the partition and every isolation.  Fault rates are unchanged."""
+        """Remove the partition, every isolation and every one-way cut.  Fault rates are
+        unchanged."""
         with self._lock:
             self._groups = None
             self._isolated.clear()
+            self._cut_links.clear()
+            self._cut_outgoing.clear()
+            self._cut_incoming.clear()
             self._update_active()
         logger.info("healed")
 
@@ -198,7 +248,8 @@ class FaultPlan:
     def _update_active(self) -> None:
         # Caller holds self._lock.
         self.active = bool(self._drop or self._duplicate or self._delay_hi or self._reorder
-                           or self._isolated or self._groups is not None)
+                           or self._isolated or self._groups is not None or self._cut_links
+                           or self._cut_outgoing or self._cut_incoming)
 
     # ------------------------------------------------------------------ decisions
 
@@ -206,6 +257,12 @@ class FaultPlan:
         if src == dst:
             return True
         if self._isolated and (src in self._isolated or dst in self._isolated):
+            return False
+        if self._cut_outgoing and src in self._cut_outgoing:
+            return False
+        if self._cut_incoming and dst in self._cut_incoming:
+            return False
+        if self._cut_links and (src, dst) in self._cut_links:
             return False
         groups = self._groups
         if groups is not None:

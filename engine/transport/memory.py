@@ -9,8 +9,8 @@ Delayed copies wait in a heap ordered by ``(due, seq)`` served by one thread,
 Messages to a node with no endpoint, or whose endpoint is not started or is closed, are dropped.
 An endpoint can be created again for the same node id once the old one is closed (a node
 restart); delayed copies still in flight are then delivered to the new endpoint, as packets in
-flight would be.  A delayed copy whose link has been cut (isolate/partition) by the time it is due
-is dropped, as it would be by a cable pulled while it was in flight.
+flight would be.  A delayed copy whose link has been cut (isolate, partition, one-way cut) by
+the time it is due is dropped, as it would be by a cable pulled while it was in flight.
 
 Membership changes: the network routes by node id, and a node id has no address here, so
 ``MemoryTransport.update_peers`` only validates its argument.  It does not restrict delivery to

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,14 +17,8 @@ from tests.runtime.scenario import agreed_commands, one, running, wait_all_appli
 
 
 @pytest.fixture
-def tcp_cluster(seed: int) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(3, config=FAST, transport="tcp", seed=seed)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        assert not raft_threads(), f"threads left after stop: {raft_threads()}"
+def tcp_cluster(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
+    return make_cluster(3, transport="tcp")
 
 
 def test_tcp_election_agreement_and_reelection(tcp_cluster: LocalCluster) -> None:
