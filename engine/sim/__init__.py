@@ -1,6 +1,7 @@
 """A seeded, deterministic simulator of Raft cores (no threads, no clocks): virtual time in
 ticks, an adversarial network (drop, duplicate, reorder, partitions), slow disks, crashes and
-restarts, snapshots — with Raft's safety properties checked after every action.
+restarts, snapshots, disk faults that lose durable entries — with Raft's safety properties
+checked after every action.
 
 A failing seed is a one-line reproduction: ``python -m engine.sim --seed 1234``.
 """

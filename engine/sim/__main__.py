@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         params = Params.from_rng(seed, random.Random(seed))
         print(f"SEED={seed} nodes={params.n} drop={params.drop} duplicate={params.duplicate} "
               f"faults={params.faults} snapshot={params.snapshot} "
-              f"membership={params.membership} spares={params.spares} options={params.options}",
+              f"membership={params.membership} spares={params.spares} "
+              f"disk_faults={params.disk_faults} options={params.options}",
               flush=True)
         try:
             sim = run_schedule(seed, args.steps)
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"  ok: {len(sim.checker.committed)} entries committed, "
               f"{len(sim.checker.leader_of_term)} terms with a leader, "
-              f"{len(sim.checker.configs) - 1} configuration changes committed", flush=True)
+              f"{len(sim.checker.configs) - 1} configuration changes committed, "
+              f"{sim.stats['disk faults']} disk faults, {sim.checker.recoveries} recoveries",
+              flush=True)
     return 0
 
 

@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 from itertools import islice
 from operator import itemgetter
 
-from engine.core import RawNode
+from engine.core import Message, MessageKind, RawNode
 from engine.core.log import RaftLog
 from engine.core.raft import Raft
 from engine.membership import Membership
@@ -19,6 +19,10 @@ from engine.sim.disk import DurableState
 from engine.types import Entry, EntryKind, SnapshotMeta
 
 _CONFIG = EntryKind.CONFIG
+_RESPONSES = frozenset({MessageKind.APPEND_RESPONSE, MessageKind.HEARTBEAT_RESPONSE,
+                        MessageKind.VOTE_RESPONSE, MessageKind.PRE_VOTE_RESPONSE})
+_APPEND_RESPONSE = MessageKind.APPEND_RESPONSE
+_VOTE_RESPONSES = frozenset({MessageKind.VOTE_RESPONSE, MessageKind.PRE_VOTE_RESPONSE})
 _kind_of = itemgetter(2)
 
 
@@ -90,6 +94,13 @@ class SafetyChecker:
         self.applied_checked: dict[str, int] = dict.fromkeys(ids, 0)
         # ReadIndex: context -> committed length required when it was requested.
         self.read_required: dict[int, int] = {}
+        #: Per node: the entries the last disk fault took from its durable log, by index, until
+        #: it ends recovering (see on_disk_fault); empty for a node whose disk did not fail.
+        self.lost: dict[str, dict[int, Entry]] = {i: {} for i in ids}
+        # Per node: the core's recovering mark at the last check (to see recovery end).
+        self._recovering: dict[str, int] = dict.fromkeys(ids, 0)
+        #: How many times a node ended recovering (each one checked by _check_recovered).
+        self.recoveries = 0
 
     def config_at(self, index: int) -> Membership:
         """The committed configuration in force at committed ``index``."""
@@ -119,11 +130,40 @@ class SafetyChecker:
         self.applied_checked[node_id] = 0
 
     def on_restart(self, node_id: str, snapshot: SnapshotMeta | None = None,
-                   state: Sequence[Entry] = ()) -> None:
-        """The node booted from its disk: its state machine is the durable snapshot's."""
+                   state: Sequence[Entry] = (), *, recovering: int = 0) -> None:
+        """The node booted from its disk: its state machine is the durable snapshot's, and it
+        is recovering up to ``recovering`` (0: not recovering)."""
         if snapshot is not None:
             self.check_snapshot(node_id, snapshot, state, "restarts from")
         self._start_applied(node_id, snapshot.index if snapshot else 0)
+        self._recovering[node_id] = recovering
+
+    def on_disk_fault(self, node_id: str, lost: Sequence[Entry]) -> None:
+        """A disk fault took ``lost`` from the node's durable log (it is booted next).  The
+        fault model allows one such fault at a time: while a node has not got its entries
+        back, no other disk fails (two replicas losing the same committed entry is beyond
+        what any protocol can recover from)."""
+        others = sorted(i for i in self.ids if i != node_id and self.lost[i])
+        if others:
+            raise SafetyViolation(f"fault model: disk fault on {node_id} while {others} still "
+                                  f"recover from theirs")
+        self.lost[node_id].update((e.index, e) for e in lost)
+
+    def on_send(self, node_id: str, recovering: int, messages: Sequence[Message]) -> None:
+        """Messages a core hands out: while it is recovering, every response it sends says so
+        (a leader must not count it) and it grants no vote or pre-vote."""
+        if not recovering:
+            return
+        for m in messages:
+            if m.kind not in _RESPONSES or (m.dst == node_id and m.kind is _APPEND_RESPONSE):
+                continue  # (its own write's acknowledgement to itself is no response)
+            if m.kind in _VOTE_RESPONSES and not m.reject:
+                raise SafetyViolation(f"recovery: {node_id}, recovering up to {recovering}, "
+                                      f"grants a vote: {m.kind.name} to {m.dst} term {m.term}")
+            if not m.recovering:
+                raise SafetyViolation(f"recovery: {node_id}, recovering up to {recovering}, "
+                                      f"sends {m.kind.name} to {m.dst} without the recovering "
+                                      f"flag")
 
     def on_restore(self, node_id: str, snapshot: SnapshotMeta, state: Sequence[Entry]) -> None:
         """The node's state machine is replaced by a snapshot received from the leader."""
@@ -192,6 +232,7 @@ class SafetyChecker:
                         f"election safety: {holder} and {node_id} both led term {raft.term}")
             self._record_commit(node_id, log, first, entries, raft.term)
             self._check_membership_in_force(node_id, raft, first, entries)
+        self._check_recovering(nodes, disks, logs)
         self._check_applied()
         self._check_log_matching(logs)
         self._check_leader_completeness(nodes, logs)
@@ -221,6 +262,77 @@ class SafetyChecker:
                 raise SafetyViolation(f"{node_id}: a CONFIG entry after {at}, the one in force")
             self._in_force_scanned[node_id] = scanned
 
+    def _check_recovering(self, nodes: dict[str, RawNode], disks: dict[str, DurableState],
+                          logs: dict[str, tuple[int, list[Entry]]]) -> None:
+        """A recovering core is a follower (never leads, never campaigns), and only a restart
+        makes a core recovering.  When a core ends recovering, see :meth:`_check_recovered`."""
+        for node_id in self.ids:
+            raft = nodes[node_id].raft
+            recovering = raft.recovering
+            if recovering and raft.role.value != "follower":
+                raise SafetyViolation(f"recovery: {node_id}, recovering up to {recovering}, is "
+                                      f"{raft.role.value} in term {raft.term}")
+            before = self._recovering[node_id]
+            self._recovering[node_id] = recovering
+            if recovering and not before:
+                raise SafetyViolation(f"recovery: {node_id} became recovering ({recovering}) "
+                                      f"without a restart")
+            if before and not recovering:
+                self.recoveries += 1
+                self._check_recovered(node_id, nodes, disks[node_id], logs)
+
+    def _check_recovered(self, node_id: str, nodes: dict[str, RawNode], disk: DurableState,
+                         logs: dict[str, tuple[int, list[Entry]]]) -> None:
+        """The node just ended recovering.  Its log and its disk hold again (1) every committed
+        entry up to the last committed one its disk fault took (compared with the global
+        committed log at this moment), and (2) every entry the fault took that the leader of
+        its term, still leading, holds at the same index: that leader had it before the fault
+        (it made it, or had it when elected), so any append it sent after the fault reaches
+        it, and it may still commit it counting the node's old acknowledgement.  Entries the
+        node never acknowledged need it no more than a lagging follower: a quorum of others
+        holds them once committed."""
+        raft = nodes[node_id].raft
+        committed = self.committed
+        lost = self.lost[node_id]
+        first, entries = logs[node_id]
+
+        def held(index: int) -> Entry | None:  # (below ``first``: compacted, on the disk)
+            return entries[index - first] if first <= index < first + len(entries) else None
+
+        need = max((i for i, e in lost.items() if i <= len(committed) and committed[i - 1] == e),
+                   default=0)
+        for index in range(1, need + 1):
+            want = committed[index - 1]
+            if (index >= first and held(index) != want) or not durable_on(disk, index, want):
+                raise SafetyViolation(
+                    f"recovery: {node_id} ended recovering without committed entry {want} "
+                    f"(log: {held(index)}, durable: {durable_on(disk, index, want)}); its disk "
+                    f"fault lost committed entries up to {need}, its log ends at "
+                    f"{raft.log.last_index()}")
+        leader = self.leader_of_term.get(raft.term)
+        if leader is not None and leader != node_id:
+            lraft = nodes[leader].raft
+            if lraft.role.value == "leader" and lraft.term == raft.term:
+                lfirst, lentries = logs[leader]
+                for index, entry in sorted(lost.items()):
+                    if not (lfirst <= index < lfirst + len(lentries)
+                            and lentries[index - lfirst] == entry):
+                        continue
+                    if ((index >= first and held(index) != entry)
+                            or not durable_on(disk, index, entry)):
+                        raise SafetyViolation(
+                            f"recovery: {node_id} ended recovering without {entry}, which its "
+                            f"disk fault took and leader {leader} of its term {raft.term} "
+                            f"holds (log: {held(index)}, durable: "
+                            f"{durable_on(disk, index, entry)})")
+        lost.clear()
+
+    def _holders(self, disks: dict[str, DurableState], index: int, entry: Entry) -> set[str]:
+        """The nodes that hold ``entry`` at ``index`` durably, or did until a disk fault took
+        it from them and are still recovering (the fault model's one excused failure)."""
+        return {n for n, disk in disks.items()
+                if durable_on(disk, index, entry) or self.lost[n].get(index) == entry}
+
     def _check_leader_commits(self, nodes: dict[str, RawNode],
                               disks: dict[str, DurableState]) -> None:
         """When a leader advances its commit index, the entry there is durable on a majority
@@ -237,7 +349,7 @@ class SafetyChecker:
             if seen is None or commit <= seen:
                 continue
             entry = self.committed[commit - 1]
-            holders = {n for n in self.ids if durable_on(disks[n], commit, entry)}
+            holders = self._holders(disks, commit, entry)
             if not joint_majority(raft.membership, holders):
                 raise SafetyViolation(
                     f"joint quorum: leader {node_id} of term {raft.term} committed {entry} held "
@@ -333,19 +445,22 @@ class SafetyChecker:
                     f"committed in earlier terms (first {k} indexes)")
 
     def _check_durability(self, disks: dict[str, DurableState]) -> None:
+        """The newest committed entry is durable on a quorum (see :meth:`_holders` for the one
+        excuse a disk fault earns); a durable commit index points into the durable log, unless
+        the durable recovering mark covers it (the disk lost those entries)."""
         top = len(self.committed)
         for node_id, disk in disks.items():
             end = disk.first - 1 + len(disk.entries)
             if disk.entries and disk.entries[0].index != disk.first:
                 raise SafetyViolation(f"{node_id}: durable log starts at {disk.entries[0].index}"
                                       f", after a snapshot at {disk.first - 1}")
-            if disk.hard_state.commit > end:
+            if disk.hard_state.commit > end and disk.hard_state.recovering < disk.hard_state.commit:
                 raise SafetyViolation(f"{node_id}: durable commit {disk.hard_state.commit} past "
                                       f"durable log end {end}")
         if top == 0:
             return
         entry = self.committed[top - 1]
-        holders = {n for n, disk in disks.items() if durable_on(disk, top, entry)}
+        holders = self._holders(disks, top, entry)
         # Committed under the configuration in force at it, or (its leader having moved on
         # from C_old,new meanwhile) under the C_new that follows it.
         config = self.config_at(top)
@@ -373,6 +488,8 @@ class SafetyChecker:
                 disk = disks[peer]
                 if disk.hard_state.term != raft.term or match < disk.first:
                     continue  # another leader may have changed it, or the snapshot covers it
+                if match in self.lost[peer]:
+                    continue  # acknowledged before a disk fault took it (the leader will learn)
                 at = match - disk.first
                 term = log.term(match)
                 if at >= len(disk.entries) or (term is not None

@@ -9,7 +9,8 @@ is a sequence of single actions chosen by the seeded rng: tick one node or all, 
 write (then its after-persist messages leave and it is advanced), deliver one queued message
 chosen at random (so the queue is reordered; the message may be dropped or duplicated), propose
 at whoever believes it leads (stale leaders included), request a ReadIndex, partition/isolate/
-heal, restart a node from its durable state (its pending writes are lost), snapshot a node.
+heal, restart a node from its durable state (its pending writes are lost), snapshot a node,
+make a node's disk lose its newest entries.
 
 Snapshots (in about two seeds of three; the others run the snapshot-free schedule exactly as
 before snapshots existed): a node snapshots its applied state at its applied index, makes it
@@ -34,6 +35,20 @@ running (and may be added again later, with its old state).  A snapshot records 
 configuration in force at its index (``memberships.at``).  After the healed cluster settles, one
 more change is made and must complete, and the cluster must settle again.
 
+Disk faults (in about half the seeds, the rate drawn from yet another rng, so that the other
+seeds replay exactly the schedules they had before): a step may crash a node (its pending
+writes are lost, as in a restart, which already stands for a torn unsynced write) and make its
+disk lose its newest 1-3 durable entries, two times in three also its whole uncommitted tail so
+that committed entries it acknowledged go too (``DurableState.lose_tail``: a rotten newest
+record, a deleted newest segment; the sync mark stays); it boots recovering
+(``DurableState.boot_hard_state``).  The fault model is the one protocol-aware recovery is
+meant to tolerate: **a disk fault hits one node at a time**.  No new one is injected while any
+node is still recovering (in its core, on its disk, or in the checker's books), since two
+replicas losing the same committed entry is unrecoverable for any protocol; and none on a voter
+of a configuration (committed, or in force on some node) with fewer than three voters, where the
+others could elect no leader to give it its entries back.  Likewise no membership change is
+proposed while a node recovers.
+
 Checked after every action:
 
 * election safety: at most one leader per term over the whole history (whatever the
@@ -57,11 +72,26 @@ Checked after every action:
   persisted) holds exactly the committed log up to its index;
 * durability: the newest committed entry is in the durable log or the durable snapshot of a
   quorum of the configuration in force at it (or of the C_new after it), no durable commit
-  index points past its durable log, and a durable snapshot never goes back;
+  index points past its durable log (unless its durable recovering mark covers it: the disk
+  lost those entries), and a durable snapshot never goes back.  Holders are counted honestly:
+  a node whose disk fault took the entry does not hold it; the one excuse is that node itself
+  (at most one, by the fault model), for that very entry and until it ends recovering, so the
+  entry must then be durable on a quorum less that node.  An entry committed after the fault
+  gets no excuse: it must be durable on a full quorum (the joint-quorum check at commit time
+  uses the same rule);
+* recovery: a recovering core is a follower (never leads, never campaigns), grants no vote or
+  pre-vote and flags every response it sends; only a restart makes a core recovering; when it
+  ends recovering, its log and its disk hold (1) every committed entry up to the last committed
+  one its disk fault took (compared with the global committed log at that moment) and (2) every
+  entry the fault took that the leader of its term, still leading, holds at that index (that
+  leader may yet commit it counting the node's old acknowledgement); entries it never
+  acknowledged need it no more than a lagging follower (a quorum of others holds them);
 * ReadIndex linearizability: a released read index is >= every index known committed anywhere
   when the read was requested;
 * replication bookkeeping: a leader's ``match`` for a peer never exceeds its own log, and (while
-  the peer's durable term is the leader's) the peer's durable log holds the leader's entry there;
+  the peer's durable term is the leader's) the peer's durable log holds the leader's entry there
+  (unless the peer's disk fault took that index and it has not ended recovering: an
+  acknowledgement from before the fault, the leader learns of it from the peer's rejection);
   the core's log cursors stay ordered (compacted <= applying <= committed <= last, stable <=
   handed <= last); an applied entry is durable locally when the node snapshots it; the snapshot
   a core would send was really taken.
@@ -69,7 +99,8 @@ Checked after every action:
 Then the network heals, pending writes finish, and the members of the newest committed
 configuration (all nodes, without membership changes: the nodes a committed change removed are
 shut down, as an operator would) tick until they agree on one leader and one fully committed
-log (liveness), and a last proposal commits on all of them.
+log with no node recovering (liveness: recovering nodes must get their entries back and end
+recovery, in the core and on disk), and a last proposal commits on all of them.
 
 Replay one seed: ``python -m engine.sim --seed 1234`` (or
 ``RAFT_SEED=1234 pytest tests/core/test_random_schedules.py``).
@@ -110,6 +141,7 @@ class Params:
     options: RaftOptions
     membership: float = 0.0  #: probability that a step proposes a membership change (0: never)
     spares: int = 0  #: nodes booted as joiners (empty configuration) that changes may add
+    disk_faults: float = 0.0  #: probability that a step is a disk fault (0: never)
 
     @classmethod
     def from_rng(cls, seed: int, rng: random.Random) -> Params:
@@ -136,6 +168,10 @@ class Params:
         membership = 0.0 if member_rng.random() < 1 / 2 else member_rng.choice([0.01, 0.03,
                                                                                 0.06])
         spares = member_rng.randint(1, 3) if membership else 0
+        # Likewise for disk faults (about half the seeds).
+        disk_rng = random.Random(f"disk-fault-rate/{seed}")
+        disk_faults = 0.0 if disk_rng.random() < 1 / 2 else disk_rng.choice([0.003, 0.01,
+                                                                              0.02])
         return cls(
             n=3 if seed % 2 == 0 else 5,
             drop=rng.choice([0.0, 0.02, 0.1, 0.3]),
@@ -147,6 +183,7 @@ class Params:
             options=options,
             membership=membership,
             spares=spares,
+            disk_faults=disk_faults,
         )
 
 
@@ -218,7 +255,10 @@ class Sim:
         self.pending[node_id].clear()
         self.incarnation[node_id] += 1
         self.sm[node_id] = list(disk.snapshot_state)
-        self.checker.on_restart(node_id, disk.snapshot, disk.snapshot_state)
+        self.checker.on_restart(node_id, disk.snapshot, disk.snapshot_state,
+                                recovering=disk.hard_state.recovering)
+        if disk.hard_state.recovering:
+            self.stats["boots recovering"] += 1
         if disk.snapshot is not None:
             self.stats["restarts from snapshot"] += 1
 
@@ -226,6 +266,7 @@ class Sim:
         """The safety checks, and: the snapshot each core would send to a lagging follower is
         one that was really taken (the driver could not send anything else)."""
         self.checker.check(self.nodes, self.disks)
+        self.stats["recoveries"] = self.checker.recoveries
         for node_id in self.ids:
             meta = self.nodes[node_id].raft.snapshot
             if meta is not None:
@@ -254,6 +295,8 @@ class Sim:
         if not node.has_ready():
             return False
         rd = node.ready()
+        self.checker.on_send(node_id, node.raft.recovering, rd.messages)
+        self.checker.on_send(node_id, node.raft.recovering, rd.messages_after_persist)
         if rd.snapshot is not None:
             # The state machine restores the snapshot before applying anything after it.
             state = self._snapshot_state(node_id, rd.snapshot)
@@ -355,7 +398,16 @@ class Sim:
             self._snapshot()
             return
         if self.params.membership and rng.random() < self.params.membership:
+            if self.recovering():
+                # A change while a node is recovering could leave a configuration whose
+                # quorums need its vote (two voters, one of them recovering): no leader could
+                # ever be elected to give it its entries back (see _survivable).
+                self.stats["membership deferred: a node is recovering"] += 1
+                return
             self._change_membership()
+            return
+        if self.params.disk_faults and rng.random() < self.params.disk_faults:
+            self._disk_fault()
             return
         if rng.random() < self.params.faults:
             self._fault()
@@ -526,6 +578,64 @@ class Sim:
             self._boot(node_id)
             self.trace.append(f"restart {node_id} (lost {lost} pending writes)")
 
+    def recovering(self) -> list[str]:
+        """The nodes that are recovering lost entries: in the core, or durably (a node whose
+        core ended recovery boots recovering again until it has saved that), or in the
+        checker's books (a disk fault took entries from it that it has not got back)."""
+        return [i for i in self.ids
+                if self.nodes[i].raft.recovering or self.disks[i].hard_state.recovering
+                or self.checker.lost[i]]
+
+    def _survivable(self, node_id: str) -> bool:
+        """Every configuration that may be in force (the newest committed one, and the one in
+        force on each node) keeps a quorum of voters other than ``node_id``: a recovering
+        node neither votes nor counts, so with two voters (or one) a fault on one of them
+        would leave no leader to give it its entries back, ever."""
+        configs = [self.checker.configs[-1][1]] + [self.nodes[i].membership for i in self.ids]
+        return all(node_id not in voters or len(voters) >= 3
+                   for config in configs for voters in (config.voters, config.outgoing))
+
+    def _disk_fault(self) -> None:
+        """Crash a node (any, or one with the longest durable log; its pending writes are
+        lost), make its disk lose its newest durable entries (``DurableState.lose_tail``: 1-3
+        of them, and two times in three also its whole uncommitted tail, so that committed
+        entries go too), and boot it: it comes up recovering.  One fault at a time: none while
+        a node is still recovering, and none that :meth:`_survivable` rules out."""
+        if self.recovering():
+            self.stats["disk faults deferred: a node is recovering"] += 1
+            return
+        rng = self.rng
+        eligible = [i for i in self.live if self.disks[i].entries and self._survivable(i)]
+        if not eligible:
+            return
+        if rng.random() < 0.5:
+            node_id = rng.choice(eligible)
+        else:  # a node with the longest durable log: the one most likely to have acknowledged
+            # the newest committed entries, which may then be on a bare quorum
+            longest = max(self.disks[i].last_index for i in eligible)
+            node_id = rng.choice([i for i in eligible if self.disks[i].last_index == longest])
+        disk = self.disks[node_id]
+        committed = self.checker.committed
+        count = rng.randint(1, 3)
+        if rng.random() < 2 / 3:
+            count += max(0, disk.last_index - len(committed))
+        pending = len(self.pending[node_id])
+        lost = disk.lose_tail(min(count, len(disk.entries)))
+        self.checker.on_disk_fault(node_id, lost)
+        self._boot(node_id)
+        if not self.nodes[node_id].raft.recovering:
+            raise SafetyViolation(f"{node_id} lost {len(lost)} durable entries but did not boot "
+                                  f"recovering (hard state {disk.hard_state}, sync mark "
+                                  f"{disk.synced_index})")
+        lost_committed = sum(1 for e in lost
+                             if e.index <= len(committed) and committed[e.index - 1] == e)
+        self.stats["disk faults"] += 1
+        if lost_committed:
+            self.stats["disk faults losing committed entries"] += 1
+        self.trace.append(f"disk fault {node_id}: lost entries {lost[0].index}..{lost[-1].index}"
+                          f" ({lost_committed} committed) and {pending} pending writes; boots "
+                          f"recovering up to {disk.hard_state.recovering}")
+
     # -- liveness --------------------------------------------------------------------------------
 
     def drain(self) -> None:
@@ -575,7 +685,7 @@ class Sim:
         if last_term != leader.term or leader.membership != final:
             return False
         # Same last entry and log matching (checked after every step) give the same log.
-        return all(r.term == leader.term and r.leader_id == leader.id
+        return all(r.term == leader.term and r.leader_id == leader.id and not r.recovering
                    and r.log.committed == last and r.log.applying == last
                    and r.log.last_index() == last and r.log.last_term() == last_term
                    for r in rafts)
@@ -633,6 +743,8 @@ def drive(sim: Sim, steps: int) -> None:
             sim.nodes[node_id].tick()
         sim.drain()
     for node_id in sim.members():
+        if sim.disks[node_id].hard_state.recovering:
+            raise SafetyViolation(f"liveness: {node_id} is still durably recovering")
         sm = sim.sm[node_id]
         if not sm or sm[-1].data != final:
             raise SafetyViolation(f"liveness: {node_id} did not apply the final write")
