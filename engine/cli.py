@@ -103,7 +103,9 @@ _NODE_SETTINGS: dict[str, Callable[[Any], Any]] = {
     "election_timeout_max": float,
     "max_batch_entries": int,
     "max_inflight": int,
+    "disk_stall_timeout": float,
     "fsync": bool,
+    "recover_corrupt_log": bool,
     "join": bool,
     "log_level": str,
     "gc_threshold": int,
@@ -388,6 +390,17 @@ def format_status(status: Mapping[str, Any]) -> str:
             rows.append((key, ", ".join(status[key])))
     if status.get("running") is False:
         rows.append(("running", "no"))
+    if status.get("recovering"):
+        rows.append(("recovering", f"lost entries up to {status['recovering']} it may have "
+                                   "acknowledged: not voting until a leader restores them"))
+    if status.get("disk_stalled"):
+        rows.append(("disk", "stalled: a durable write is overdue (not leading)"))
+    for peer, pr in sorted((status.get("peers") or {}).items()):
+        flags = [pr.get("state", "?"), "active" if pr.get("active") else "not heard from"]
+        if pr.get("recovering"):
+            flags.append("recovering")
+        rows.append((f"peer {peer}", f"match {pr.get('match')}  lag {pr.get('lag')}  "
+                                     f"{', '.join(flags)}"))
     return "\n".join(f"{name:<15} {value}" for name, value in rows)
 
 
@@ -405,7 +418,14 @@ def run_status(address: str, *, as_json: bool = False, timeout: float = 2.0) -> 
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    """Start ``args.nodes`` node subprocesses on loopback and wait for SIGTERM/SIGINT."""
+    """Start ``args.nodes`` node subprocesses on loopback and wait for SIGTERM/SIGINT.
+
+    Returns 1 when a node exits during start-up (the others are then stopped) or later.
+
+    Raises:
+        UsageError: bad flags, or a Raft or client port that is not free (checked before
+            any node starts, so nothing is started or printed then).
+    """
     if not 1 <= args.nodes <= 99:
         raise UsageError(f"--nodes {args.nodes} must be in 1..99")
     for flag, base in (("--base-port", args.base_port), ("--client-base-port",
@@ -415,6 +435,18 @@ def run_cluster(args: argparse.Namespace) -> int:
     ids = [f"n{k}" for k in range(1, args.nodes + 1)]
     peers = {i: f"127.0.0.1:{args.base_port + k}" for k, i in enumerate(ids)}
     clients = {i: f"127.0.0.1:{args.client_base_port + k}" for k, i in enumerate(ids)}
+    raft_ports = range(args.base_port, args.base_port + args.nodes)
+    client_ports = range(args.client_base_port, args.client_base_port + args.nodes)
+    if set(raft_ports) & set(client_ports):
+        raise UsageError(f"--base-port {args.base_port} and --client-base-port "
+                         f"{args.client_base_port} overlap for {args.nodes} nodes")
+    # Before anything is started or printed: a port held by another program (another cluster,
+    # typically) would make that node exit, and its clients port might answer for it.
+    check_ports_free(
+        [(port, f"raft port of {i}", "--base-port")
+         for i, port in zip(ids, raft_ports, strict=True)]
+        + [(port, f"client port of {i}", "--client-base-port")
+           for i, port in zip(ids, client_ports, strict=True)])
     temporary = args.data_dir is None
     data_dir = tempfile.mkdtemp(prefix="raft-engine-") if temporary else args.data_dir
     common = ["--peers", ",".join(f"{i}={a}" for i, a in peers.items()),
@@ -436,7 +468,15 @@ def run_cluster(args: argparse.Namespace) -> int:
                     [sys.executable, "-m", "engine.cli", "node", "--id", i, "--client",
                      clients[i], "--data-dir", node_dir, *common])
                 print(f"{i}: clients {clients[i]}  raft {peers[i]}  data {node_dir}", flush=True)
-            leader = _wait_for_leader(clients, stop, timeout=15.0)
+            leader = _wait_for_leader(clients, procs, stop, timeout=15.0)
+            exited = {i: proc.returncode for i, proc in procs.items()
+                      if proc.poll() is not None}
+            if exited:
+                for i, status in sorted(exited.items()):
+                    print(f"{PROG} cluster: error: {i} exited with status {status} while "
+                          "starting (see its log above); stopping the cluster",
+                          file=sys.stderr, flush=True)
+                return 1
             if leader:
                 print(f"leader: {leader} (redis-cli -p {clients[leader].rsplit(':', 1)[1]})",
                       flush=True)
@@ -465,16 +505,84 @@ def run_cluster(args: argparse.Namespace) -> int:
     return code
 
 
-def _wait_for_leader(clients: Mapping[str, str], stop: threading.Event,
-                     timeout: float) -> str | None:
-    """The id of the leader once some node reports one (polling every 100 ms), else None."""
+def check_ports_free(ports: Sequence[tuple[int, str, str]], host: str = "127.0.0.1") -> None:
+    """Check that each ``(port, what, flag)`` can be bound on ``host`` right now.
+
+    The check binds with SO_REUSEADDR, as the nodes do, so a port left in TIME_WAIT by a cluster
+    that just stopped is not reported, while one that another program listens on is.
+
+    Raises:
+        UsageError: the first port that cannot be bound, named with what it was for and the
+            flag that moves it.
+    """
+    for port, what, flag in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise UsageError(
+                    f"port {port} on {host} ({what}) is not free: {exc.strerror or exc}; "
+                    f"stop what holds it (another cluster?) or choose another {flag}") from None
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Inodes of the IPv4 TCP sockets listening on ``port`` (Linux ``/proc/net/tcp``), or None
+    when that table cannot be read."""
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as table:
+            rows = table.read().splitlines()[1:]
+    except OSError:
+        return None
+    inodes = set()
+    for row in rows:
+        fields = row.split()
+        # sl local_address rem_address st ... inode: st 0A is LISTEN.
+        if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            inodes.add(fields[9])
+    return inodes
+
+
+def owns_listener(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds the socket listening on TCP ``port``; None when this
+    cannot be told (no Linux ``/proc``, or the process's descriptors are not readable)."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return None
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    for fd in descriptors:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in targets:
+                return True
+    return False
+
+
+def _wait_for_leader(clients: Mapping[str, str], procs: Mapping[str, subprocess.Popen[bytes]],
+                     stop: threading.Event, timeout: float) -> str | None:
+    """The id of the leader once one of *our* nodes reports it leads (polling every 100 ms);
+    None on timeout, on a stop signal, or as soon as one of ``procs`` exited.
+
+    A reply counts only if it names the id we gave that client address, the node process for
+    that id still runs, and (where ``/proc`` tells) that process holds the listening socket: a
+    program that held the port before us (another cluster) is never reported as our leader.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
-        for address in clients.values():
+        if any(proc.poll() is not None for proc in procs.values()):
+            return None
+        for node_id, address in clients.items():
             with contextlib.suppress(OSError, RaftError, ValueError):
                 status = fetch_status(address, timeout=0.5)
-                if status.get("role") == "leader":
-                    return str(status["id"])
+                proc = procs.get(node_id)
+                if (status.get("role") == "leader" and status.get("id") == node_id
+                        and proc is not None and proc.poll() is None
+                        and owns_listener(proc.pid, parse_address("client", address)[1])
+                        is not False):
+                    return node_id
         stop.wait(0.1)
     return None
 
@@ -507,6 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("election-timeout-max", float, "upper bound of the election timeout (s)"),
             ("max-batch-entries", int, "most entries in one AppendEntries"),
             ("max-inflight", int, "AppendEntries in flight per follower"),
+            ("disk-stall-timeout", float, "seconds a durable write may take before the node "
+                                          "stops leading (0 = off)"),
             ("gc-threshold", int, "allocations between young-generation garbage collections "
                                   f"in this process (default {DEFAULT_GC_THRESHOLD:,}; "
                                   "0 keeps Python's default of 700)")):
@@ -516,6 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "configuration (then RAFT.MEMBER ADD it on the leader)")
     node.add_argument("--no-fsync", dest="fsync", action="store_const", const=False,
                       help="do not fsync the log (benchmarks; a power cut may lose writes)")
+    node.add_argument("--recover-corrupt-log", action="store_const", const=True,
+                      help="at start-up, discard a damaged log suffix (even inside the "
+                           "committed prefix) and fetch it back from the peers instead of "
+                           "stopping with CorruptLogError")
     node.add_argument("--log-level", type=str.upper, metavar="LEVEL",
                       help=f"one of {', '.join(_LOG_LEVELS)} (default INFO)")
 

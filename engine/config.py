@@ -19,8 +19,9 @@ from engine.errors import ConfigError
 
 _BOOL_FIELDS = ("pre_vote", "check_quorum", "fast_backup", "fsync", "recover_corrupt_log",
                 "storage_thread", "apply_thread")
-_MAY_BE_ZERO = ("snapshot_threshold", "snapshot_trailing_entries")
-_INT_FIELDS = ("max_batch_entries", "max_batch_bytes", "max_inflight", "max_pending_proposals",
+_MAY_BE_ZERO = ("snapshot_threshold", "snapshot_trailing_entries", "disk_stall_timeout")
+_INT_FIELDS = ("max_batch_entries", "max_batch_bytes", "max_inflight", "max_inflight_bytes",
+               "entry_cache_bytes", "max_pending_proposals",
                "snapshot_threshold", "snapshot_trailing_entries", "snapshot_chunk_bytes")
 
 
@@ -50,6 +51,19 @@ class Config:
     """AppendEntries messages in flight per follower before the leader waits for an ack.
     1 disables pipelining."""
 
+    max_inflight_bytes: int = 32 << 20
+    """Payload bytes in flight per follower before the leader waits for an ack (with
+    ``max_inflight``, whichever is reached first).  An append is still sent when nothing is in
+    flight, even if it alone is larger (as etcd-io/raft's ``MaxInflightBytes``), so one entry
+    bigger than this still goes out.  Bounds what a slow or paused follower costs the leader."""
+
+    entry_cache_bytes: int = 64 << 20
+    """Budget of the core's in-memory log, in bytes (payload plus about 150 bytes of bookkeeping
+    per entry).  Beyond it the oldest entries that are durable on this node and already handed
+    to the state machine are dropped from memory; a follower that needs them again is sent them
+    read back from the log store.  Entries not yet durable or applied are never dropped, so the
+    cache may exceed it while the disk or the state machine lags."""
+
     pre_vote: bool = True
     """Run a pre-vote round before bumping the term (thesis section 9.6)."""
 
@@ -71,6 +85,15 @@ class Config:
     quorum until a leader has given it back every entry).  False (the default) stops the node
     with CorruptLogError instead, for an operator to look at.  A lost *tail* (the newest records
     gone or corrupt) is always recovered from the peers this way, whatever this says."""
+
+    disk_stall_timeout: float = 2.0
+    """Seconds a durable write (append + fdatasync, or a hard-state save) may take before the
+    node treats its disk as stalled: a leader steps down, and the node does not campaign or
+    take over a transfer until the write completes (a gray failure: a leader with a sick disk
+    would otherwise keep its followers' heartbeats happy while nothing it appends becomes
+    durable).  Detected on the loop thread, so it works with the background syncer or the
+    storage thread; a write done inline on the loop thread blocks the loop itself, and the
+    followers' election timeouts do the same job.  0 turns the check off."""
 
     storage_thread: bool = False
     """Write on-disk stores from a ``raft-<id>-storage`` thread (group commit across Readys)

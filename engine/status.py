@@ -40,6 +40,9 @@ class Status:
     """Nonzero while the node is recovering entries it lost but may have acknowledged: the
     highest such index.  It neither votes nor counts towards any quorum meanwhile (see
     ``HardState.recovering``); 0 once a leader has given them back."""
+    disk_stalled: bool = False
+    """True while a durable write has run past ``Config.disk_stall_timeout``: the node does not
+    lead or campaign until it completes."""
 
     @property
     def voters(self) -> tuple[str, ...]:

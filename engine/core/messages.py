@@ -7,10 +7,11 @@ codec and fault injection uniform; the table below says which fields each kind u
 kind                   fields used (besides kind, src, dst, term)
 =====================  ===============================================================
 APPEND                 index (prev log index), log_term (prev log term), entries, commit,
-                       leader_last (the leader's last log index when it sent this)
+                       leader_last (the leader's last log index when it sent this), context
+                       (to a recovering follower: the recovery nonce it last sent, echoed)
 APPEND_RESPONSE        index (last index now matching, or the rejected prev index),
                        reject, reject_hint, conflict_term (rejections with fast backup),
-                       recovering
+                       recovering, context (a recovering node's recovery nonce)
 HEARTBEAT              commit (min of leader commit and the follower's match), context,
                        index (last index the leader has sent this follower), leader_last
 HEARTBEAT_RESPONSE     context (echoed, acknowledges ReadIndex rounds), reject (the follower
@@ -37,7 +38,9 @@ decides that a follower needs a snapshot and installs one that has fully arrived
 ``recovering`` is set on every response of a node that is *recovering* (start-up found it lost
 entries it may have acknowledged; see :class:`~engine.types.HardState`): the leader does not
 count such a peer towards a commit or a ReadIndex quorum, and a recovering follower leaves that
-state once an append has given it every entry up to the ``leader_last`` it carried.
+state once an append that echoes its recovery nonce (so it was sent after the leader heard from
+this incarnation, not delayed from before the fault) has given it every entry up to the
+``leader_last`` it carried.
 
 A message whose ``src == dst`` is local: the core sends it to itself through
 ``Ready.messages_after_persist`` to learn that its own write is durable (an APPEND_RESPONSE: the

@@ -21,7 +21,7 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
-from engine.core.log import RaftLog
+from engine.core.log import LogReader, RaftLog
 from engine.core.membership_log import MembershipLog
 from engine.core.messages import CAMPAIGN_TRANSFER, Message, MessageKind, vote_response_kind
 from engine.core.quorum import (
@@ -131,9 +131,14 @@ class Raft:
     def __init__(self, node_id: NodeId, voters: Sequence[NodeId] | Membership, *,
                  rng: random.Random, options: RaftOptions | None = None,
                  hard_state: HardState | None = None, entries: Sequence[Entry] = (),
-                 applied: Index = 0, snapshot: SnapshotMeta | None = None) -> None:
+                 applied: Index = 0, snapshot: SnapshotMeta | None = None,
+                 log_reader: LogReader | None = None) -> None:
         """Create a node from its durable state: ``hard_state``, the newest ``snapshot`` and the
         stable ``entries`` that follow it.
+
+        ``log_reader`` reads back durable entries (the node's LogStore): with one, the log
+        keeps only ``options.entry_cache_bytes`` of entries in memory (see
+        :class:`~engine.core.log.RaftLog`); without, it keeps them all.
 
         ``voters`` is the bootstrap configuration, in force until the snapshot or a CONFIG entry
         says otherwise: a sequence of voter ids (this node among them), or a
@@ -160,12 +165,20 @@ class Raft:
         #: may have acknowledged, so it neither votes nor campaigns until a leader has given it
         #: back everything the leader holds.
         self.recovering: Index = hard_state.recovering
-        #: Recovering only: the index an append of this term brought the log to, covering the
-        #: leader's whole log; recovery ends once this node's own write reaches it.
+        #: Recovering only: a number drawn at boot that this node sends in its append responses
+        #: and the leader echoes in its appends.  An append that echoes it was sent after the
+        #: leader heard from this incarnation, so its ``leader_last`` covers every entry this
+        #: node acknowledged before it lost them (a delayed or duplicated append from before
+        #: the fault may not).
+        self._recovery_nonce = rng.randrange(1, 1 << 63) if self.recovering else 0
+        #: Recovering only: the index a fresh append of this term brought the log to, covering
+        #: the leader's whole log; recovery ends once this node's own write reaches it.
         self._recovered_at: Index = 0
         #: Leader only: peers whose latest response said they are recovering (not counted
-        #: towards commit or ReadIndex quorums).
-        self._recovering_peers: set[NodeId] = set()
+        #: towards commit or ReadIndex quorums), with the nonce to echo to each.
+        self._recovering_peers: dict[NodeId, int] = {}
+        #: The driver says this node's durable writes are stalled (see set_disk_stalled).
+        self.disk_stalled = False
         #: The newest durable snapshot (what the leader sends to followers that need it).
         self.snapshot: SnapshotMeta | None = snapshot
         # A disk that lost entries can leave the durable commit index past the log (the node is
@@ -175,9 +188,11 @@ class Raft:
         if snapshot is not None:
             self.log = RaftLog(entries, snapshot_index=snapshot.index,
                                snapshot_term=snapshot.term, committed=committed,
-                               applied=max(applied, snapshot.index))
+                               applied=max(applied, snapshot.index), reader=log_reader,
+                               cache_bytes=self.options.entry_cache_bytes)
         else:
-            self.log = RaftLog(entries, committed=committed, applied=applied)
+            self.log = RaftLog(entries, committed=committed, applied=applied, reader=log_reader,
+                               cache_bytes=self.options.entry_cache_bytes)
         base = snapshot.membership if snapshot is not None and not snapshot.membership.is_empty \
             else voters
         self.memberships = MembershipLog(base, self.log.snapshot_index)
@@ -213,6 +228,14 @@ class Raft:
         self._tick_role = self._tick_election
         self._set_membership(self.membership)
         self._membership_changed = False  # the driver reads the initial one from the core
+        if self.recovering and self.membership.voters == (self.id,) \
+                and not self.membership.is_joint:
+            # No peer holds a copy to give back: the entries are gone for good.  Waiting would
+            # only make the cluster unavailable forever; say so loudly and go on.
+            logger.error("%s lost entries up to %d that it may have acknowledged, and it is the "
+                         "only voter: no peer can restore them; continuing without them",
+                         self.id, self.recovering)
+            self.recovering = 0
         self.become_follower(self.term, None)
 
     # -- role transitions --------------------------------------------------------------------
@@ -222,7 +245,7 @@ class Raft:
             self.term = term
             self.vote = None
             self._recovered_at = 0  # only the leader of one term vouches for its own log
-        self._recovering_peers = set()
+        self._recovering_peers = {}
         self.leader_id = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -308,10 +331,16 @@ class Raft:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
-        if self.election_elapsed >= self.randomized_election_timeout:
+        if self.election_elapsed >= self.randomized_election_timeout and self._may_campaign():
             self.election_elapsed = 0
-            if self.promotable():
-                self.campaign()
+            self.campaign()
+
+    def _may_campaign(self) -> bool:
+        """A node that cannot start an election (a learner, a joiner, a recovering node, one
+        whose disk is stalled) keeps counting instead of restarting its timer, so that its
+        CheckQuorum lease (see :meth:`_in_leader_lease`) runs out once its leader is silent and
+        it answers other candidates (as etcd's tickElection)."""
+        return self.promotable() and not self.recovering and not self.disk_stalled
 
     def _tick_heartbeat(self) -> None:
         self.heartbeat_elapsed += 1
@@ -354,6 +383,9 @@ class Raft:
         if self.recovering:
             logger.info("%s does not campaign: it is recovering entries up to %d it may have "
                         "acknowledged", self.id, self.recovering)
+            return
+        if self.disk_stalled:
+            logger.info("%s does not campaign: its disk is stalled", self.id)
             return
         if self.options.pre_vote:
             self._campaign(PRE_VOTE)
@@ -466,7 +498,8 @@ class Raft:
             self.election_elapsed = 0
             self.leader_id = m.src
             self._handle_snapshot(m)
-        elif m.kind is TIMEOUT_NOW and self.promotable() and not self.recovering:
+        elif (m.kind is TIMEOUT_NOW and self.promotable() and not self.recovering
+              and not self.disk_stalled):
             logger.info("%s campaigns at once: %s hands over leadership", self.id, m.src)
             self._campaign(VOTE, transfer=True)
 
@@ -496,10 +529,13 @@ class Raft:
         if last_new is not None:
             if m.entries and self.memberships.observe(m.entries, log.term):
                 self._set_membership(self.memberships.current)
-            if self.recovering and last_new >= m.leader_last:
-                # The log now matches the leader's whole log as it was when it sent this,
-                # which holds every committed entry (Leader Completeness).
-                self._recovered_at = last_new
+            if (self.recovering and m.context == self._recovery_nonce
+                    and last_new >= m.leader_last):
+                # The log now matches the leader's whole log as it was when it sent this, after
+                # it heard from this incarnation: that log holds every entry this node
+                # acknowledged to it, and every entry committed before its term (Leader
+                # Completeness).
+                self._recovered_at = max(self._recovered_at, last_new)
                 self._maybe_finish_recovering()
             self._send(APPEND_RESPONSE, m.src, index=last_new)
             return
@@ -632,14 +668,17 @@ class Raft:
             if prev_term is None:
                 self._send_snapshot(peer, pr)
                 return
-            entries = log.slice(next_index, next_index + options.max_batch_entries)
+            entries = log.slice(next_index, next_index + options.max_batch_entries,
+                                options.max_batch_bytes)
             if not entries and not allow_empty:
                 return
             size = sum(map(len, map(_data_of, entries)))
             if size > options.max_batch_bytes and len(entries) > 1:
                 entries, size = self._limit_bytes(entries)
             self._send(APPEND, peer, index=next_index - 1, log_term=prev_term, entries=entries,
-                       commit=log.committed, leader_last=log.last_index())
+                       commit=log.committed, leader_last=log.last_index(),
+                       context=self._recovering_peers.get(peer, 0)
+                       if self._recovering_peers else 0)
             pr.sent_append(len(entries), next_index - 1 + len(entries), size)
             if not entries or pr.state is not ProgressState.REPLICATE:
                 return
@@ -664,15 +703,19 @@ class Raft:
             self._send(HEARTBEAT, peer, commit=min(pr.match, committed), index=pr.next - 1,
                        context=context)
 
-    def _note_recovering(self, peer: NodeId, recovering: bool) -> None:
-        """Leader: track whether ``peer`` said it is recovering (see :attr:`recovering`)."""
-        if recovering:
-            if peer not in self._recovering_peers:
+    def _note_recovering(self, peer: NodeId, m: Message) -> None:
+        """Leader: track whether ``peer`` said it is recovering (see :attr:`recovering`), and
+        the nonce its append responses carry."""
+        peers = self._recovering_peers
+        if m.recovering:
+            if peer not in peers:
                 logger.info("%s: %s is recovering lost entries; not counted towards commit "
                             "or read quorums until it has them back", self.id, peer)
-                self._recovering_peers.add(peer)
-        elif peer in self._recovering_peers:
-            self._recovering_peers.discard(peer)
+                peers[peer] = 0
+            if m.kind is APPEND_RESPONSE and m.context:
+                peers[peer] = m.context
+        elif peer in peers:
+            del peers[peer]
             self._maybe_commit()  # its match counts again
 
     def _handle_append_response(self, m: Message) -> None:
@@ -681,7 +724,7 @@ class Raft:
             return
         pr.recent_active = True
         if m.recovering or self._recovering_peers:
-            self._note_recovering(m.src, m.recovering)
+            self._note_recovering(m.src, m)
         if m.reject:
             self._handle_rejection(pr, m)
             return
@@ -731,7 +774,7 @@ class Raft:
             return
         pr.recent_active = True
         if m.recovering or self._recovering_peers:
-            self._note_recovering(m.src, m.recovering)
+            self._note_recovering(m.src, m)
         if m.reject and pr.state is ProgressState.REPLICATE:
             pr.become_probe()  # an append in flight was lost; resend from the known match
         pr.probe_sent = False
@@ -903,6 +946,26 @@ class Raft:
                     membership.describe())
         self.become_follower(self.term, None)
 
+    # -- gray failures -----------------------------------------------------------------------
+
+    def set_disk_stalled(self, stalled: bool) -> None:
+        """The driver's verdict on this node's disk: True when a durable write has been running
+        for longer than it allows (a gray failure), False once writes complete again.  While
+        stalled the node does not lead (a leader steps down at once: nothing it appends would
+        become durable here, and a leader with a sick disk keeps its followers from electing a
+        healthy one), campaign or take over a transfer; it still votes and follows."""
+        if stalled == self.disk_stalled:
+            return
+        self.disk_stalled = stalled
+        if not stalled:
+            logger.info("%s: its disk answers again", self.id)
+            return
+        if self.role is Role.LEADER:
+            logger.warning("%s steps down at term %d: its disk is stalled", self.id, self.term)
+            self.become_follower(self.term, None)
+        else:
+            logger.warning("%s: its disk is stalled; it will not campaign", self.id)
+
     # -- leadership transfer -----------------------------------------------------------------
 
     def transfer_leadership(self, target: NodeId) -> None:
@@ -963,6 +1026,8 @@ class Raft:
               **fields: Any) -> None:
         if self.recovering and kind in _AFTER_PERSIST:
             fields["recovering"] = True
+            if kind is APPEND_RESPONSE:
+                fields["context"] = self._recovery_nonce
         m = Message(kind=kind, src=self.id, dst=dst,
                     term=self.term if term is None else term, **fields)
         if kind in _AFTER_PERSIST:

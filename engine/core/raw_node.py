@@ -16,6 +16,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from engine.core.log import LogReader
 from engine.core.messages import Message, MessageKind
 from engine.core.raft import Raft, RaftOptions, Role
 from engine.core.ready import Ready, SoftState
@@ -66,15 +67,18 @@ class RawNode:
                  rng: random.Random,
                  options: RaftOptions | None = None, hard_state: HardState | None = None,
                  entries: Sequence[Entry] = (), applied: Index = 0,
-                 snapshot: SnapshotMeta | None = None) -> None:
+                 snapshot: SnapshotMeta | None = None,
+                 log_reader: LogReader | None = None) -> None:
         """See :class:`engine.core.raft.Raft`; ``entries`` and ``hard_state`` are what the
-        node's durable stores hold.
+        node's durable stores hold, ``log_reader`` reads the log store back (it bounds the
+        in-memory log by ``options.entry_cache_bytes``; without one every entry stays cached).
 
         Raises:
             ConfigError: when a voter sequence omits ``node_id``.
         """
         self.raft = Raft(node_id, voters, rng=rng, options=options, hard_state=hard_state,
-                         entries=entries, applied=applied, snapshot=snapshot)
+                         entries=entries, applied=applied, snapshot=snapshot,
+                         log_reader=log_reader)
         # The hard and soft state the last Ready handed out (what the driver already knows).
         self._prev_hard_state = hard_state or HardState()
         self._prev_soft_state = SoftState(self.raft.role, None, self.raft.term)
@@ -144,6 +148,11 @@ class RawNode:
         """
         self.raft.transfer_leadership(target)
 
+    def set_disk_stalled(self, stalled: bool) -> None:
+        """Report whether this node's durable writes are stalled (see
+        :meth:`engine.core.raft.Raft.set_disk_stalled`)."""
+        self.raft.set_disk_stalled(stalled)
+
     def has_ready(self) -> bool:
         """True when :meth:`ready` has work."""
         r = self.raft
@@ -206,6 +215,11 @@ class RawNode:
     def term(self) -> Term:
         """The current term."""
         return self.raft.term
+
+    @property
+    def disk_stalled(self) -> bool:
+        """True while the driver reports this node's durable writes stalled."""
+        return self.raft.disk_stalled
 
     @property
     def recovering(self) -> Index:

@@ -357,6 +357,14 @@ class KVServer:
             "last_applied": status.last_applied,
             "last_log_index": status.last_log_index,
             "running": status.running,
+            "recovering": status.recovering,
+            "disk_stalled": status.disk_stalled,
+            # The leader's view of each peer; lag = entries the peer is known to lack.
+            "peers": {peer: {"match": pr.match, "next": pr.next, "state": pr.state,
+                             "lag": max(0, status.last_log_index - pr.match),
+                             "inflight": pr.inflight, "active": pr.recent_active,
+                             "recovering": pr.recovering}
+                      for peer, pr in status.progress.items() if peer != status.id},
             **_membership_fields(status.membership),
         })
 

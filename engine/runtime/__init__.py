@@ -49,6 +49,14 @@ Shared structures and their guards
 - ``NodeLoop.status`` (an immutable ``Status`` replaced by the loop after each round) and
   ``Applier.last_applied`` (an int written by the state machine's owner): read by any thread.
 - The snapshot store: ``SnapshotPipeline._lock`` around every call.
+- The log store with ``Config.storage_thread``: ``Persister._store_lock``, held by the storage
+  thread while it writes and syncs a group and by the loop thread while the core reads back
+  entries it dropped from its entry cache (``Persister.read_entries``).  Without the storage
+  thread the loop owns the store, except while the native syncer thread runs an fdatasync
+  (``end_sync`` hands it back; a read-back waits for it).
+- The fault-injecting stores (``engine.storage.faulty``): one lock per simulated disk,
+  ``DiskFaults._cond``.
+- The TCP transport's per-peer send queues: ``TcpTransport._queue_lock``.
 
 LocalCluster gives each node its own loop thread, as separate processes would have: a node that
 crashes or is paused stops alone, and the in-memory transport hands messages between loops with

@@ -26,6 +26,7 @@ fdatasync is written by the next group and shares the next fdatasync (group comm
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -51,7 +52,7 @@ from engine.eventloop import close_event_loop, new_event_loop
 from engine.membership import Membership
 from engine.runtime.applier import Applier, ReadWaiter
 from engine.runtime.membership import MembershipChange
-from engine.runtime.persister import Persister
+from engine.runtime.persister import Persister, StoreReader
 from engine.runtime.proposals import ProposalRegistry, settle
 from engine.runtime.recovery import Recovered, Stores, close_stores
 from engine.runtime.snapshot_pipeline import SnapshotPipeline
@@ -123,11 +124,13 @@ class NodeLoop:
         self._notify = notify
         snapshot = recovered.snapshot
         bootstrap = Membership() if join else Membership.bootstrap(self._peers)
-        # Owned by the loop thread (built here, before it starts):
+        # Owned by the loop thread (built here, before it starts).  The core reads entries
+        # dropped from its cache (Config.entry_cache_bytes) back through the persister.
+        log_reader = StoreReader()
         self.raw = RawNode(node_id, bootstrap, rng=random.Random(seed),
                            options=RaftOptions.from_config(config),
                            hard_state=recovered.hard_state, entries=recovered.entries,
-                           snapshot=snapshot)
+                           snapshot=snapshot, log_reader=log_reader)
         self.applier = Applier(
             node_id, state_machine, registry, threaded=config.apply_thread,
             on_progress=notify,
@@ -138,6 +141,9 @@ class NodeLoop:
             snapshot_threshold=config.snapshot_threshold,
             on_snapshot=self._on_snapshot_taken)
         self._pending_reads: dict[int, tuple[float, list[ReadWaiter]]] = {}
+        # When each Ready handed to the persister and not yet reported durable was handed over
+        # (monotonic seconds, oldest first): how the loop sees a stalled disk.
+        self._unpersisted_since: collections.deque[float] = collections.deque()
         self._read_ids = itertools.count(1)
         self._role = Role.FOLLOWER
         self._progress: dict[str, PeerProgress] = {}  # the leader's, as of the last tick
@@ -162,6 +168,7 @@ class NodeLoop:
             send=transport.send, on_persisted=self._on_persisted,
             on_error=self._fatal, install_snapshot=self.snapshots.commit_received,
             loop=self.aloop)
+        log_reader.persister = self.persister
         self._driving = False  # loop thread: inside _drive (a persisted group is stepped
         # back in by the drive in progress; otherwise it starts one)
         # Shared: any thread appends to the inbox, then calls _wake(); the loop thread pops.
@@ -383,6 +390,8 @@ class NodeLoop:
         self._tick_handle = loop.call_at(self._next_tick, self._on_tick)
         try:
             raw = self.raw
+            if self._unpersisted_since and self._disk_stalled(time.monotonic()):
+                raw.set_disk_stalled(True)
             raw.tick()
             self._refresh_progress(raw)
             if self._transfer is not None:
@@ -427,8 +436,7 @@ class NodeLoop:
                 for _ in event[2]:
                     queued.pop()
             elif tag == PERSISTED:
-                for rd in event[1]:
-                    raw.advance(rd)
+                self._advance_persisted(event[1])
             elif tag == READ:
                 reads.append((event[1], event[2]))
             elif tag == SNAPSHOT_SAVED:
@@ -513,6 +521,7 @@ class NodeLoop:
             if rd.snapshot is not None:
                 applier.submit_restore(rd.snapshot, self.snapshots.read_installed(rd.snapshot))
             if rd.must_persist() or rd.messages_after_persist:
+                self._unpersisted_since.append(time.monotonic())
                 persister.submit(rd)
             if rd.committed_entries:
                 applier.submit_entries(rd.committed_entries)
@@ -520,9 +529,11 @@ class NodeLoop:
                 pending = self._pending_reads.pop(read_state.context, None)
                 if pending is not None:
                     applier.submit_read(read_state.index, pending[1])
+        # Publish before applying: a future resolved by this apply slice must never meet a
+        # status() that shows an older commit index (last_applied is read live anyway).
+        self._publish_status()
         if applier.has_work and not self._apply_scheduled:
             self._apply_slice()
-        self._publish_status()
         if changed:
             self._notify()
 
@@ -538,6 +549,24 @@ class NodeLoop:
         except BaseException as exc:  # restore() or snapshot() of the user's machine failed
             self._loop_failed(exc)
 
+    def _disk_stalled(self, now: float) -> bool:
+        """True when the oldest write in progress has run past ``Config.disk_stall_timeout``."""
+        timeout = self.config.disk_stall_timeout
+        unpersisted = self._unpersisted_since
+        return bool(timeout and unpersisted and now - unpersisted[0] > timeout)
+
+    def _advance_persisted(self, readys: list[Ready]) -> None:
+        """``readys`` are durable: advance the core past them (loop thread), and tell it its
+        disk answers again if it was stalled."""
+        unpersisted = self._unpersisted_since
+        raw = self.raw
+        for rd in readys:
+            if unpersisted:
+                unpersisted.popleft()
+            raw.advance(rd)
+        if raw.disk_stalled and not self._disk_stalled(time.monotonic()):
+            raw.set_disk_stalled(False)
+
     def _on_persisted(self, readys: list[Ready]) -> None:
         """The log writer made ``readys`` durable: step their self-acknowledgements back in
         (loop thread: at once, and drive the result unless a drive is in progress; the storage
@@ -545,8 +574,7 @@ class NodeLoop:
         if not self.on_loop_thread():
             self.post((PERSISTED, readys))
             return
-        for rd in readys:
-            self.raw.advance(rd)
+        self._advance_persisted(readys)
         if not self._driving and not self._halted:
             try:
                 self._drive(self.raw)
@@ -645,7 +673,7 @@ class NodeLoop:
                              log_entries=raw.log_entries, progress=self._progress,
                              membership=raw.membership,
                              membership_committed=commit >= raw.membership_index,
-                             recovering=raw.recovering)
+                             recovering=raw.recovering, disk_stalled=raw.disk_stalled)
 
     # -- membership -----------------------------------------------------------------------------
 

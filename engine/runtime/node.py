@@ -174,7 +174,8 @@ class RaftNode:
             stores = open_stores(self._config, self._data_dir, self._log_store_arg,
                                  self._stable_store_arg, self._snapshot_store_arg)
             try:
-                recovered = recover(self._id, stores, self._state_machine)
+                recovered = recover(self._id, stores, self._state_machine,
+                                    discard_gaps=self._config.recover_corrupt_log)
                 transport = self._transport_arg or self._default_transport()
                 running = NodeLoop(self._id, self._peers, self._config, self._state_machine,
                                    stores, recovered, transport, seed=self._seed,

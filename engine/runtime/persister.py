@@ -24,6 +24,13 @@ safe (the leader re-sends it) and an atomic rename per commit would dominate the
 Ownership: the stores belong to the loop thread (inline, background: except the log store while
 a background sync runs, when it belongs to the syncer thread until ``end_sync`` says it ended)
 or to the storage thread (threaded); the halting thread takes them over once those are joined.
+
+Reads: the core reads back entries it dropped from its entry cache through
+:meth:`Persister.read_entries` (wrapped by :class:`StoreReader`), on the loop thread.  Inline,
+it reads the store at once; background, a sync in flight is waited for first (the store is lent
+to the syncer thread meanwhile; the group it covers is finished from the loop soon after);
+threaded, it takes ``_store_lock``, which the storage thread holds while it writes and syncs a
+group.  Only durable, committed entries are read, which no later write changes.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from engine.core import Message, Ready
 from engine.errors import StorageError
 from engine.runtime.workers import join_thread, start_thread
 from engine.storage.base import BackgroundSync, LogStore, StableStore
-from engine.types import SnapshotMeta
+from engine.types import Entry, SnapshotMeta
 
 logger = logging.getLogger(__name__)
 _STOP = object()
@@ -76,7 +83,11 @@ class Persister:
             self._background = log_store
         self._loop = loop
         self._syncing: list[Ready] | None = None
+        self._sync_collected = False  # read_entries waited for the sync of _syncing
         self._pending: list[Ready] = []
+        # Threaded mode: held by the storage thread while it writes a group, and by the loop
+        # thread while it reads entries back (read_entries).
+        self._store_lock = threading.Lock()
         self._fileno = -1
         # Threaded mode: the loop thread puts Readys here; the storage thread takes them.
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -135,13 +146,14 @@ class Persister:
     def _stop_background(self, *, flush: bool) -> None:
         background = self._background
         assert background is not None
-        if self._syncing is not None:
+        if self._syncing is not None and not self._sync_collected:
             try:
                 background.end_sync(wait=True)
             except StorageError:
                 logger.exception("%s: the last background sync failed", self._node_id)
                 self._failed = True
-            self._syncing = None
+        self._syncing = None
+        self._sync_collected = False
         pending, self._pending = self._pending, []
         if flush and pending and not self._failed:
             try:
@@ -171,7 +183,8 @@ class Persister:
             stop = any(rd is _STOP for rd in group)
             group = [rd for rd in group if rd is not _STOP]
             if group and not self._failed:
-                self._write_group(group)
+                with self._store_lock:
+                    self._write_group(group)
             if stop:
                 return
 
@@ -256,7 +269,9 @@ class Persister:
         if background is None or group is None or self._failed:
             return
         try:
-            if not background.end_sync():
+            if self._sync_collected:
+                self._sync_collected = False  # read_entries already waited for it
+            elif not background.end_sync():
                 return  # not finished yet (a spurious wake-up)
             self._syncing = None
             self._finish(group)
@@ -267,8 +282,49 @@ class Persister:
         if self._pending:
             self._write_pending()
 
+    def read_entries(self, lo: int, hi: int) -> list[Entry]:
+        """Durable entries ``[lo, hi)`` read back from the log store (loop thread; see the
+        module docstring).
+
+        Raises:
+            IndexError: the store does not hold them.
+            StorageError: the read (or the sync waited for) failed.
+        """
+        if self._threaded:
+            with self._store_lock:
+                return self._log_store.entries(lo, hi)
+        background = self._background
+        if background is not None and self._syncing is not None and not self._sync_collected:
+            try:
+                background.end_sync(wait=True)
+            except Exception as exc:
+                self._syncing = None
+                self._fail(exc)
+                raise
+            # The syncer's descriptor was consumed: finish the group from the loop.
+            self._sync_collected = True
+            if self._loop is not None:
+                self._loop.call_soon(self._on_sync_ended)
+        return self._log_store.entries(lo, hi)
+
     def close(self) -> None:
         """Stop watching the syncer's descriptor (loop thread, before the loop closes)."""
         if self._fileno >= 0 and self._loop is not None:
             self._loop.remove_reader(self._fileno)
             self._fileno = -1
+
+
+class StoreReader:
+    """The core's :class:`~engine.core.log.LogReader`: reads through a :class:`Persister` (set
+    :attr:`persister` before the core first reads; the loop builds the core first)."""
+
+    __slots__ = ("persister",)
+
+    def __init__(self) -> None:
+        self.persister: Persister | None = None
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        """See :meth:`Persister.read_entries`."""
+        if self.persister is None:
+            raise StorageError("the log store is not open yet")
+        return self.persister.read_entries(lo, hi)

@@ -14,7 +14,7 @@ from engine.config import Config
 from engine.core.lost_entries import recovering_mark
 from engine.errors import CorruptLogError
 from engine.statemachine import StateMachine
-from engine.storage.base import LogStore, StableStore
+from engine.storage.base import LogStore, StableStore, SyncMarkStore
 from engine.storage.memory import MemoryLogStore, MemoryStableStore
 from engine.storage.snapshot import MemorySnapshotStore, SnapshotStore, encode_snapshot
 from engine.types import Entry, HardState, SnapshotMeta
@@ -58,7 +58,8 @@ def open_stores(config: Config, data_dir: str | None, log_store: LogStore | None
     if data_dir is not None:
         from engine.storage.open import open_snapshot_store
         from engine.storage.open import open_stores as open_disk_stores
-        log, stable = open_disk_stores(data_dir, fsync=config.fsync)
+        log, stable = open_disk_stores(data_dir, fsync=config.fsync,
+                                       discard_corrupt_suffix=config.recover_corrupt_log)
         try:
             snapshots = open_snapshot_store(data_dir, fsync=config.fsync)
         except BaseException:
@@ -76,7 +77,8 @@ def close_stores(stores: Stores) -> None:
             store.close()
 
 
-def recover(node_id: str, stores: Stores, state_machine: StateMachine) -> Recovered:
+def recover(node_id: str, stores: Stores, state_machine: StateMachine, *,
+            discard_gaps: bool = False) -> Recovered:
     """Restore ``state_machine`` from the newest valid snapshot and return it with the log
     entries that follow it (the ones the core replays as it applies them again).
 
@@ -88,47 +90,68 @@ def recover(node_id: str, stores: Stores, state_machine: StateMachine) -> Recove
     *recovering*, and saved so before anything else happens: a crash during the recovery must
     not forget it.
 
+    ``discard_gaps`` (``Config.recover_corrupt_log``): a log with a gap after the newest valid
+    snapshot (the newest snapshot rotted and an older one does not reach the log) is discarded
+    instead, and the node recovers the entries from its peers (it is then recovering).
+
     Raises:
         CorruptLogError: the log has a gap after the snapshot (or starts after index 1 with no
-            snapshot to cover the entries before it).
+            snapshot to cover the entries before it), unless ``discard_gaps``.
     """
     store = stores.log
     hard_state = stores.stable.load()
     latest = stores.snapshots.latest()
     first, last = store.first_index(), store.last_index()
-    if latest is None:
+    meta = latest[0] if latest is not None else None
+    base = meta.index if meta is not None else 0
+    reset_to: int | None = None  # where the log must restart, if it must
+    if meta is None:
         if first != 1 and last >= first:
-            raise CorruptLogError(f"{node_id}: the log starts at {first} but there is no "
-                                  "snapshot covering the entries before it")
-        entries = store.entries(first, last + 1) if last >= first else []
-        return Recovered(_check_lost(node_id, stores, hard_state, 0), None, None, entries)
-    meta, data = latest
-    state_machine.restore(data)
-    if first <= meta.index <= last and store.term_at(meta.index) != meta.term:
+            _refuse_gap(f"{node_id}: the log starts at {first} but there is no snapshot "
+                        "covering the entries before it", discard_gaps)
+            reset_to = 1
+    elif first <= meta.index <= last and store.term_at(meta.index) != meta.term:
         logger.warning("%s: log disagrees with snapshot %d/%d; discarding the log",
                        node_id, meta.term, meta.index)
-        store.reset(meta.index + 1)
-        store.sync()
+        reset_to = meta.index + 1
     elif first > meta.index + 1:
-        raise CorruptLogError(f"{node_id}: the log starts at {first}, after the newest "
-                              f"valid snapshot at {meta.index}: entries are missing")
+        _refuse_gap(f"{node_id}: the log starts at {first}, after the newest valid snapshot "
+                    f"at {meta.index}: entries are missing", discard_gaps)
+        reset_to = meta.index + 1
     elif last < meta.index:
-        store.reset(meta.index + 1)
+        reset_to = meta.index + 1
+    # Decide (and save) the recovering mark before the log changes: a reset lowers the log's
+    # sync mark, so a crash right after it would otherwise hide the loss at the next start.
+    held = base if reset_to is not None else max(last, base)
+    hard_state = _check_lost(node_id, stores, hard_state, held)
+    if reset_to is not None:
+        store.reset(reset_to)
         store.sync()
-    lo, hi = max(store.first_index(), meta.index + 1), store.last_index() + 1
+    lo, hi = max(store.first_index(), base + 1), store.last_index() + 1
+    entries = store.entries(lo, hi) if hi > lo else []
+    if latest is None:
+        return Recovered(hard_state, None, None, entries)
+    meta, data = latest
+    state_machine.restore(data)
     logger.info("%s: restored snapshot %d/%d, replaying %d entries", node_id, meta.term,
-                meta.index, max(0, hi - lo))
-    return Recovered(_check_lost(node_id, stores, hard_state, meta.index), meta,
-                     encode_snapshot(meta, data), store.entries(lo, hi) if hi > lo else [])
+                meta.index, len(entries))
+    return Recovered(hard_state, meta, encode_snapshot(meta, data), entries)
 
 
-def _check_lost(node_id: str, stores: Stores, hard_state: HardState,
-                snapshot_index: int) -> HardState:
-    """``hard_state``, marked recovering (and saved so) when the node lost entries it may have
-    acknowledged."""
+def _refuse_gap(problem: str, discard: bool) -> None:
+    """Raise CorruptLogError for ``problem`` unless ``discard`` (then the caller empties the
+    log so the node fetches it back from its peers)."""
+    if not discard:
+        raise CorruptLogError(f"{problem} (start with recover_corrupt_log to discard the log "
+                              "and fetch it back from the peers)")
+    logger.warning("%s; discarding the log (recover_corrupt_log)", problem)
+
+
+def _check_lost(node_id: str, stores: Stores, hard_state: HardState, held: int) -> HardState:
+    """``hard_state``, marked recovering (and saved so) when the node, holding entries up to
+    ``held`` (log or snapshot), lost entries it may have acknowledged."""
     log = stores.log
-    synced = getattr(log, "synced_index_at_open", 0)  # TODO(sync mark protocol)
-    held = max(log.last_index(), snapshot_index)
+    synced = log.synced_index_at_open if isinstance(log, SyncMarkStore) else 0
     mark = recovering_mark(hard_state, synced, held)
     if mark == hard_state.recovering:
         if mark:

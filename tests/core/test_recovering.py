@@ -150,7 +150,7 @@ def test_leader_refuses_to_transfer_to_a_recovering_peer() -> None:
     held = net.take(lambda m: m.kind is APPEND and m.dst == "2")
     for m in net.take(lambda m: m.src == "2"):
         net.deliver(m)
-    if leader.raft._recovering_peers != {"2"}:
+    if set(leader.raft._recovering_peers) != {"2"}:
         # 2 answered a heartbeat: the leader knows it is recovering either way.
         heartbeat = Message(kind=HEARTBEAT_RESPONSE, src="2", dst="1",
                             term=leader.status().term, recovering=True)
@@ -261,3 +261,17 @@ def test_crash_while_recovering_keeps_the_mark() -> None:
     net.restart("2")
     net.restart("2")
     assert net.nodes["2"].status().recovering == mark
+
+
+def test_single_voter_cannot_recover_and_goes_on() -> None:
+    """With no peer to give the entries back, waiting would block the cluster forever: the
+    only voter logs the loss and carries on (it must still be able to lead)."""
+    net = CoreNetwork(1, seed=23)
+    net.elect("1")
+    net.nodes["1"].propose([b"a"])
+    net.nodes["1"].propose([b"b"])
+    net.stabilize()
+    _lose_tail(net, "1", 1)
+    assert net.nodes["1"].status().recovering == 0
+    net.elect("1")
+    assert net.nodes["1"].status().role == "leader"

@@ -77,6 +77,18 @@ def write(path: Path, text: str) -> str:
     return str(path)
 
 
+def test_storage_fault_flags_reach_the_config() -> None:
+    args = build_parser().parse_args([
+        "node", "--id", "n1", "--peers", "n1=127.0.0.1:7001", "--client", "127.0.0.1:6401",
+        "--recover-corrupt-log", "--disk-stall-timeout", "0.5"])
+    config = build_config(node_settings(args))
+    assert config.recover_corrupt_log is True
+    assert config.disk_stall_timeout == 0.5
+    default = build_config(node_settings(build_parser().parse_args([
+        "node", "--id", "n1", "--peers", "n1=127.0.0.1:7001", "--client", "127.0.0.1:6401"])))
+    assert default.recover_corrupt_log is False
+
+
 def test_toml_settings_with_flags_overriding(tmp_path: Path) -> None:
     config = write(tmp_path / "node.toml", """
         id = "n2"
@@ -159,6 +171,25 @@ def test_format_status_of_an_unknown_leader() -> None:
                           "commit_index": 5, "last_applied": 4, "last_log_index": 6})
     assert "leader          unknown" in text
     assert "applied index   4" in text
+
+
+def test_format_status_shows_recovery_stalls_and_follower_lag() -> None:
+    text = format_status({"id": "n1", "role": "leader", "term": 2, "leader_id": "n1",
+                          "commit_index": 9, "last_applied": 9, "last_log_index": 9,
+                          "peers": {"n2": {"match": 9, "lag": 0, "state": "replicate",
+                                           "active": True, "recovering": False},
+                                    "n3": {"match": 4, "lag": 5, "state": "probe",
+                                           "active": True, "recovering": True}}})
+    lines = text.splitlines()
+    assert "peer n2         match 9  lag 0  replicate, active" in lines
+    assert "peer n3         match 4  lag 5  probe, active, recovering" in lines
+    follower = format_status({"id": "n3", "role": "follower", "term": 2, "leader_id": "n1",
+                              "commit_index": 4, "last_applied": 4, "last_log_index": 4,
+                              "recovering": 9, "disk_stalled": True})
+    assert any(line.startswith("recovering      lost entries up to 9")
+               for line in follower.splitlines())
+    assert any(line.startswith("disk            stalled") for line in follower.splitlines())
+    assert "recovering" not in format_status({"id": "n2", "role": "follower", "term": 1})
 
 
 def test_format_status_shows_the_configuration() -> None:

@@ -165,6 +165,12 @@ def test_connection_commands(kv: KV, leader: redis.Redis) -> None:
     assert status["role"] == "leader"
     assert status["leader_address"] == kv.addresses[status["id"]]
     assert {"term", "leader_id", "commit_index", "last_applied", "last_log_index"} <= set(status)
+    assert status["recovering"] == 0 and status["disk_stalled"] is False
+    # The leader's view of its followers, with their lag in entries.
+    assert set(status["peers"]) == set(kv.addresses) - {status["id"]}
+    for peer in status["peers"].values():
+        assert {"match", "next", "state", "lag", "inflight", "active", "recovering"} <= set(peer)
+        assert peer["lag"] == max(0, status["last_log_index"] - peer["match"])
 
 
 def test_resp3_client_is_refused_clearly(kv: KV) -> None:
@@ -232,7 +238,8 @@ def test_address_in_use_raises_and_leaves_no_thread(kv: KV, leader: redis.Redis)
 # -- membership: RAFT.MEMBER and the configuration in RAFT.STATUS ------------------------------
 
 STATUS_FIELDS = {"id", "role", "term", "leader_id", "leader_address", "commit_index",
-                 "last_applied", "last_log_index", "running", "voters", "outgoing", "learners"}
+                 "last_applied", "last_log_index", "running", "recovering", "disk_stalled", "peers",
+                 "voters", "outgoing", "learners"}
 N4_RAFT = "127.0.0.1:7004"  # the memory network routes by id; the address must be host:port
 
 
