@@ -1,4 +1,4 @@
-"""RESP2, the Redis wire protocol: an incremental request parser and a reply encoder.
+"""RESP2 and RESP3, the Redis wire protocol: an incremental request parser and a reply encoder.
 
 Sans-IO, in the manner of h11: :class:`RespParser` is fed whatever bytes arrived and hands out
 complete commands; :func:`encode` turns reply values into bytes.  Neither touches a socket.
@@ -10,16 +10,23 @@ Requests come in the two forms Redis accepts::
 
 Reply values map to RESP types like this:
 
-==================  ==============================
-value               RESP2
-==================  ==============================
-``SimpleString``    ``+OK``
-``Error``           ``-ERR message``
-``int``             ``:42``
-``bytes`` / ``str`` bulk string ``$3\\r\\nabc``
-``None``            null bulk string ``$-1``
-``list``/``tuple``  array of any of these
-==================  ==============================
+==================  ==============================  ==================================
+value               RESP2                           RESP3 (a connection after HELLO 3)
+==================  ==============================  ==================================
+``SimpleString``    ``+OK``                         the same
+``Error``           ``-ERR message``                the same
+``int``             ``:42``                         the same
+``bytes`` / ``str`` bulk string ``$3\\r\\nabc``     the same
+``None``            null bulk string ``$-1``        null ``_``
+``list``/``tuple``  array of any of these           the same (``*``)
+``dict``            flat array key, value, ...      map ``%``
+``bool``            ``:1`` / ``:0``                 boolean ``#t`` / ``#f``
+``float``           bulk string ``$4\\r\\n1.5``     double ``,1.5``
+``Verbatim``        bulk string                     verbatim string ``=``, ``txt:``
+==================  ==============================  ==================================
+
+RESP2 is the default (:func:`encode`, :func:`encode_many` with ``proto=2``), byte for byte what
+it was before RESP3 existed here.
 
 Limits (``max_bulk``, ``max_array``, ``max_inline``) bound what one client can make the server
 buffer; exceeding one, or any malformed input, raises :class:`ProtocolError`, after which the
@@ -64,6 +71,13 @@ class SimpleString(str):
 
 class Error(str):
     """A reply sent as a RESP error (``-ERR message``); the first word is the error code."""
+
+    __slots__ = ()
+
+
+class Verbatim(str):
+    """Text sent as a RESP3 verbatim string (``=<len>\\r\\ntxt:...``), as a bulk string in
+    RESP2: what Redis answers INFO and CLIENT INFO with."""
 
     __slots__ = ()
 
@@ -276,23 +290,25 @@ class RespParser:
 # -- reply encoding ----------------------------------------------------------------------------
 
 
-def encode(value: object) -> bytes:
-    """The RESP2 bytes of one reply value (see the module docstring for the mapping).
+def encode(value: object, proto: int = 2) -> bytes:
+    """The RESP bytes of one reply value (see the module docstring for the mapping); ``proto``
+    is 2 or 3.
 
     Raises:
         TypeError: a value of an unsupported type (a bug in the caller).
         ValueError: a simple string or error containing CR or LF.
     """
     out: list[bytes] = []
-    _encode_into(out, value)
+    (_encode3_into if proto == 3 else _encode_into)(out, value)
     return b"".join(out)
 
 
-def encode_many(values: Sequence[object]) -> bytes:
-    """The concatenated RESP2 bytes of several replies (one write for a pipeline)."""
+def encode_many(values: Sequence[object], proto: int = 2) -> bytes:
+    """The concatenated RESP bytes of several replies (one write for a pipeline)."""
     out: list[bytes] = []
+    into = _encode3_into if proto == 3 else _encode_into
     for value in values:
-        _encode_into(out, value)
+        into(out, value)
     return b"".join(out)
 
 
@@ -309,17 +325,61 @@ def _encode_into(out: list[bytes], value: object) -> None:
         out.append((b"+" if kind is SimpleString else b"-") + text + _CRLF)
     elif kind is int:
         out.append(b":%d\r\n" % value)  # type: ignore[str-format]
-    elif kind is str:
+    elif kind is str or kind is Verbatim:
         data = value.encode(errors="replace")  # type: ignore[attr-defined]
         out.append(b"$%d\r\n%b\r\n" % (len(data), data))
     elif kind is list or kind is tuple:
         out.append(b"*%d\r\n" % len(value))  # type: ignore[arg-type]
         for item in value:  # type: ignore[attr-defined]
             _encode_into(out, item)
+    elif kind is dict:
+        out.append(b"*%d\r\n" % (2 * len(value)))  # type: ignore[arg-type]
+        for key, item in value.items():  # type: ignore[attr-defined]
+            _encode_into(out, key)
+            _encode_into(out, item)
+    elif kind is bool:
+        out.append(b":1\r\n" if value else b":0\r\n")
+    elif kind is float:
+        _encode_into(out, _double(value))  # type: ignore[arg-type]
     elif isinstance(value, bytearray | memoryview):
         _encode_into(out, bytes(value))
     else:
         raise TypeError(f"cannot encode {kind.__name__} as RESP")
+
+
+def _encode3_into(out: list[bytes], value: object) -> None:
+    kind = type(value)
+    if kind is bytes:
+        out.append(b"$%d\r\n%b\r\n" % (len(value), value))  # type: ignore[arg-type]
+    elif value is None:
+        out.append(b"_\r\n")
+    elif kind is list or kind is tuple:
+        out.append(b"*%d\r\n" % len(value))  # type: ignore[arg-type]
+        for item in value:  # type: ignore[attr-defined]
+            _encode3_into(out, item)
+    elif kind is dict:
+        out.append(b"%%%d\r\n" % len(value))  # type: ignore[arg-type]
+        for key, item in value.items():  # type: ignore[attr-defined]
+            _encode3_into(out, key)
+            _encode3_into(out, item)
+    elif kind is bool:
+        out.append(b"#t\r\n" if value else b"#f\r\n")
+    elif kind is float:
+        out.append(b",%b\r\n" % _double(value))  # type: ignore[arg-type]
+    elif kind is Verbatim:
+        data = b"txt:" + value.encode(errors="replace")  # type: ignore[attr-defined]
+        out.append(b"=%d\r\n%b\r\n" % (len(data), data))
+    else:
+        _encode_into(out, value)  # the types RESP2 and RESP3 share
+
+
+def _double(value: float) -> bytes:
+    """A double as Redis writes it (``inf``, ``-inf``, ``nan``, else the shortest repr)."""
+    if value != value:
+        return b"nan"
+    if value in (float("inf"), float("-inf")):
+        return b"inf" if value > 0 else b"-inf"
+    return repr(value).encode()
 
 
 # -- reply parsing (for small clients) ---------------------------------------------------------
@@ -328,10 +388,11 @@ def _encode_into(out: list[bytes], value: object) -> None:
 def parse_reply(buf: bytes, pos: int = 0) -> tuple[object, int] | None:
     """Parse one reply starting at ``buf[pos]``: ``(value, end)`` or None when incomplete.
 
-    Values come back as :func:`encode` takes them (SimpleString, Error, int, bytes, None, list).
+    Values come back as :func:`encode` takes them (SimpleString, Error, int, bytes, None, list;
+    from RESP3 also dict, bool, float and Verbatim; sets and pushes as lists).
 
     Raises:
-        ProtocolError: the bytes are not a RESP2 reply.
+        ProtocolError: the bytes are not a RESP2 or RESP3 reply.
     """
     end = buf.find(_CRLF, pos)
     if end < 0:
@@ -353,16 +414,38 @@ def parse_reply(buf: bytes, pos: int = 0) -> tuple[object, int] | None:
         if buf[after + length:after + length + 2] != _CRLF:
             raise ProtocolError("bulk string not followed by CRLF")
         return bytes(buf[after:after + length]), after + length + 2
-    if kind == b"*":
+    if kind == b"*" or kind == b"%" or kind == b"~" or kind == b">":
         count = _parse_int(line, "array length")
         if count < 0:
             return None, after
         items: list[object] = []
-        for _ in range(count):
+        for _ in range(2 * count if kind == b"%" else count):
             parsed = parse_reply(buf, after)
             if parsed is None:
                 return None
             item, after = parsed
             items.append(item)
+        if kind == b"%":
+            return {_hashable(items[i]): items[i + 1] for i in range(0, len(items), 2)}, after
         return items, after
+    if kind == b"_":
+        return None, after
+    if kind == b"#":
+        return line == b"t", after
+    if kind == b",":
+        return float(line), after
+    if kind == b"(":
+        return _parse_int(line, "big number"), after
+    if kind == b"=" or kind == b"!":
+        length = _parse_int(line, "verbatim length")
+        if len(buf) < after + length + 2:
+            return None
+        text = bytes(buf[after:after + length])
+        if kind == b"!":
+            return Error(text.decode(errors="replace")), after + length + 2
+        return Verbatim(text[4:].decode(errors="replace")), after + length + 2
     raise ProtocolError(f"unknown reply type {kind!r}")
+
+
+def _hashable(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value

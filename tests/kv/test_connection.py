@@ -43,6 +43,9 @@ class FakeTransport:
             self.pause_at = None
             self.protocol.pause_writing()
 
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else None
+
     def pause_reading(self) -> None:
         assert self.reading
         self.reading = False

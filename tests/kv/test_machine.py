@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from engine import StateMachine
 from engine.kv.machine import (
     COMMANDS,
+    INTERNAL_OPS,
     NOT_AN_INTEGER,
     OVERFLOW,
     SYNTAX_ERROR,
@@ -44,8 +45,11 @@ def test_set_get(kv: KVMachine) -> None:
     assert kv.execute(Op.GET, [b"k"]) == b""
 
 
-def test_set_options_are_a_syntax_error(kv: KVMachine) -> None:
-    assert run(kv, Op.SET, b"k", b"v", b"NX") == SYNTAX_ERROR
+def test_unknown_set_options_are_a_syntax_error(kv: KVMachine) -> None:
+    assert run(kv, Op.SET, b"k", b"v", b"NOPE") == SYNTAX_ERROR
+    assert run(kv, Op.SET, b"k", b"v", b"NX", b"XX") == SYNTAX_ERROR
+    assert run(kv, Op.SET, b"k", b"v", b"EX") == SYNTAX_ERROR
+    assert run(kv, Op.SET, b"k", b"v", b"EX", b"1", b"PX", b"5") == SYNTAX_ERROR
     assert kv.data == {}
 
 
@@ -129,7 +133,7 @@ def test_malformed_log_entry_is_an_error_value(kv: KVMachine) -> None:
 
 
 def test_command_table_covers_every_op() -> None:
-    assert {spec.op for spec in COMMANDS.values()} == set(Op)
+    assert {spec.op for spec in COMMANDS.values()} == set(Op) - INTERNAL_OPS
 
 
 # -- formats -----------------------------------------------------------------------------------

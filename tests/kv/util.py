@@ -84,14 +84,18 @@ class RawClient:
 
     def reply(self) -> object:
         """The next reply; ConnectionError when the server closed the connection first."""
+        return self.reply_bytes()[0]
+
+    def reply_bytes(self) -> tuple[object, bytes]:
+        """The next reply and the bytes it came as (RESP2 or RESP3)."""
         while (parsed := parse_reply(self.buf)) is None:
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise ConnectionError("closed by the server")
             self.buf += chunk
         value, end = parsed
-        self.buf = self.buf[end:]
-        return value
+        data, self.buf = self.buf[:end], self.buf[end:]
+        return value, data
 
     def closed_by_server(self) -> bool:
         """True when the server closes the connection (after any unread replies)."""
