@@ -240,6 +240,23 @@ class NodeProcesses:
     clients: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     leader: str | None = None        # the leader's client address once known
+    # Engine nodes serve /metrics (raft-engine node --metrics) when the tree has engine.metrics
+    # (an older --engine-root may not): the commit-stage breakdown is scraped from the leader.
+    engine_metrics: bool = True
+    metrics: dict[str, str] = field(default_factory=dict)
+
+    def stage_breakdown(self) -> dict[str, float] | None:
+        """Mean microseconds per commit stage on the leader (its sampled
+        raft_commit_stage_seconds histograms); None when it does not serve metrics."""
+        leader = self.leader_id
+        if leader is None or leader not in self.metrics:
+            return None
+        from bench.metrics_overhead import _scrape, _stage_means, _stages_of
+        try:
+            sums, counts = _stages_of(_scrape(self.metrics[leader]), leader)
+        except (OSError, ValueError):
+            return None
+        return _stage_means(sums, counts) if any(counts.values()) else None
 
     def _argv(self, i: str) -> tuple[list[str], str]:
         if self.system == "pysyncobj":
@@ -255,16 +272,22 @@ class NodeProcesses:
                 "--log-level", "WARNING"]
         if not self.fsync:
             argv.append("--no-fsync")
+        if i in self.metrics:
+            argv += ["--metrics", self.metrics[i]]
         return argv, self.engine_root
 
     def start(self) -> None:
         if self.system not in SYSTEMS:
             raise ValueError(f"unknown system {self.system!r}")
         self.ids = [f"n{k}" for k in range(1, self.n + 1)]
-        ports = free_loopback_ports(2 * self.n)
+        ports = free_loopback_ports(3 * self.n)
         self.peers = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, ports[:self.n], strict=True)}
         self.clients = {i: f"127.0.0.1:{p}"
-                        for i, p in zip(self.ids, ports[self.n:], strict=True)}
+                        for i, p in zip(self.ids, ports[self.n:2 * self.n], strict=True)}
+        if (self.system == "engine" and self.engine_metrics
+                and os.path.exists(os.path.join(self.engine_root, "engine", "metrics.py"))):
+            self.metrics = {i: f"127.0.0.1:{p}"
+                            for i, p in zip(self.ids, ports[2 * self.n:], strict=True)}
         for i in self.ids:
             argv, cwd = self._argv(i)
             with open(os.path.join(self.root, f"{i}.log"), "wb") as log:

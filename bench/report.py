@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from bench import figure16
 from bench.scenarios import native_store_impl
 
 if TYPE_CHECKING:
@@ -158,6 +159,8 @@ def one_line(r: dict[str, Any]) -> str:
     if fam == "timeout_tuning":
         return (f"recover p50={_num(m['recover_to_commit_ms']['p50'], 1)}ms, "
                 f"{m['under_drop']['elections_per_min']:.1f} elections/min under drop")
+    if fam == "figure16":
+        return figure16.one_line(m)
     return json.dumps(m)[:120]
 
 
@@ -749,6 +752,8 @@ SECTIONS = [
     ("ablation", "Ablations (same-run ratios)", _section_ablations),
     ("timeout_tuning", "Timeout tuning (n=3, defaults otherwise; recovery after a leader crash, "
      "spurious elections under 5% drop with 0-20 ms delay and reordering)", _section_tuning),
+    ("figure16", "Raft paper Figure 16: time to elect a new leader after the leader crashes "
+     "(figure16.png)", figure16.section),
     ("snapshots", "Snapshots and leadership transfer (n=3)", _section_snapshots),
     ("membership", "Membership: a new node joins (learner -> caught up -> voter)",
      _section_membership),
@@ -918,6 +923,16 @@ def write_plots(data: dict[str, Any], out_dir: str) -> tuple[list[str], str | No
         ax2.set_title("Latency vs drop rate (n=3)")
         ax2.legend(fontsize="small")
         save(fig, "vs_drop_rate.png")
+    stages = {r["label"]: r["metrics"]["stages_us"] for r in ok
+              if isinstance(r.get("metrics"), dict) and r["metrics"].get("stages_us")
+              and (r["family"] == "processes"
+                   or (r["params"].get("n") == 3 and r["params"].get("transport") == "memory"))}
+    if stages:
+        from bench.metrics_overhead import plot_stages
+        path = plot_stages(stages, os.path.join(out_dir, "commit_stages.png"))
+        if path:
+            paths.append(path)
+    paths += figure16.suite_plots(ok, out_dir)
     return paths, None
 
 

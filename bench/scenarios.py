@@ -335,8 +335,23 @@ def run_commit_latency(case: Case, ctx: Context) -> Outcome:
     with running_cluster(ctx, case.label, p["n"], transport=p["transport"]) as c:
         _apply_drop(c, p)
         values, retries = _latency(ctx, c, p["payload"])
-    metrics = wl.latency_summary(values) | {"retries": retries}
+        stages = _stage_breakdown(c)
+    metrics = wl.latency_summary(values) | {"retries": retries, "stages_us": stages}
     return Outcome(metrics, [_latency_series(case.label, values)])
+
+
+def _stage_breakdown(cluster: LocalCluster) -> dict[str, float] | None:
+    """Mean microseconds per commit stage on the current leader, from its sampled
+    ``raft_commit_stage_seconds`` histograms (engine.runtime.telemetry); None without samples."""
+    from engine.runtime.telemetry import STAGES
+    leaders = [n for n in cluster.nodes if n.status().role == "leader"]
+    if not leaders:
+        return None
+    stages = leaders[0].telemetry.stages
+    snaps = {name: stages[name].snapshot() for name in STAGES}
+    if not snaps[STAGES[-1]][2]:
+        return None
+    return {name: snap[1] / snap[2] * 1e6 if snap[2] else 0.0 for name, snap in snaps.items()}
 
 
 def run_throughput(case: Case, ctx: Context) -> Outcome:
@@ -346,7 +361,8 @@ def run_throughput(case: Case, ctx: Context) -> Outcome:
     with running_cluster(ctx, case.label, p["n"], transport=p["transport"]) as c:
         _apply_drop(c, p)
         result = _throughput(ctx, c, p["payload"])
-    return Outcome(result.summary(), [_tput_series(case.label, result)])
+        stages = _stage_breakdown(c)
+    return Outcome(result.summary() | {"stages_us": stages}, [_tput_series(case.label, result)])
 
 
 def run_durability(case: Case, ctx: Context) -> Outcome:
@@ -408,6 +424,7 @@ def run_processes(case: Case, ctx: Context) -> Outcome:
                              seconds=t.latency_budget_s, ops=t.latency_ops,
                              warmup_ops=t.latency_warmup,
                              warmup_seconds=min(1.0, 2 * t.latency_budget_s))
+        stages = cluster.stage_breakdown() if system == "engine" else None
         ctx.say(f"{system}: {connections} x {depth} pipelined SETs")
         sat = pr.run_loadgen(cluster.leader, "saturate", p["payload"], seconds=measured_s,
                              warmup=t.tput_warmup_s, window=t.tput_window_s,
@@ -458,6 +475,8 @@ def run_processes(case: Case, ctx: Context) -> Outcome:
                                  "SyncObjConf (log in memory, no fsync)")
     if redis is not None:
         metrics["redis_benchmark"] = redis
+    if stages:
+        metrics["stages_us"] = stages  # the sequential phase, on the leader (sampled)
     lat = Series(case.label + " latency", [(1, values)],
                  "seconds from sending SET to reading its reply, one sequential RESP client "
                  "(bench.loadgen) on the leader process's client port")
@@ -767,6 +786,19 @@ def run_timeout_tuning(case: Case, ctx: Context) -> Outcome:
     return Outcome(metrics, [s for s in series if s.runs])
 
 
+def run_figure16(case: Case, ctx: Context) -> Outcome:
+    """The Raft paper's Figure 16 (bench/figure16.py): time without a leader after the leader
+    crashes, per election timeout range, PreVote off and on."""
+    from bench import figure16
+    ranges, trials = figure16.SUITE[ctx.timing.name]
+    delay = figure16.DEFAULT_DELAY_MS / 1e3
+    curves = figure16.run(ranges, trials=trials, delay=delay, seed=ctx.seed, say=ctx.say)
+    series = [Series(f"{case.label} {c.range} pre_vote={'on' if c.pre_vote else 'off'}",
+                     [(1, c.downtimes)], "seconds from the leader's crash to a new leader")
+              for c in curves if c.downtimes]
+    return Outcome(figure16.suite_metrics(curves, delay), series)
+
+
 def _log_then_snapshot(ctx: Context, case: Case, what: str, every: int,
                        trailing: int) -> Iterator[tuple[str, LocalCluster]]:
     """Two running clusters of the 10,000-key table machine, one after the other: ``("log",
@@ -868,6 +900,8 @@ FAMILIES = {f.name: f for f in [
            run_ablation_switch_interval),
     Family("timeout_tuning", "Timeout tuning: election timeout / heartbeat sweep",
            run_timeout_tuning),
+    Family("figure16", "Raft paper Figure 16: time to elect a new leader after a crash "
+           "(5 nodes, election timeout ranges, PreVote off/on)", run_figure16),
     Family("snapshots", "Snapshots: throughput cost, follower catch-up, leadership transfer",
            run_snapshots),
     Family("membership", "Membership: a new empty node joins a loaded 3-node cluster "
@@ -947,6 +981,7 @@ def build_cases(mode: str = "quick", *, explicit: bool = False) -> list[Case]:
     specs.append(("ablation_switch_interval", {"n": 3, "payload": 16}))
     for point in TUNING_POINTS["full" if full else "quick"]:
         specs.append(("timeout_tuning", {"n": 3, "point": point, "drop": 0.05}))
+    specs.append(("figure16", {"n": 5}))
     specs.append(("snapshots", {"n": 3, "payload": 16}))
     specs.append(("membership", {"n": 3, "payload": 16}))
     return [Case(family, _label(family, params), params, FAMILIES[family].run)

@@ -6,10 +6,15 @@
         --data-dir /var/lib/kv/n1 --client 127.0.0.1:6401 \\
         --clients n1=127.0.0.1:6401,n2=127.0.0.1:6402,n3=127.0.0.1:6403
     raft-engine cluster --nodes 3            # three such nodes as local subprocesses
-    raft-engine status 127.0.0.1:6401        # role, term, leader, indexes, voters, learners
+    raft-engine status 127.0.0.1:6401        # every member: role, term, indexes, lag, contact
+    raft-engine status 127.0.0.1:6401 --watch  # the same, redrawn every 2 s (--json: for scripts)
+    raft-engine status 127.0.0.1:6401 --node   # that node only: leader, indexes, voters, learners
+    raft-engine transfer 127.0.0.1:6401 n2     # hand leadership to n2; returns once n2 leads
+    raft-engine snapshot 127.0.0.1:6402        # snapshot n2 now; prints the snapshot's index
     raft-engine node --id n4 --join ...      # a new node (--peers: the members and itself)
     raft-engine member 127.0.0.1:6401 add n4 127.0.0.1:7004   # on the leader: n4 as a learner
     raft-engine member 127.0.0.1:6401 promote n4              # then a voter (or: remove n4)
+    raft-engine tune [--peers H:P,...] [--data-dir DIR] [--verify]  # recommend timeouts
 
 ``node`` reads the same settings from a TOML file (``--config node.toml``, keys as the long
 flags with ``_`` or ``-``, e.g. ``election_timeout_min = 0.3``, ``fsync = false``,
@@ -41,10 +46,11 @@ from typing import Any
 
 import orjson
 
+from engine import tune
 from engine.config import Config
 from engine.errors import ConfigError, RaftError
+from engine.kv import admin_client, cluster_view
 from engine.kv.machine import KVMachine
-from engine.kv.resp import Error, encode, parse_reply
 from engine.kv.server import KVServer
 from engine.runtime.node import RaftNode
 from engine.transport.tcp import TcpTransport, parse_address
@@ -98,6 +104,7 @@ _NODE_SETTINGS: dict[str, Callable[[Any], Any]] = {
     "client": str,
     "clients": lambda v: _mapping(v, "clients"),
     "secret_file": str,
+    "client_password_file": str,
     "heartbeat_interval": float,
     "election_timeout_min": float,
     "election_timeout_max": float,
@@ -109,6 +116,8 @@ _NODE_SETTINGS: dict[str, Callable[[Any], Any]] = {
     "join": bool,
     "log_level": str,
     "gc_threshold": int,
+    "metrics": str,
+    "latency_sample_every": int,
 }
 """Every flag of ``node`` (TOML key = flag name with ``_``), with the type it must have."""
 
@@ -220,8 +229,9 @@ def build_config(settings: Mapping[str, Any]) -> Config:
         raise UsageError(str(exc)) from None
 
 
-def read_secret(path: str) -> bytes:
-    """The shared transport secret kept in ``path`` (surrounding whitespace stripped).
+def read_secret(path: str, flag: str = "--secret-file") -> bytes:
+    """The secret kept in ``path`` (surrounding whitespace stripped): the shared transport
+    secret, or (``flag="--client-password-file"``) the password clients AUTH with.
 
     Raises:
         UsageError: unreadable or empty file.
@@ -230,9 +240,9 @@ def read_secret(path: str) -> bytes:
         with open(path, "rb") as f:
             secret = f.read().strip()
     except OSError as exc:
-        raise UsageError(f"--secret-file {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
     if not secret:
-        raise UsageError(f"--secret-file {path} is empty")
+        raise UsageError(f"{flag} {path} is empty")
     return secret
 
 
@@ -264,6 +274,8 @@ def run_node(settings: Mapping[str, Any]) -> int:
     """Run one KV node until SIGTERM/SIGINT; 0 after a graceful stop, 1 when it failed."""
     config = build_config(settings)
     secret = read_secret(settings["secret_file"]) if "secret_file" in settings else None
+    password = (read_secret(settings["client_password_file"], "--client-password-file")
+                if "client_password_file" in settings else None)
     logging.basicConfig(level=settings["log_level"], stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node_id, peers = settings["id"], settings["peers"]
@@ -272,7 +284,8 @@ def run_node(settings: Mapping[str, Any]) -> int:
         transport = None if secret is None else TcpTransport(node_id, peers, secret=secret)
         node = RaftNode(node_id, peers, KVMachine(), config=config, data_dir=data_dir,
                         transport=transport, join=bool(settings.get("join", False)))
-        server = KVServer(node, settings["client"], client_addresses=settings.get("clients"))
+        server = KVServer(node, settings["client"], client_addresses=settings.get("clients"),
+                          password=password)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     if data_dir is None:
@@ -291,6 +304,18 @@ def run_node(settings: Mapping[str, Any]) -> int:
             logger.error("%s: cannot serve clients on %s: %s", node_id, settings["client"], exc)
             node.stop()
             return 1
+        metrics = None
+        if settings.get("metrics"):
+            try:
+                import engine.metrics
+                metrics = engine.metrics.serve(settings["metrics"], node)
+            except (ImportError, ValueError, OSError) as exc:
+                logger.error("%s: cannot serve metrics on %s: %s", node_id,
+                             settings["metrics"], exc)
+                server.stop()
+                node.stop()
+                return 1
+            logger.info("%s: metrics on %s", node_id, metrics.url)
         logger.info("%s: running (raft %s, clients %s, data %s, fsync %s)", node_id,
                     peers[node_id], settings["client"], data_dir or "in memory", config.fsync)
         code = 0
@@ -302,55 +327,19 @@ def run_node(settings: Mapping[str, Any]) -> int:
                     break
         finally:
             logger.info("%s: stopping", node_id)
+            if metrics is not None:
+                metrics.close()
             server.stop()
             node.stop()
     return code
 
 
-def fetch_status(address: str, timeout: float = 2.0) -> dict[str, Any]:
-    """Ask the KV node serving clients at ``address`` for RAFT.STATUS.
-
-    Raises:
-        ConfigError: ``address`` is not ``host:port``.
-        OSError: unreachable, timed out or closed before answering.
-        RaftError: the node answered with an error or something that is not a status.
-    """
-    return _json_request(address, [b"RAFT.STATUS"], timeout, "a status")
-
-
-def _json_request(address: str, command: list[bytes], timeout: float,
-                  what: str) -> dict[str, Any]:
-    """Send one RESP command to a node's client address; its reply must be a JSON object.
-
-    Raises:
-        ConfigError: ``address`` is not ``host:port``.
-        OSError: unreachable, timed out or closed before answering.
-        RaftError: the node answered with an error or something that is not ``what``.
-    """
-    host, port = parse_address("address", address)
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(encode(command))
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while (parsed := parse_reply(buf)) is None:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("connection closed before the reply")
-            buf += chunk
-    reply = parsed[0]
-    if isinstance(reply, Error):
-        raise RaftError(f"{address} answered -{reply}")
-    if not isinstance(reply, bytes):
-        raise RaftError(f"{address} answered {reply!r}, not {what}")
-    result = orjson.loads(reply)
-    if not isinstance(result, dict):
-        raise RaftError(f"{address} answered {reply!r}, not {what}")
-    return result
+fetch_status = admin_client.fetch_status
+"""Ask the KV node serving clients at ``address`` for RAFT.STATUS (``password``: AUTH first)."""
 
 
 def run_member(address: str, action: str, node_id: str, raft_address: str | None, *,
-               timeout: float) -> int:
+               timeout: float, password: bytes | None = None) -> int:
     """``raft-engine member``: ask the leader serving clients at ``address`` to add, promote or
     remove a node; prints the new configuration.  1 when it failed."""
     command = [b"RAFT.MEMBER", action.encode(), node_id.encode()]
@@ -365,7 +354,8 @@ def run_member(address: str, action: str, node_id: str, raft_address: str | None
     elif raft_address is not None:
         raise UsageError(f"member {action} takes only the node id")
     try:
-        result = _json_request(address, command, timeout, "a configuration")
+        result = admin_client.json_request(address, command, timeout, "a configuration",
+                                           password=password)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     except (OSError, RaftError, orjson.JSONDecodeError) as exc:
@@ -404,10 +394,11 @@ def format_status(status: Mapping[str, Any]) -> str:
     return "\n".join(f"{name:<15} {value}" for name, value in rows)
 
 
-def run_status(address: str, *, as_json: bool = False, timeout: float = 2.0) -> int:
+def run_status(address: str, *, as_json: bool = False, timeout: float = 2.0,
+               password: bytes | None = None) -> int:
     """Print a node's status; 1 when it cannot be reached."""
     try:
-        status = fetch_status(address, timeout)
+        status = fetch_status(address, timeout, password=password)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     except (OSError, RaftError, orjson.JSONDecodeError) as exc:
@@ -591,7 +582,7 @@ def _wait_for_leader(clients: Mapping[str, str], procs: Mapping[str, subprocess.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of the three subcommands."""
+    """The argparse parser of every subcommand."""
     parser = argparse.ArgumentParser(prog=PROG, description=(
         "Replicated Redis-compatible key-value store on the raft-engine Raft library."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -609,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="every member's client address, for -NOTLEADER redirects")
     node.add_argument("--secret-file", metavar="FILE",
                       help="file holding the shared secret that authenticates Raft peers")
+    node.add_argument("--client-password-file", metavar="FILE",
+                      help="file holding the password RESP clients must AUTH with")
     for name, kind, text in (
             ("heartbeat-interval", float, "seconds between leader heartbeats"),
             ("election-timeout-min", float, "lower bound of the election timeout (s)"),
@@ -617,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("max-inflight", int, "AppendEntries in flight per follower"),
             ("disk-stall-timeout", float, "seconds a durable write may take before the node "
                                           "stops leading (0 = off)"),
+            ("latency-sample-every", int, "follow one proposal batch in N through the commit "
+                                          "stages for the metrics (0 = no sampling/timing)"),
             ("gc-threshold", int, "allocations between young-generation garbage collections "
                                   f"in this process (default {DEFAULT_GC_THRESHOLD:,}; "
                                   "0 keeps Python's default of 700)")):
@@ -630,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="at start-up, discard a damaged log suffix (even inside the "
                            "committed prefix) and fetch it back from the peers instead of "
                            "stopping with CorruptLogError")
+    node.add_argument("--metrics", metavar="HOST:PORT",
+                      help="serve Prometheus metrics on http://HOST:PORT/metrics "
+                           "(needs prometheus-client)")
     node.add_argument("--log-level", type=str.upper, metavar="LEVEL",
                       help=f"one of {', '.join(_LOG_LEVELS)} (default INFO)")
 
@@ -649,11 +647,41 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--log-level", type=str.upper, default="WARNING", metavar="LEVEL",
                          choices=_LOG_LEVELS, help="the nodes' log level (default WARNING)")
 
-    status = sub.add_parser("status", help="print a node's Raft status",
-                            description="Send RAFT.STATUS to a node's client address.")
-    status.add_argument("address", metavar="HOST:PORT", help="the node's client address")
-    status.add_argument("--json", action="store_true", help="print the raw JSON")
-    status.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
+    status = sub.add_parser(
+        "status", help="print the whole cluster's Raft status (or one node's)",
+        description="Ask the member at HOST:PORT for RAFT.STATUS, then every member whose "
+                    "client address it knows (--clients), all at once, and print one row per "
+                    "member: role, term, commit and applied index, lag behind the leader, "
+                    "last contact with the leader, reachable, recovering, disk.  --node "
+                    "prints only that node's own status.")
+    status.add_argument("address", metavar="HOST:PORT", help="any member's client address")
+    status.add_argument("--node", action="store_true",
+                        help="only this node's status (every RAFT.STATUS field), as before")
+    status.add_argument("--json", action="store_true",
+                        help="print the merged cluster view as JSON (with --node: the node's "
+                             "RAFT.STATUS)")
+    status.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                        help="redraw the cluster view every SECONDS (default 2) until Ctrl-C; "
+                             "put it after HOST:PORT")
+    status.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+                        help="how long each member may take to answer (default 2)")
+
+    transfer = sub.add_parser(
+        "transfer", help="hand leadership to another voter",
+        description="Send RAFT.TRANSFER to the leader's client address (a member that does "
+                    "not lead answers -NOTLEADER with the leader's address, which is then "
+                    "asked once); returns once TARGET_ID leads.")
+    transfer.add_argument("address", metavar="HOST:PORT",
+                          help="the leader's (or any member's) client address")
+    transfer.add_argument("target", metavar="TARGET_ID", help="the voter to lead next")
+    transfer.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+
+    snapshot = sub.add_parser(
+        "snapshot", help="take a snapshot on one node now",
+        description="Send RAFT.SNAPSHOT to a node's client address; prints the snapshot's "
+                    "index once it is durable and the log is compacted behind it.")
+    snapshot.add_argument("address", metavar="HOST:PORT", help="the node's client address")
+    snapshot.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
 
     member = sub.add_parser("member", help="add, promote or remove a cluster member",
                             description="Send RAFT.MEMBER to the leader's client address; "
@@ -664,6 +692,11 @@ def build_parser() -> argparse.ArgumentParser:
     member.add_argument("raft_address", metavar="RAFT_HOST:PORT", nargs="?",
                         help="for add: the new node's raft (peer) address")
     member.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
+    for client in (status, transfer, snapshot, member):
+        client.add_argument("--password-file", metavar="FILE",
+                            help="file holding the client password (the node's "
+                                 "--client-password-file), sent with AUTH first")
+    tune.add_parser(sub)
     return parser
 
 
@@ -679,10 +712,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_node(node_settings(args))
         if args.command == "cluster":
             return run_cluster(args)
+        if args.command == "tune":
+            return tune.run(args)
+        password = (read_secret(args.password_file, "--password-file")
+                    if args.password_file else None)
         if args.command == "member":
             return run_member(args.address, args.action, args.node_id, args.raft_address,
-                              timeout=args.timeout)
-        return run_status(args.address, as_json=args.json, timeout=args.timeout)
+                              timeout=args.timeout, password=password)
+        if args.command == "transfer":
+            return admin_client.run_transfer(args.address, args.target, timeout=args.timeout,
+                                             password=password)
+        if args.command == "snapshot":
+            return admin_client.run_snapshot(args.address, timeout=args.timeout,
+                                             password=password)
+        if args.node:
+            if args.watch is not None:
+                raise UsageError("--watch redraws the cluster view: leave out --node")
+            return run_status(args.address, as_json=args.json, timeout=args.timeout,
+                              password=password)
+        return cluster_view.run_cluster_status(args.address, as_json=args.json,
+                                               timeout=args.timeout, watch_interval=args.watch,
+                                               password=password)
     except UsageError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -17,12 +17,19 @@ from dataclasses import dataclass, fields
 
 from engine.errors import ConfigError
 
+SUBTICK = 1e-6
+"""Seconds per subtick: the resolution at which the election timeout is drawn and fired."""
+MIN_ELECTION_RANGE = 1e-4
+"""Smallest accepted election_timeout_max - election_timeout_min, in seconds (100 subticks)."""
+
 _BOOL_FIELDS = ("pre_vote", "check_quorum", "fast_backup", "fsync", "recover_corrupt_log",
                 "storage_thread", "apply_thread")
-_MAY_BE_ZERO = ("snapshot_threshold", "snapshot_trailing_entries", "disk_stall_timeout")
+_MAY_BE_ZERO = ("snapshot_threshold", "snapshot_trailing_entries", "disk_stall_timeout",
+                "latency_sample_every")
 _INT_FIELDS = ("max_batch_entries", "max_batch_bytes", "max_inflight", "max_inflight_bytes",
                "entry_cache_bytes", "max_pending_proposals",
-               "snapshot_threshold", "snapshot_trailing_entries", "snapshot_chunk_bytes")
+               "snapshot_threshold", "snapshot_trailing_entries", "snapshot_chunk_bytes",
+               "latency_sample_every")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +43,17 @@ class Config:
     """Lower bound of the randomized election timeout, in seconds."""
 
     election_timeout_max: float = 0.30
-    """Upper bound (exclusive) of the randomized election timeout.  Must be > the minimum."""
+    """Upper bound (inclusive) of the randomized election timeout.  Must exceed the minimum by
+    at least MIN_ELECTION_RANGE (100 us).  The timeout is drawn uniformly at 1 us resolution
+    whatever the tick, and the runtime fires it at that point of the tick (see
+    ``RaftOptions``), so a 150-151 ms range works with the default 10 ms tick.  With
+    check_quorum, keep election_timeout_min well above the round trip: the runtime warns when
+    the heartbeat round trip it measures exceeds half of it (``engine.runtime.rtt``)."""
 
     tick_interval: float = 0.01
-    """Seconds per logical clock tick of the core; every other time is rounded to ticks."""
+    """Seconds per logical clock tick of the core.  The heartbeat interval and the CheckQuorum
+    period are rounded to ticks; the randomized election timeout is not (it keeps 1 us
+    resolution)."""
 
     max_batch_entries: int = 1024
     """Most entries one AppendEntries message carries (and one durable write takes)."""
@@ -115,6 +129,13 @@ class Config:
     timers again (inline apply only).  A burst of slow applies is spread over many iterations,
     so it never starves heartbeats; one apply() call is never interrupted."""
 
+    latency_sample_every: int = 32
+    """Follow one proposal batch out of this many through the commit stages (propose ->
+    appended -> durable -> quorum -> committed -> applied -> resolved) for the
+    ``raft_commit_stage_seconds`` histograms, at most one at a time; it also switches the
+    log-append, fdatasync and loop-busy timing.  0 turns sampling and timing off (the plain
+    counters stay).  See :mod:`engine.runtime.telemetry`."""
+
     max_pending_proposals: int = 100_000
     """Proposals accepted by the leader and not yet committed and applied; beyond it propose()
     fails at once with Overloaded (back-pressure: nothing is proposed)."""
@@ -180,11 +201,15 @@ class Config:
             raise ConfigError(
                 f"tick_interval={self.tick_interval} must be <= "
                 f"heartbeat_interval={self.heartbeat_interval}")
-        if self.election_ticks_max <= self.election_ticks_min:
+        if self.election_timeout_max - self.election_timeout_min < MIN_ELECTION_RANGE:
             raise ConfigError(
-                f"tick_interval={self.tick_interval} is too coarse: election_timeout_min="
-                f"{self.election_timeout_min} and election_timeout_max={self.election_timeout_max}"
-                " round to the same number of ticks")
+                f"election_timeout_max={self.election_timeout_max} must be >= "
+                f"election_timeout_min={self.election_timeout_min} + {MIN_ELECTION_RANGE}: "
+                f"the randomized range needs at least {round(MIN_ELECTION_RANGE / SUBTICK)} "
+                "distinct 1 us values to break split votes (a few ms is typical)")
+        if self.tick_interval < SUBTICK:
+            raise ConfigError(f"tick_interval={self.tick_interval} must be >= {SUBTICK} "
+                              "(the resolution of the election timer)")
         if self.election_ticks_min <= self.heartbeat_ticks:
             raise ConfigError(
                 f"tick_interval={self.tick_interval} is too coarse: heartbeat_interval="
@@ -208,5 +233,22 @@ class Config:
 
     @property
     def election_ticks_max(self) -> int:
-        """Maximum (exclusive) election timeout in ticks."""
-        return self._ticks(self.election_timeout_max)
+        """Maximum election timeout in whole ticks, rounded up and always above the minimum
+        (the core draws in subticks; see :attr:`election_subticks_max`)."""
+        return max(self.election_ticks_min + 1,
+                   math.ceil(self.election_timeout_max / self.tick_interval - 1e-9))
+
+    @property
+    def subticks_per_tick(self) -> int:
+        """Subticks (SUBTICK = 1 us each) per tick: the election timer's resolution."""
+        return max(1, round(self.tick_interval / SUBTICK))
+
+    @property
+    def election_subticks_min(self) -> int:
+        """Minimum election timeout in subticks (the CheckQuorum lease too)."""
+        return round(self.election_timeout_min * self.subticks_per_tick / self.tick_interval)
+
+    @property
+    def election_subticks_max(self) -> int:
+        """Maximum election timeout in subticks, inclusive."""
+        return round(self.election_timeout_max * self.subticks_per_tick / self.tick_interval)

@@ -76,11 +76,22 @@ class Role(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RaftOptions:
-    """Core settings, with time in ticks (the runtime converts seconds from Config)."""
+    """Core settings, with time in ticks (the runtime converts seconds from Config).
+
+    The randomized election timeout is drawn in *subticks* (``subticks_per_tick`` to a tick),
+    uniformly from ``election_subticks_min`` to ``election_subticks_max`` inclusive, so a range
+    narrower than a tick keeps its randomness (Config uses 1 us subticks).  Left at 0 they
+    default to ``election_ticks_min * subticks_per_tick`` and ``election_ticks_max *
+    subticks_per_tick - 1``: with one subtick per tick that is the classic whole-tick draw in
+    ``[election_ticks_min, election_ticks_max)``.  See :meth:`Raft.election_due`.
+    """
 
     heartbeat_ticks: int = 1
     election_ticks_min: int = 10
     election_ticks_max: int = 20
+    subticks_per_tick: int = 1
+    election_subticks_min: int = 0  #: 0: election_ticks_min * subticks_per_tick
+    election_subticks_max: int = 0  #: 0: election_ticks_max * subticks_per_tick - 1 (inclusive)
     max_batch_entries: int = 1024
     max_batch_bytes: int = 1 << 20
     max_inflight: int = 64
@@ -100,6 +111,21 @@ class RaftOptions:
         if self.election_ticks_max <= self.election_ticks_min:
             raise ConfigError(f"election_ticks_max={self.election_ticks_max} must be > "
                               f"election_ticks_min={self.election_ticks_min}")
+        if self.subticks_per_tick < 1:
+            raise ConfigError(f"subticks_per_tick={self.subticks_per_tick} must be >= 1")
+        if self.election_subticks_min == 0:
+            object.__setattr__(self, "election_subticks_min",
+                               self.election_ticks_min * self.subticks_per_tick)
+        if self.election_subticks_max == 0:
+            object.__setattr__(self, "election_subticks_max",
+                               self.election_ticks_max * self.subticks_per_tick - 1)
+        if self.election_subticks_min <= self.heartbeat_ticks * self.subticks_per_tick:
+            raise ConfigError(f"election_subticks_min={self.election_subticks_min} must be > "
+                              f"heartbeat_ticks * subticks_per_tick="
+                              f"{self.heartbeat_ticks * self.subticks_per_tick}")
+        if self.election_subticks_max < self.election_subticks_min:
+            raise ConfigError(f"election_subticks_max={self.election_subticks_max} must be >= "
+                              f"election_subticks_min={self.election_subticks_min}")
         for name in ("max_batch_entries", "max_batch_bytes", "max_inflight",
                      "max_committed_per_ready", "entry_cache_bytes"):
             if getattr(self, name) < 1:
@@ -114,6 +140,9 @@ class RaftOptions:
             heartbeat_ticks=config.heartbeat_ticks,
             election_ticks_min=config.election_ticks_min,
             election_ticks_max=config.election_ticks_max,
+            subticks_per_tick=config.subticks_per_tick,
+            election_subticks_min=config.election_subticks_min,
+            election_subticks_max=config.election_subticks_max,
             max_batch_entries=config.max_batch_entries,
             max_batch_bytes=config.max_batch_bytes,
             max_inflight=config.max_inflight,
@@ -218,6 +247,14 @@ class Raft:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = 0
+        #: Sub-tick election timer (see :meth:`election_due`): subticks since the last tick
+        #: (an input the driver sets, 0 at every tick), the drawn timeout in subticks, the phase
+        #: at which the timer last restarted, and the deadline in subticks after the tick that
+        #: preceded that restart.
+        self.clock_phase = 0
+        self._election_draw = 0
+        self._election_phase = 0
+        self._election_deadline = 0
         self.read_only = ReadOnly()
         # ReadIndex requests that arrived before this leader committed an entry of its term.
         self._pending_read_contexts: list[int] = []
@@ -247,10 +284,11 @@ class Raft:
             self._recovered_at = 0  # only the leader of one term vouches for its own log
         self._recovering_peers = {}
         self.leader_id = None
-        self.election_elapsed = 0
         self.heartbeat_elapsed = 0
-        self.randomized_election_timeout = self._rng.randrange(
-            self.options.election_ticks_min, self.options.election_ticks_max)
+        options = self.options
+        self._election_draw = self._rng.randrange(options.election_subticks_min,
+                                                  options.election_subticks_max + 1)
+        self._restart_election_timer()
         self.votes = {}
         self.read_only.clear()
         self._pending_read_contexts.clear()
@@ -327,12 +365,49 @@ class Raft:
 
     def tick(self) -> None:
         """Advance logical time by one tick."""
+        self.clock_phase = 0
         self._tick_role()
+
+    def _restart_election_timer(self) -> None:
+        """Start the election timer again at the current clock phase, with the timeout drawn
+        at the last reset (``randomized_election_timeout`` is the tick it expires at when the
+        driver only ticks)."""
+        self.election_elapsed = 0
+        self._election_phase = phase = self.clock_phase
+        self._election_deadline = deadline = self._election_draw + phase
+        self.randomized_election_timeout = -(-deadline // self.options.subticks_per_tick)
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
         if self.election_elapsed >= self.randomized_election_timeout and self._may_campaign():
-            self.election_elapsed = 0
+            self._restart_election_timer()
+            self.campaign()
+
+    def election_due(self) -> int | None:
+        """Subticks after the last tick at which the election timer expires, when that falls
+        before the next tick (None otherwise, and on a leader or a node that may not campaign).
+
+        A driver that only ticks sees the timeout at the next tick; one that wants the drawn
+        resolution (the runtime) calls :meth:`expire_election` at that point of the tick."""
+        elapsed = self.election_elapsed
+        if self.role is Role.LEADER or elapsed != self.randomized_election_timeout - 1:
+            return None
+        per_tick = self.options.subticks_per_tick
+        offset = self._election_deadline - elapsed * per_tick
+        if not 0 < offset < per_tick or not self._may_campaign():
+            return None
+        return offset
+
+    def expire_election(self, phase: int) -> None:
+        """The driver's sub-tick election timer fired ``phase`` subticks after the last tick:
+        campaign if the timer still expires by then (a message may have restarted it)."""
+        self.clock_phase = phase
+        if (self.role is not Role.LEADER
+                and self.election_elapsed == self.randomized_election_timeout - 1
+                and self.election_elapsed * self.options.subticks_per_tick + phase
+                >= self._election_deadline
+                and self._may_campaign()):
+            self._restart_election_timer()
             self.campaign()
 
     def _may_campaign(self) -> bool:
@@ -440,7 +515,7 @@ class Raft:
             # (now equal) current term.
             self._send(vote_response_kind(m.kind), m.src, term=m.term)
             if m.kind is VOTE:
-                self.election_elapsed = 0
+                self._restart_election_timer()
                 self.vote = m.src
         else:
             self._send(vote_response_kind(m.kind), m.src, term=self.term, reject=True)
@@ -482,20 +557,24 @@ class Raft:
             self._after_commit()
 
     def _in_leader_lease(self) -> bool:
-        return (self.options.check_quorum and self.leader_id is not None
-                and self.election_elapsed < self.options.election_ticks_min)
+        if not self.options.check_quorum or self.leader_id is None:
+            return False
+        options = self.options
+        elapsed = (self.election_elapsed * options.subticks_per_tick + self.clock_phase
+                   - self._election_phase)
+        return elapsed < options.election_subticks_min
 
     def _step_follower(self, m: Message) -> None:
         if m.kind is APPEND:
-            self.election_elapsed = 0
+            self._restart_election_timer()
             self.leader_id = m.src
             self._handle_append(m)
         elif m.kind is HEARTBEAT:
-            self.election_elapsed = 0
+            self._restart_election_timer()
             self.leader_id = m.src
             self._handle_heartbeat(m)
         elif m.kind is SNAPSHOT:
-            self.election_elapsed = 0
+            self._restart_election_timer()
             self.leader_id = m.src
             self._handle_snapshot(m)
         elif (m.kind is TIMEOUT_NOW and self.promotable() and not self.recovering

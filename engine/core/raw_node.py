@@ -34,6 +34,7 @@ class PeerProgress:
     inflight: int
     recent_active: bool
     recovering: bool = False  #: its latest response said it is recovering lost entries
+    inflight_bytes: int = 0  #: payload bytes of the appends in flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,22 @@ class RawNode:
     def tick(self) -> None:
         """Advance logical time by one tick."""
         self.raft.tick()
+
+    def set_clock_phase(self, subticks: int) -> None:
+        """Say how many subticks (``options.subticks_per_tick`` to a tick) have passed since
+        the last :meth:`tick`, before stepping messages: election timers restarted by them are
+        then timed from that point, not from the tick.  Optional (0 when never called)."""
+        self.raft.clock_phase = subticks
+
+    def election_due(self) -> int | None:
+        """Subticks after the last tick at which the election timer expires, if before the
+        next tick; the driver then calls :meth:`expire_election` at that point."""
+        return self.raft.election_due()
+
+    def expire_election(self, subticks: int) -> None:
+        """The sub-tick election timer armed from :meth:`election_due` fired, ``subticks``
+        after the last tick; a no-op if a message restarted the timer meanwhile."""
+        self.raft.expire_election(subticks)
 
     def campaign(self) -> None:
         """Start an election now (as if the election timeout had elapsed)."""
@@ -278,7 +295,7 @@ class RawNode:
         r = self.raft
         recovering = r._recovering_peers
         return {peer: PeerProgress(pr.match, pr.next, pr.state.value, len(pr.inflights),
-                                   pr.recent_active, peer in recovering)
+                                   pr.recent_active, peer in recovering, pr.inflights.bytes)
                 for peer, pr in r.progress.items()}
 
     def status(self) -> CoreStatus:

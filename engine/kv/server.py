@@ -1,4 +1,4 @@
-"""A Redis-protocol (RESP2) front end for one RaftNode running a :class:`KVMachine`.
+"""A Redis-protocol (RESP2 and RESP3) front end for one RaftNode running a :class:`KVMachine`.
 
 This is the embedding example: the whole integration with the engine is ``node.propose(bytes)``
 for writes, ``node.read(fn)`` for linearizable reads, ``node.status()`` and the errors
@@ -23,12 +23,20 @@ arguments``, ``-ERR syntax error``):
 ``-ERR Protocol error: ...``
     malformed input; the server closes that connection (only that one).
 
-Administration: ``RAFT.STATUS`` (JSON, with the configuration), and on the leader
+Administration: ``RAFT.STATUS`` (JSON, with the configuration and the client addresses of
+the members known from ``client_addresses``), ``RAFT.SNAPSHOT`` and ``RAFT.TRANSFER <id>`` (see
+:mod:`engine.kv.admin`), and on the leader
 ``RAFT.MEMBER ADD <id> <raft host:port>`` (a learner; start that node with ``--join``),
 ``RAFT.MEMBER PROMOTE <id>`` (voter once caught up) and ``RAFT.MEMBER REMOVE <id>``, each
 answering the new configuration as JSON once it is committed.
 
-Clients must speak RESP2: redis-py >= 6 needs ``protocol=2`` (``HELLO 3`` gets ``-NOPROTO``).
+Clients speak RESP2, or RESP3 after ``HELLO 3`` (redis-py 6+ with its defaults, ``redis-cli
+-3``); connection commands (HELLO, AUTH, CLIENT, INFO, COMMAND) are in :mod:`engine.kv.session`,
+with the ``password`` rule (``-NOAUTH`` before AUTH).  Time for expiry: the server stamps
+``clock()`` (wall-clock milliseconds unless a clock is injected) into the writes it proposes and
+the reads it issues, and the machine decides from those times alone (see
+:mod:`engine.kv.machine`); while keys have an expiry, the leader's server proposes a PURGE of
+the expired ones every ``purge_interval`` seconds.
 
 Threads: the server runs on the node's own event loop (``RaftNode.loop``, the thread
 ``raft-<id>-loop``) when the node is running at ``start()``, so that a client's commands cost no
@@ -57,9 +65,11 @@ import contextlib
 import functools
 import itertools
 import logging
+import secrets
 import threading
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any, cast
 
@@ -74,7 +84,17 @@ from engine.errors import (
     ReadTimeout,
 )
 from engine.eventloop import new_event_loop
-from engine.kv.machine import COMMANDS, KVMachine, Op, arity_ok, check_args, encode_command
+from engine.kv import admin as kv_admin
+from engine.kv.machine import (
+    COMMANDS,
+    PURGE,
+    KVMachine,
+    Op,
+    arity_ok,
+    check_args,
+    encode_command,
+    encode_set,
+)
 from engine.kv.resp import (
     DEFAULT_MAX_ARRAY,
     DEFAULT_MAX_BULK,
@@ -84,6 +104,18 @@ from engine.kv.resp import (
     ProtocolError,
     RespParser,
     encode_many,
+)
+from engine.kv.session import (
+    BEFORE_AUTH,
+    NOAUTH,
+    SESSION_COMMANDS,
+    InfoFacts,
+    Session,
+    command_reply,
+    command_table,
+    info_reply,
+    password_digest,
+    session_command,
 )
 from engine.membership import Membership
 from engine.runtime.node import RaftNode
@@ -97,8 +129,9 @@ _QUIT = object()  # reply placeholder: send what came before, then +OK, then clo
 
 # Connection-level commands (name -> Redis arity); data commands are in machine.COMMANDS.
 _LOCAL_ARITY = {b"ping": -1, b"echo": 2, b"command": -1, b"config": -2, b"select": 2,
-                b"quit": -1, b"hello": -1, b"client": -2, b"raft.status": 1,
-                b"raft.member": -3}
+                b"quit": -1, b"hello": -1, b"client": -2, b"auth": -2, b"info": -1,
+                b"raft.status": 1,
+                b"raft.member": -3, **kv_admin.ARITY}
 
 
 def _text(data: bytes, limit: int = 128) -> str:
@@ -106,8 +139,18 @@ def _text(data: bytes, limit: int = 128) -> str:
     return data[:limit].decode(errors="replace").replace("\r", " ").replace("\n", " ")
 
 
-def _run_reads(reads: list[tuple[Op, list[bytes]]], machine: KVMachine) -> list[object]:
-    return [machine.execute(op, args) for op, args in reads]
+_SET = Op.SET
+_MSET = Op.MSET
+
+
+def _wall_ms() -> int:
+    """Wall-clock milliseconds: the default time the server stamps into commands."""
+    return time.time_ns() // 1_000_000
+
+
+def _run_reads(reads: list[tuple[Op, list[bytes]]], now: int,
+               machine: KVMachine) -> list[object]:
+    return [machine.execute(op, args, now) for op, args in reads]
 
 
 def _finish(future: asyncio.Future[None]) -> None:
@@ -146,12 +189,18 @@ class KVServer:
 
     def __init__(self, node: RaftNode, address: str, *,
                  client_addresses: Mapping[str, str] | None = None,
-                 max_bulk: int = DEFAULT_MAX_BULK, max_array: int = DEFAULT_MAX_ARRAY) -> None:
+                 max_bulk: int = DEFAULT_MAX_BULK, max_array: int = DEFAULT_MAX_ARRAY,
+                 password: bytes | None = None, clock: Callable[[], int] | None = None,
+                 purge_interval: float = 1.0) -> None:
         """Args:
             node: the (started or soon started) node to serve.
             address: ``"host:port"`` to listen on; port 0 picks a free port (see ``address``).
             client_addresses: node id -> client address, for ``-NOTLEADER`` redirects.
             max_bulk / max_array: request limits (see :class:`~engine.kv.resp.RespParser`).
+            password: clients must AUTH with it first (None: no authentication).
+            clock: milliseconds stamped into writes and reads for expiry (default: wall
+                clock); called on the server's loop.
+            purge_interval: seconds between PURGE proposals while keys have an expiry.
 
         Raises:
             ConfigError: ``address`` is not ``host:port``.
@@ -162,6 +211,13 @@ class KVServer:
         self._parser_limits = {"max_bulk": max_bulk, "max_array": max_array}
         RespParser(**self._parser_limits)  # validate the limits now
         self._ids = itertools.count(1)
+        self.password_digest = None if password is None else password_digest(password)
+        self._clock = clock or _wall_ms
+        self._purge_interval = purge_interval
+        self._purge_handle: asyncio.TimerHandle | None = None  # owned by the server loop
+        self._started = time.monotonic()
+        self._run_id = secrets.token_hex(20)
+        self._command_table = command_table(_LOCAL_ARITY)
         self._lock = threading.Lock()  # guards the lifecycle fields below
         self._thread: threading.Thread | None = None
         # The server's task when it runs on the node's loop.
@@ -286,9 +342,12 @@ class KVServer:
         self._ready.set()
         if self._stopped:  # stop() ran before the loop existed
             self._stop_future.set_result(None)
+        self._purge_handle = loop.call_later(self._purge_interval, self._purge_tick, loop)
         try:
             await self._stop_future
         finally:
+            if self._purge_handle is not None:
+                self._purge_handle.cancel()
             server.close()
             # Connections have no task to wait for: abort each one and wait until every
             # connection_lost() has run (its socket is closed then and nothing of it is left on
@@ -301,6 +360,45 @@ class KVServer:
             await server.wait_closed()
             logger.info("%s: RESP server stopped", self._node.id)
 
+    def _purge_tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Every ``purge_interval`` (server loop): on the leader, while some key has expired
+        at ``clock()``, propose a PURGE (the machine decides what expired from its time)."""
+        try:
+            machine = getattr(self._node, "state_machine", None)  # a KVMachine, normally
+            expires = getattr(machine, "expires", None)
+            if expires:
+                now = self._clock()
+                # A copy taken in one step: the node may apply on another thread.
+                if min(list(expires.values()), default=now + 1) <= now and self.is_leader():
+                    self._node.propose(encode_command(PURGE, [], now))
+        except RaftError as exc:  # stopped, or lost leadership meanwhile: try again later
+            logger.debug("%s: PURGE not proposed: %s", self._node.id, exc)
+        finally:
+            if not self._stopped:
+                self._purge_handle = loop.call_later(self._purge_interval, self._purge_tick,
+                                                     loop)
+
+    def is_leader(self) -> bool:
+        """Whether the node leads now (its own view)."""
+        return self._node.status().role == "leader"
+
+    def sessions(self) -> list[Session]:
+        """The sessions of the open connections (server loop)."""
+        return [c.session for c in self._connections]
+
+    def info(self, args: list[bytes]) -> object:
+        """INFO [section ...]."""
+        status = self._node.status()
+        leader = status.leader_id
+        return info_reply(InfoFacts(
+            node_id=status.id, port=self._bound[1] if self._bound else self._port,
+            started=self._started, run_id=self._run_id, connections=len(self._connections),
+            role=status.role, term=status.term, leader_id=leader,
+            leader_address=self._client_addresses.get(leader) if leader else None,
+            commit_index=status.commit_index, last_applied=status.last_applied,
+            last_log_index=status.last_log_index, snapshot_index=status.snapshot_index,
+            recovering=status.recovering, voters=len(status.voters)), args)
+
     def _connection_lost(self, connection: _Connection) -> None:
         """``connection`` is gone (server thread); at stop, the last one to go wakes _main."""
         self._connections.discard(connection)
@@ -311,15 +409,25 @@ class KVServer:
 
     def propose(self, op: Op, args: list[bytes]) -> Future:
         """Propose a write; the future resolves to its reply."""
-        return self._node.propose(encode_command(op, args))
+        return self.propose_many([(op, args)])[0]
 
     def propose_many(self, writes: list[tuple[Op, list[bytes]]]) -> list[Future]:
-        """Propose writes as one batch; one future per write, resolving to its reply."""
-        return self._node.propose_many([encode_command(op, args) for op, args in writes])
+        """Propose writes as one batch; one future per write, resolving to its reply.  Every
+        write but a plain SET (and MSET) carries ``clock()`` (see :mod:`engine.kv.machine`)."""
+        commands: list[bytes | None] = [
+            encode_set(args[0], args[1]) if op is _SET and len(args) == 2
+            else encode_command(op, args) if op is _MSET else None
+            for op, args in writes]
+        if None in commands:  # writes that carry the time
+            now = self._clock()
+            commands = [command if command is not None else encode_command(op, args, now)
+                        for command, (op, args) in zip(commands, writes, strict=True)]
+        return self._node.propose_many(cast(list[bytes], commands))
 
     def read(self, reads: list[tuple[Op, list[bytes]]]) -> Future:
-        """Run reads at one linearizable point; the future resolves to their replies."""
-        return self._node.read(functools.partial(_run_reads, reads))
+        """Run reads at one linearizable point, at the time ``clock()`` gives now; the future
+        resolves to their replies."""
+        return self._node.read(functools.partial(_run_reads, reads, self._clock()))
 
     def error_reply(self, exc: BaseException) -> Error:
         """The RESP error for an exception raised by propose/read."""
@@ -347,6 +455,8 @@ class KVServer:
     def status_json(self) -> bytes:
         """RAFT.STATUS: the node's status as JSON."""
         status = self._node.status()
+        contact = ({peer: round(seconds, 3) for peer, seconds in
+                    self._node.last_contact().items()} if status.progress else {})
         return orjson.dumps({
             "id": status.id,
             "role": status.role,
@@ -359,11 +469,16 @@ class KVServer:
             "running": status.running,
             "recovering": status.recovering,
             "disk_stalled": status.disk_stalled,
-            # The leader's view of each peer; lag = entries the peer is known to lack.
+            "snapshot_index": status.snapshot_index,
+            # Every member's client address known here (--clients): what a cluster view asks.
+            "clients": self._client_addresses,
+            # The leader's view of each peer; lag = entries the peer is known to lack;
+            # last_contact = seconds since the leader last heard from it (null: never).
             "peers": {peer: {"match": pr.match, "next": pr.next, "state": pr.state,
                              "lag": max(0, status.last_log_index - pr.match),
                              "inflight": pr.inflight, "active": pr.recent_active,
-                             "recovering": pr.recovering}
+                             "recovering": pr.recovering,
+                             "last_contact": contact.get(peer)}
                       for peer, pr in status.progress.items() if peer != status.id},
             **_membership_fields(status.membership),
         })
@@ -409,29 +524,18 @@ class KVServer:
             return self.status_json()
         if name == b"raft.member":
             return self.member_command(args)
+        if name in kv_admin.ARITY:
+            return kv_admin.command(self._node, name, args, self._client_addresses)
         if name == b"command":
-            return []  # no command table: enough for redis-cli and redis-benchmark
+            return command_reply(self._command_table, args)
+        if name == b"info":
+            return self.info(args)
         if name == b"config":
             if args[0].lower() == b"get":
-                return []  # redis-benchmark asks for "save" and "appendonly"
+                return {}  # redis-benchmark asks for "save" and "appendonly"
             return Error(f"ERR CONFIG {_text(args[0])} is not supported")
         if name == b"select":
             return OK if args[0] == b"0" else Error("ERR DB index is out of range")
-        if name == b"hello":
-            if args and args[0] != b"2":
-                return Error("NOPROTO sorry, this protocol version is not supported (use RESP2)")
-            role = "master" if self._node.status().role == "leader" else "replica"
-            return ["server", "raft-engine", "version", "0.1.0", "proto", 2,
-                    "id", connection_id, "mode", "standalone", "role", role, "modules", []]
-        if name == b"client":
-            sub = args[0].lower()
-            if sub in (b"setname", b"setinfo"):
-                return OK
-            if sub == b"getname":
-                return None
-            if sub == b"id":
-                return connection_id
-            return Error(f"ERR CLIENT {_text(args[0])} is not supported")
         raise RaftError(f"not a local command: {name!r}")  # _LOCAL_ARITY and this agree
 
 
@@ -469,6 +573,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: KVServer) -> None:
         self._server = server
         self._id = next(server._ids)
+        self.session = Session(self._id, "?", server.password_digest is None)
+        self._proto = 2  # the protocol of the replies of the run being answered
         self._parser = RespParser(**server._parser_limits)
         # Owned by the loop thread:
         # Commands parsed and not yet in a run, then possibly a ProtocolError or _EOF marker.
@@ -490,6 +596,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.session.address = f"{peer[0]}:{peer[1]}"
         self._loop = asyncio.get_running_loop()
         self._owner = threading.get_ident()
         self._server._connections.add(self)
@@ -632,13 +741,17 @@ class _Connection(asyncio.Protocol):
         reads: list[tuple[Op, list[bytes]]] = []
         admin: list[Future] = []  # the replies of administrative commands (RAFT.MEMBER)
         kind: bool | None = None  # True: a run of writes; False: of reads
+        session = self.session
+        self._proto = session.proto
         while queue:
             command = queue[0]
             if command is _EOF or isinstance(command, ProtocolError):
                 break
             name = command[0].lower()
             spec = COMMANDS.get(name)
-            if spec is not None:
+            if not session.authenticated and name not in BEFORE_AUTH:
+                slots.append(NOAUTH)
+            elif spec is not None:
                 args = command[1:]
                 error = check_args(spec.op, args)
                 if error is not None:
@@ -661,6 +774,11 @@ class _Connection(asyncio.Protocol):
                     queue.popleft()
                     slots.append(_QUIT)
                     break
+                elif name in SESSION_COMMANDS:
+                    if name == b"hello" and slots:
+                        break  # HELLO may change the protocol: it starts a run of its own
+                    slots.append(session_command(server, session, name, command[1:]))
+                    self._proto = session.proto
                 else:
                     reply = server.local_command(name, command[1:], self._id)
                     slots.append(reply)
@@ -704,7 +822,7 @@ class _Connection(asyncio.Protocol):
         if quit_:
             replies[-1] = OK
         assert self._transport is not None
-        self._transport.write(encode_many(replies))
+        self._transport.write(encode_many(replies, self._proto))
         if quit_:
             self.close()
 

@@ -38,6 +38,21 @@ Thread map (every thread is named, and ``RaftNode.stop()`` joins each one)
 ``raft-memnet-delay`` (in-memory network with delays only)
     Delivers delayed copies of messages; shared by every node of a ``LocalCluster``.
 
+``raft-<id>-events`` (only once somebody called ``RaftNode.subscribe``)
+    Delivers the node's typed events (:mod:`engine.events`) to the subscribers, in order, so
+    that no subscriber ever runs on the loop thread.  Reached by a queue.SimpleQueue (bounded
+    by a size check: beyond ``engine.events.MAX_QUEUED`` new events are dropped and counted);
+    ``stop()`` joins it.
+
+``raft-metrics`` (only with ``raft-engine node --metrics`` or ``engine.metrics.serve``)
+    Serves ``/metrics`` over HTTP, one scrape at a time, and runs the collector
+    (:class:`engine.metrics.RaftCollector`) on itself.  Shared with the node threads: nothing
+    but reads.  The counters (:class:`~engine.runtime.telemetry.Telemetry`) have one writing
+    thread each and are plain ints/floats read under the GIL; histograms are read through
+    ``Histogram.snapshot()`` (the bucket list copied first); ``Status`` is immutable; the
+    transports' counters are ints (or read under their own ``_count_lock``).  An embedder's
+    own exporter may scrape from any thread the same way.  ``MetricsServer.close()`` joins it.
+
 ``raft-<id>-halt`` (only after a fatal error)
     Stops a node whose loop or storage thread failed (the failing thread cannot join itself).
 

@@ -29,6 +29,7 @@ from typing import Any
 from engine.errors import NodeStopped
 from engine.membership import Membership
 from engine.runtime.proposals import ProposalRegistry, settle
+from engine.runtime.telemetry import Telemetry
 from engine.runtime.workers import join_thread, start_thread
 from engine.statemachine import StateMachine
 from engine.types import Entry, EntryKind, Index, SnapshotMeta
@@ -64,6 +65,10 @@ class _Read:
 
 class Applier:
     """Applies committed entries in order, resolves proposal futures, serves released reads."""
+
+    # Set by NodeLoop after construction; the apply/resolve stages are stamped by the owner of
+    # the state machine (see the thread-safety rule in engine.runtime.telemetry).
+    telemetry: Telemetry | None = None
 
     def __init__(self, node_id: str, state_machine: StateMachine, registry: ProposalRegistry,
                  *, threaded: bool = False,
@@ -292,7 +297,13 @@ class Applier:
         done = entries[:position] if position < count else entries
         self.last_applied = done[-1].index
         self._last_applied_term = done[-1].term
-        self._registry.resolve(done, results, errors)
+        telemetry = self.telemetry
+        if telemetry is not None and telemetry.sample is not None:
+            telemetry.stamp(5, done[-1].index)
+            self._registry.resolve(done, results, errors)
+            telemetry.stamp(6, done[-1].index)
+        else:
+            self._registry.resolve(done, results, errors)
         self._maybe_snapshot()
         return entries[position:] if position < count else None
 

@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
+from engine import events as ev
 from engine.config import Config
 from engine.core import Message, MessageKind, PeerProgress, RaftOptions, RawNode, Ready, Role
 from engine.errors import (
@@ -51,11 +52,14 @@ from engine.errors import (
 from engine.eventloop import close_event_loop, new_event_loop
 from engine.membership import Membership
 from engine.runtime.applier import Applier, ReadWaiter
+from engine.runtime.election_timer import ElectionTimer
 from engine.runtime.membership import MembershipChange
 from engine.runtime.persister import Persister, StoreReader
 from engine.runtime.proposals import ProposalRegistry, settle
 from engine.runtime.recovery import Recovered, Stores, close_stores
+from engine.runtime.rtt import RttMonitor
 from engine.runtime.snapshot_pipeline import SnapshotPipeline
+from engine.runtime.telemetry import Telemetry, clock
 from engine.runtime.workers import join_thread, start_thread
 from engine.statemachine import StateMachine
 from engine.status import Status
@@ -78,6 +82,7 @@ CLIENT_EVENTS = (PROPOSE, READ, CALL, PROPOSE_MANY)
 _SNAPSHOT = MessageKind.SNAPSHOT
 _SNAPSHOT_CHUNK = MessageKind.SNAPSHOT_CHUNK
 _SNAPSHOT_CHUNK_RESPONSE = MessageKind.SNAPSHOT_CHUNK_RESPONSE
+_HEARTBEAT_RESPONSE = MessageKind.HEARTBEAT_RESPONSE
 # What Status.role reports for each core role (a pre-candidate has not started a new term).
 _STATUS_ROLE = {Role.FOLLOWER: "follower", Role.PRE_CANDIDATE: "follower",
                 Role.CANDIDATE: "candidate", Role.LEADER: "leader"}
@@ -106,16 +111,21 @@ class NodeLoop:
     """One running node: built by ``RaftNode.start()`` in one step, discarded at stop.
 
     Thread-safe entry points: :meth:`post`, :meth:`halt`, :attr:`status`, the applier's
-    ``last_applied``/``wait_applied``.  Everything else runs on the loop thread.
+    ``last_applied``/``wait_applied``, a copy of :attr:`last_heard` (written by the loop thread
+    only).  Everything else runs on the loop thread.
     """
 
     def __init__(self, node_id: str, peers: Mapping[str, str], config: Config,
                  state_machine: StateMachine, stores: Stores, recovered: Recovered,
                  transport: Transport, *, seed: int | None, join: bool,
-                 registry: ProposalRegistry, notify: Callable[[], None]) -> None:
+                 registry: ProposalRegistry, notify: Callable[[], None],
+                 telemetry: Telemetry | None = None) -> None:
         import random
         self.id = node_id
         self.config = config
+        # Counters and histograms: see the thread-safety rule in engine.runtime.telemetry.
+        self.telemetry = telemetry if telemetry is not None else Telemetry(
+            node_id, config.latency_sample_every)
         self._peers = dict(peers)
         self.aloop = new_event_loop()  # run by the loop thread; other threads only post to it
         self._stores = stores
@@ -147,6 +157,9 @@ class NodeLoop:
         self._read_ids = itertools.count(1)
         self._role = Role.FOLLOWER
         self._progress: dict[str, PeerProgress] = {}  # the leader's, as of the last tick
+        # When a message from each peer was last stepped (monotonic seconds); status tools
+        # read it as "last contact" (RaftNode.last_contact).
+        self.last_heard: dict[str, float] = {}
         # The pending leadership transfer: (target, future, monotonic deadline).
         self._transfer: tuple[str, Future, float] | None = None
         self.change: MembershipChange | None = None
@@ -161,6 +174,13 @@ class NodeLoop:
         self._halted = False  # set on the loop thread by STOP or a fatal error
         self._tick_handle: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
+        # The election timeout at its drawn (sub-tick) resolution, and the leader's heartbeat
+        # round trips (a warning when they approach the election timeout).
+        self._election_timer = ElectionTimer(self.aloop, config.tick_interval,
+                                             config.subticks_per_tick, self._on_election_timeout)
+        self.rtt = RttMonitor(node_id, election_timeout_min=config.election_timeout_min,
+                              election_timeout_max=config.election_timeout_max,
+                              check_quorum=config.check_quorum)
         self._next_read_check = 0.0
         self._apply_scheduled = False
         self.persister = Persister(
@@ -169,6 +189,13 @@ class NodeLoop:
             on_error=self._fatal, install_snapshot=self.snapshots.commit_received,
             loop=self.aloop)
         log_reader.persister = self.persister
+        self.persister.telemetry = self.applier.telemetry = self.telemetry
+        self.snapshots.telemetry = self.telemetry
+        self._snapshot_started: dict[int, float] = {}  # local snapshot index -> taken at
+        self._recovering = 0  # raw.recovering as last published (for the events)
+        self._soft_leader: str | None = None  # the leader as of the last soft state
+        self._soft_term = 0
+        self._leader_since = 0.0  # monotonic time this node last became leader
         self._driving = False  # loop thread: inside _drive (a persisted group is stepped
         # back in by the drive in progress; otherwise it starts one)
         # Shared: any thread appends to the inbox, then calls _wake(); the loop thread pops.
@@ -349,10 +376,13 @@ class NodeLoop:
         self._wake_pending = False  # before draining: see the inbox's comment
         if self._halted:
             return
+        telemetry = self.telemetry
+        started = clock() if telemetry.timing else 0.0
         try:
             inbox = self._inbox
             count = min(len(inbox), _MAX_EVENTS_PER_ROUND)
             events = [inbox.popleft() for _ in range(count)]
+            self.raw.set_clock_phase(self._election_timer.phase())
             if self._handle_events(self.raw, events):
                 self._halted = True
                 if self._tick_handle is not None:
@@ -367,6 +397,9 @@ class NodeLoop:
                 self._wake()
         except BaseException as exc:  # a store, or user code run by the loop
             self._loop_failed(exc)
+        if started:
+            telemetry.loop_busy_seconds += clock() - started
+        telemetry.loop_rounds += 1
 
     def _loop_failed(self, exc: BaseException) -> None:
         logger.critical("%s: the loop failed, stopping the node", self.id, exc_info=exc)
@@ -388,12 +421,21 @@ class NodeLoop:
         if self._next_tick < now:  # fell far behind (a GC pause, say): do not burst
             self._next_tick = now + interval
         self._tick_handle = loop.call_at(self._next_tick, self._on_tick)
+        telemetry = self.telemetry
+        started = clock() if telemetry.timing else 0.0
         try:
             raw = self.raw
             if self._unpersisted_since and self._disk_stalled(time.monotonic()):
+                if not raw.disk_stalled:
+                    telemetry.disk_stalls += 1
+                    telemetry.events.emit(ev.DiskStallStarted(self.id))
                 raw.set_disk_stalled(True)
             raw.tick()
+            if raw.role is Role.LEADER and raw.raft.heartbeat_elapsed == 0:
+                self.rtt.broadcast(raw.raft.peers, time.monotonic())
             self._refresh_progress(raw)
+            if self._progress or telemetry.unreachable:
+                self._check_reachability()
             if self._transfer is not None:
                 self._check_transfer(raw)
             self.snapshots.tick(raw)
@@ -406,8 +448,45 @@ class NodeLoop:
             if self.change is not None:
                 self._advance_change(raw)
                 self._drive(raw)
+            self._election_timer.ticked(raw)
         except BaseException as exc:
             self._loop_failed(exc)
+        if started:
+            telemetry.loop_busy_seconds += clock() - started
+
+    def _on_election_timeout(self, phase: int) -> None:
+        """The sub-tick election deadline armed at the last tick passed (see ElectionTimer)."""
+        if self._halted:
+            return
+        try:
+            raw = self.raw
+            raw.expire_election(phase)
+            self._drive(raw)
+        except BaseException as exc:
+            self._loop_failed(exc)
+
+    def _check_reachability(self) -> None:
+        """Once per tick on the leader: a peer silent for longer than the maximal election
+        timeout is reported unreachable (once), and reachable again when it is heard from."""
+        telemetry = self.telemetry
+        unreachable = telemetry.unreachable
+        limit = self.config.election_timeout_max
+        now = time.monotonic()
+        heard = self.last_heard
+        if not self._progress:  # no longer leading: forget
+            unreachable.clear()
+            return
+        for peer in self._progress:
+            if peer == self.id:
+                continue
+            # Never heard from since this node started: count from when it became leader.
+            silent = now - heard.get(peer, self._leader_since)
+            if silent > limit and peer not in unreachable:
+                unreachable.add(peer)
+                telemetry.events.emit(ev.PeerUnreachable(self.id, peer, silent))
+            elif silent <= limit and peer in unreachable:
+                unreachable.discard(peer)
+                telemetry.events.emit(ev.PeerReachable(self.id, peer))
 
     def _handle_events(self, raw: RawNode, events: list[Any]) -> bool:
         """Step every event into the core; returns True when asked to stop."""
@@ -416,10 +495,17 @@ class NodeLoop:
         reads: list[ReadWaiter] = []
         own_id = self.id
         queued = self.queued_proposals
+        heard, now = self.last_heard, time.monotonic()
+        received = self.telemetry.received
         for position, event in enumerate(events):
             if type(event) is Message:
                 if event.dst != own_id:
                     continue
+                heard[event.src] = now
+                kind = event.kind
+                received[kind] = received.get(kind, 0) + 1
+                if kind is _HEARTBEAT_RESPONSE:
+                    self.rtt.response(event.src, now)
                 if event.kind is _SNAPSHOT_CHUNK or event.kind is _SNAPSHOT_CHUNK_RESPONSE:
                     self.snapshots.on_message(raw, event)
                 elif event.kind is not _SNAPSHOT:  # SNAPSHOT is local-only, never from a peer
@@ -440,6 +526,7 @@ class NodeLoop:
             elif tag == READ:
                 reads.append((event[1], event[2]))
             elif tag == SNAPSHOT_SAVED:
+                self._snapshot_saved(raw, event[1])
                 self.snapshots.saved(raw, event[1], event[2], event[3])
                 self.applier.snapshot_saved()
             elif tag == SNAPSHOT_FAILED:
@@ -481,10 +568,17 @@ class NodeLoop:
         try:
             first, term = raw.propose(commands)
         except (NotLeaderError, ProposalDropped) as exc:
+            if isinstance(exc, NotLeaderError):
+                self.telemetry.proposals_not_leader += len(futures)
+            else:
+                self.telemetry.proposals_dropped += len(futures)
             for future in futures:
                 settle(future, error=exc)
         else:
             self.registry.register(first, term, futures)
+            telemetry = self.telemetry
+            if telemetry.sample is None and telemetry.sample_every:
+                telemetry.maybe_sample(first)
 
     def _drive(self, raw: RawNode) -> None:
         """Hand out Readys until the core has nothing more to do, then apply a slice."""
@@ -499,7 +593,11 @@ class NodeLoop:
         applier = self.applier
         send = self.transport.send
         changed = False
+        telemetry = self.telemetry
         while raw.has_ready() and not self._halted:
+            sample = telemetry.sample
+            if sample is not None and raw.commit_index >= sample.index:
+                telemetry.stamp(3, raw.commit_index)
             rd = raw.ready()
             if rd.soft_state is not None:
                 changed = True
@@ -512,6 +610,7 @@ class NodeLoop:
             if rd.membership is not None:
                 changed = True
                 self._update_address_book(rd.membership)
+                telemetry.events.emit(ev.MembershipChanged(self.id, rd.membership))
             messages = rd.messages
             if messages:
                 if any(m.kind is _SNAPSHOT for m in messages):
@@ -524,6 +623,8 @@ class NodeLoop:
                 self._unpersisted_since.append(time.monotonic())
                 persister.submit(rd)
             if rd.committed_entries:
+                if telemetry.sample is not None:
+                    telemetry.stamp(4, rd.committed_entries[-1].index)
                 applier.submit_entries(rd.committed_entries)
             for read_state in rd.read_states:
                 pending = self._pending_reads.pop(read_state.context, None)
@@ -560,12 +661,16 @@ class NodeLoop:
         disk answers again if it was stalled."""
         unpersisted = self._unpersisted_since
         raw = self.raw
+        telemetry = self.telemetry
         for rd in readys:
             if unpersisted:
                 unpersisted.popleft()
+            if telemetry.sample is not None and rd.entries:
+                telemetry.stamp(2, rd.entries[-1].index)
             raw.advance(rd)
         if raw.disk_stalled and not self._disk_stalled(time.monotonic()):
             raw.set_disk_stalled(False)
+            telemetry.events.emit(ev.DiskStallEnded(self.id))
 
     def _on_persisted(self, readys: list[Ready]) -> None:
         """The log writer made ``readys`` durable: step their self-acknowledgements back in
@@ -626,11 +731,15 @@ class NodeLoop:
         raw = self.raw
         self._check_transfer(raw)
         was_leader = self._role is Role.LEADER
+        previous_role = self._role
         self._role = soft.role
+        self._count_soft_state(previous_role, soft)
         if was_leader and soft.role is not Role.LEADER:
             commit = raw.commit_index
             dropped = self.registry.fail_after(commit, ProposalDropped(
                 f"{self.id} lost leadership at term {soft.term} before the entry committed"))
+            self.telemetry.proposals_dropped += dropped
+            self.telemetry.abandon_sample()
             self._fail_reads(NotLeaderError(soft.leader_id))
             if self.change is not None:
                 self.change.leadership_lost(raw)
@@ -638,6 +747,31 @@ class NodeLoop:
             self.snapshots.leadership_lost()
             logger.info("%s lost leadership (term %d): %d proposals dropped", self.id,
                         soft.term, dropped)
+
+    def _count_soft_state(self, previous: Role, soft: Any) -> None:
+        """Election and leadership counters and the LeaderChanged event (loop thread; from the
+        core's soft-state transitions, so the core itself stays free of metrics)."""
+        telemetry = self.telemetry
+        role = soft.role
+        if role is not previous:
+            if role is Role.PRE_CANDIDATE:
+                telemetry.pre_votes_started += 1
+            elif role is Role.CANDIDATE:
+                telemetry.elections_started += 1
+            elif role is Role.LEADER:
+                if previous is not Role.CANDIDATE:  # won without being seen as a candidate
+                    telemetry.elections_started += 1
+                telemetry.elections_won += 1
+                self._leader_since = time.monotonic()
+        elif role is Role.CANDIDATE and soft.term != self._soft_term:
+            telemetry.elections_started += 1  # a new election after a split vote
+        self._soft_term = soft.term
+        if soft.leader_id != self._soft_leader:
+            previous_leader, self._soft_leader = self._soft_leader, soft.leader_id
+            if soft.leader_id is not None:
+                telemetry.leader_changes += 1
+            telemetry.events.emit(ev.LeaderChanged(self.id, soft.leader_id, soft.term,
+                                                   previous_leader))
 
     def _fail_reads(self, error: BaseException) -> None:
         pending, self._pending_reads = self._pending_reads, {}
@@ -674,6 +808,17 @@ class NodeLoop:
                              membership=raw.membership,
                              membership_committed=commit >= raw.membership_index,
                              recovering=raw.recovering, disk_stalled=raw.disk_stalled)
+        if raw.recovering != self._recovering:
+            self._recovering_changed(raw.recovering)
+
+    def _recovering_changed(self, recovering: int) -> None:
+        telemetry = self.telemetry
+        if recovering and not self._recovering:
+            telemetry.recovering_episodes += 1
+            telemetry.events.emit(ev.RecoveringStarted(self.id, recovering))
+        elif not recovering:
+            telemetry.events.emit(ev.RecoveringFinished(self.id))
+        self._recovering = recovering
 
     # -- membership -----------------------------------------------------------------------------
 
@@ -715,4 +860,17 @@ class NodeLoop:
 
     def _on_snapshot_taken(self, meta: SnapshotMeta, data: bytes, future: Future | None) -> None:
         """The owner of the state machine took a consistent snapshot: save it off the loop."""
+        self._snapshot_started[meta.index] = clock()  # a plain dict store (any owner thread)
         self.snapshots.taken(meta, data, future)
+
+    def _snapshot_saved(self, raw: RawNode, meta: SnapshotMeta) -> None:
+        """Loop thread: count a durable local snapshot and report the compaction it allows."""
+        telemetry = self.telemetry
+        telemetry.snapshots_taken += 1
+        started = self._snapshot_started.pop(meta.index, None)
+        if started is not None:
+            telemetry.snapshot_save.observe(clock() - started)
+        before = raw.snapshot
+        previous = before.index if before is not None else 0
+        compact = min(previous, max(0, meta.index - self.config.snapshot_trailing_entries))
+        telemetry.events.emit(ev.LogCompacted(self.id, meta.index, compact))

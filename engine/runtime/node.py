@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ from engine.runtime.loop import CALL, PROPOSE, PROPOSE_MANY, READ, NodeLoop
 from engine.runtime.membership import MembershipChange
 from engine.runtime.proposals import ProposalRegistry, new_future, settle
 from engine.runtime.recovery import close_stores, open_stores, recover
+from engine.runtime.telemetry import Telemetry
 from engine.statemachine import StateMachine
 from engine.status import Status
 from engine.storage.base import LogStore, StableStore
@@ -123,6 +125,9 @@ class RaftNode:
         self._observers: list[Callable[[], None]] = []
         self._registry = ProposalRegistry()
         self._final_status = Status(node_id, "follower", 0, None, 0, 0, 0, running=False)
+        # Counters, histograms and the event bus (engine.runtime.telemetry: one writer thread
+        # per field, read by engine.metrics at scrape time).
+        self._telemetry = Telemetry(node_id, self._config.latency_sample_every)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -159,6 +164,30 @@ class RaftNode:
         after each applied batch.  It must be quick and must not block."""
         self._observers.append(callback)
 
+    def subscribe(self, callback: Callable[[Any], object]) -> Callable[[], None]:
+        """Call ``callback(event)`` with each typed event (:mod:`engine.events`: leader
+        changed, peer unreachable/reachable, snapshot sent/received/installed, log compacted,
+        membership changed, disk stall started/ended, recovering started/finished) from now on;
+        returns a function that unsubscribes.  Delivered in order on the node's
+        ``raft-<id>-events`` thread, never on the loop thread: a slow or raising subscriber
+        cannot stall or stop the node (exceptions are logged).  Subscribe before
+        :meth:`start` to see the events of start-up (RecoveringStarted).
+
+        Raises:
+            TypeError: ``callback`` is not callable.
+        """
+        return self._telemetry.events.subscribe(callback)
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """This node's counters and histograms (read them through :mod:`engine.metrics`)."""
+        return self._telemetry
+
+    @property
+    def transport(self) -> Transport | None:
+        """The transport while running or after (None before start)."""
+        return self._transport
+
     def start(self) -> None:
         """Open storage, replay the log into a fresh state machine, start the threads.
 
@@ -180,7 +209,8 @@ class RaftNode:
                 running = NodeLoop(self._id, self._peers, self._config, self._state_machine,
                                    stores, recovered, transport, seed=self._seed,
                                    join=self._join, registry=self._registry,
-                                   notify=self._notify_observers)
+                                   notify=self._notify_observers,
+                                   telemetry=self._telemetry)
             except BaseException:
                 close_stores(stores)
                 self._stopped = True
@@ -230,6 +260,7 @@ class RaftNode:
         running.join_halt_thread()
         if first:
             self._notify_observers()
+            self._telemetry.events.close()
 
     # -- requests to the loop ------------------------------------------------------------------
 
@@ -256,10 +287,13 @@ class RaftNode:
             return self._not_running()
         status = running.status
         if status.role != "leader":
+            if tag != READ:
+                self._telemetry.proposals_not_leader += count  # racy across threads: approx.
             return _failed(NotLeaderError(status.leader_id))
         if tag != READ:
             pending = self._registry.approximate_len() + len(running.queued_proposals)
             if pending + count > self._config.max_pending_proposals:
+                self._telemetry.proposals_overloaded += count
                 return _failed(Overloaded(
                     f"{pending} proposals are waiting to commit on {self._id} "
                     f"(max_pending_proposals={self._config.max_pending_proposals})"))
@@ -397,6 +431,18 @@ class RaftNode:
             TimeoutError: the loop thread did not answer in ``timeout`` seconds.
         """
         return self._call(lambda raw: raw.status().progress).result(timeout)
+
+    def last_contact(self) -> dict[str, float]:
+        """Seconds since this node last received a message from each peer it has heard from
+        since it started (on the leader: how long ago each follower answered); {} when not
+        running.  Never blocks: it copies a dict only the loop thread writes (one C-level copy
+        under the GIL)."""
+        running = self._running
+        if running is None or not running.status.running:
+            return {}
+        now = time.monotonic()
+        return {peer: max(0.0, now - heard) for peer, heard in dict(running.last_heard).items()
+                if peer != self._id}
 
     def snapshot(self) -> Future:
         """Take a snapshot now; resolves to its index once it is durable (and the log has been

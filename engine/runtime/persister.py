@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import queue
 import threading
 from collections.abc import Callable
@@ -44,16 +45,22 @@ from typing import Any
 
 from engine.core import Message, Ready
 from engine.errors import StorageError
+from engine.runtime.telemetry import Telemetry, clock
 from engine.runtime.workers import join_thread, start_thread
 from engine.storage.base import BackgroundSync, LogStore, StableStore
 from engine.types import Entry, SnapshotMeta
 
 logger = logging.getLogger(__name__)
 _STOP = object()
+_data = operator.itemgetter(3)  # Entry.data, at C speed (log bytes counter)
 
 
 class Persister:
     """Writes Readys in the order submitted; see the module docstring."""
+
+    # Set by NodeLoop after construction; written by the thread that owns the log store (see
+    # the thread-safety rule in engine.runtime.telemetry).
+    telemetry: Telemetry | None = None
 
     def __init__(self, node_id: str, log_store: LogStore, stable_store: StableStore, *,
                  threaded: bool, send: Callable[[list[Message]], None],
@@ -84,6 +91,7 @@ class Persister:
         self._loop = loop
         self._syncing: list[Ready] | None = None
         self._sync_collected = False  # read_entries waited for the sync of _syncing
+        self._sync_started = 0.0  # perf_counter when the sync of _syncing began
         self._pending: list[Ready] = []
         # Threaded mode: held by the storage thread while it writes a group, and by the loop
         # thread while it reads entries back (read_entries).
@@ -211,7 +219,19 @@ class Persister:
                 self._apply_snapshot(rd.snapshot)
                 wrote_entries = True
             if rd.entries:
-                self._log_store.append(rd.entries)
+                entries = rd.entries
+                telemetry = self.telemetry
+                if telemetry is not None and telemetry.timing:
+                    started = clock()
+                    self._log_store.append(entries)
+                    telemetry.log_append.observe(clock() - started)
+                    if telemetry.sample is not None:
+                        telemetry.stamp(1, entries[-1].index)
+                else:
+                    self._log_store.append(entries)
+                if telemetry is not None:
+                    telemetry.entries_appended += len(entries)
+                    telemetry.bytes_appended += sum(map(len, map(_data, entries)))
                 wrote_entries = True
             if rd.compact_index:
                 self._log_store.compact_prefix(rd.compact_index)
@@ -242,7 +262,13 @@ class Persister:
         """Inline and threaded modes: write, sync and finish the group at once."""
         try:
             if self._write(group):
-                self._log_store.sync()
+                telemetry = self.telemetry
+                if telemetry is not None and telemetry.timing:
+                    started = clock()
+                    self._log_store.sync()
+                    telemetry.fdatasync.observe(clock() - started)
+                else:
+                    self._log_store.sync()
             self._finish(group)
         except Exception as exc:
             self._fail(exc)
@@ -255,6 +281,7 @@ class Persister:
         assert background is not None
         try:
             if self._write(group):
+                self._sync_started = clock()
                 background.begin_sync()
                 self._syncing = group
                 return
@@ -274,6 +301,9 @@ class Persister:
             elif not background.end_sync():
                 return  # not finished yet (a spurious wake-up)
             self._syncing = None
+            telemetry = self.telemetry
+            if telemetry is not None and telemetry.timing:
+                telemetry.fdatasync.observe(clock() - self._sync_started)
             self._finish(group)
         except Exception as exc:
             self._syncing = None

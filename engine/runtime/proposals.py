@@ -203,6 +203,9 @@ class ProposalRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[Index, tuple[Term, Future]] = {}  # guarded by self._lock
+        # Written by whoever resolves (the state machine's owner), read by metrics scrapes.
+        self.committed = 0  # futures resolved with apply()'s result (or its exception)
+        self.replaced = 0  # futures failed with ProposalDropped: their entry was replaced
 
     def __len__(self) -> int:
         with self._lock:
@@ -231,15 +234,21 @@ class ProposalRegistry:
             pop = self._pending.pop
             done = [(pop(e.index, None), e, r, x) for e, r, x in zip(entries, results, errors,
                                                                        strict=True)]
+        replaced = resolved = 0
         for item, entry, result, error in done:
             if item is None:
                 continue
             term, future = item
             if term != entry.term or entry.kind != _NORMAL:
+                replaced += 1
                 settle(future, error=ProposalDropped(
                     f"entry {entry.index} of term {term} was replaced by one of term {entry.term}"))
             else:
+                resolved += 1
                 settle(future, result, error)
+        self.committed += resolved
+        if replaced:
+            self.replaced += replaced
 
     def fail_after(self, index: Index, error: BaseException) -> int:
         """Fail every future for an index above ``index``; returns how many."""

@@ -32,8 +32,10 @@ from concurrent.futures import Future
 from engine.config import Config
 from engine.core import Message, MessageKind, RawNode
 from engine.errors import RaftError, StorageError
+from engine.events import SnapshotInstalled, SnapshotReceived, SnapshotSent
 from engine.runtime.proposals import settle
 from engine.runtime.snapshots import SnapshotReceiver, SnapshotSender
+from engine.runtime.telemetry import Telemetry, clock
 from engine.runtime.workers import join_thread, start_thread
 from engine.storage.base import IncomingSnapshot
 from engine.storage.snapshot import SnapshotStore, encode_snapshot
@@ -49,6 +51,10 @@ Job = tuple[SnapshotMeta, bytes, "Future | None"]
 
 class SnapshotPipeline:
     """Snapshots of one running node; see the module docstring."""
+
+    # Set by NodeLoop after construction (counters written by the loop thread, except
+    # ``snapshots_installed``: the log writer's thread).
+    telemetry: Telemetry | None = None
 
     def __init__(self, node_id: str, config: Config, store: SnapshotStore, *,
                  send: Callable[[list[Message]], None],
@@ -69,6 +75,8 @@ class SnapshotPipeline:
                                       stall_ticks=2 * config.heartbeat_ticks)
         self._receiver = SnapshotReceiver(node_id, self._begin_incoming)
         self._accepted: IncomingSnapshot | None = None  # loop thread
+        self._send_started: dict[str, tuple[int, float]] = {}  # loop: peer -> (index, start)
+        self._receive_started = 0.0  # loop: when the incoming transfer began
         self._lock = threading.Lock()
         self._incoming: dict[tuple[int, int], IncomingSnapshot] = {}  # guarded by _lock
         self._jobs: deque[Job | None] = deque()  # guarded by _jobs_cond; None: stop
@@ -165,11 +173,28 @@ class SnapshotPipeline:
                 raw.report_snapshot(m.dst, ok=False)
                 continue
             self._sender.start(m.dst, m.term, latest[0], latest[1])
+            self._send_started[m.dst] = (latest[0].index, clock())
 
     def tick(self, raw: RawNode) -> None:
         """Once per tick: resume stalled transfers, give up on dead ones."""
         for peer in self._sender.tick():
             raw.report_snapshot(peer, ok=False)
+            self._count_sent(peer, False)
+
+    def _count_sent(self, peer: str, ok: bool) -> None:
+        """Loop thread: a transfer to ``peer`` ended."""
+        started = self._send_started.pop(peer, None)
+        telemetry = self.telemetry
+        if telemetry is None or started is None:
+            return
+        index, at = started
+        seconds = clock() - at
+        if ok:
+            telemetry.snapshots_sent += 1
+            telemetry.snapshot_send.observe(seconds)
+        else:
+            telemetry.snapshots_send_failed += 1
+        telemetry.events.emit(SnapshotSent(self._id, peer, index, ok, seconds))
 
     def leadership_lost(self) -> None:
         """Forget every outgoing transfer."""
@@ -181,6 +206,7 @@ class SnapshotPipeline:
             finished = self._sender.on_response(m)
             if finished is not None:
                 raw.report_snapshot(finished[0], ok=finished[1])
+                self._count_sent(finished[0], finished[1])
             return
         if m.term < raw.term:
             return  # a deposed leader's transfer
@@ -189,6 +215,13 @@ class SnapshotPipeline:
         if done is None:
             return
         meta, incoming = done
+        telemetry = self.telemetry
+        if telemetry is not None:
+            seconds = clock() - self._receive_started
+            telemetry.snapshots_received += 1
+            telemetry.snapshot_receive.observe(seconds)
+            telemetry.events.emit(SnapshotReceived(self._id, m.src, meta.index, meta.term,
+                                                   seconds))
         before = raw.snapshot
         raw.step(Message(kind=_SNAPSHOT, src=m.src, dst=self._id, term=m.term,
                          index=meta.index, log_term=meta.term, data=meta.membership.encode()))
@@ -228,8 +261,13 @@ class SnapshotPipeline:
         with self._lock:
             incoming = self._incoming.pop((meta.index, meta.term))
             self._store.commit_incoming(incoming)
+        telemetry = self.telemetry
+        if telemetry is not None:
+            telemetry.snapshots_installed += 1
+            telemetry.events.emit(SnapshotInstalled(self._id, meta.index, meta.term))
 
     def _begin_incoming(self, index: int, term: int, total: int) -> IncomingSnapshot:
         """The receiver's ``begin``: a new temporary place in the snapshot store."""
+        self._receive_started = clock()
         with self._lock:
             return self._store.begin_incoming(index, term, total)

@@ -332,6 +332,7 @@ class _InboundProtocol(_BaseProtocol):
     def _refuse(self, reason: str) -> None:
         logger.warning("%s: refused inbound connection from %s (claims %r): %s",
                        self.owner.node_id, self.peername, self.peer_id or None, reason)
+        self.owner.connections_refused += 1
         self.state = "refused"
         self.abort()
 
@@ -339,6 +340,7 @@ class _InboundProtocol(_BaseProtocol):
         return None  # close our side too
 
     def data_received(self, data: bytes) -> None:
+        self.owner.bytes_received += len(data)
         if self.state == "frames":
             self._frames(data)
             return
@@ -416,6 +418,7 @@ class _InboundProtocol(_BaseProtocol):
         expected = _proof(owner._secret, b"raft-cli", self.client_nonce, self.server_nonce,
                           self.peer_id.encode(), owner.node_id.encode())
         if not hmac.compare_digest(proof, expected):
+            owner.auth_failures += 1
             self._refuse("HMAC authentication failed (wrong secret?)")
             return
         self._accept()
@@ -453,6 +456,7 @@ class _InboundProtocol(_BaseProtocol):
                         logger.exception("%s: handler raised on %s from %s; message dropped",
                                          me, msg.kind.name, peer)
         except FrameError as exc:
+            owner.frames_malformed += 1
             logger.warning("%s: closing connection from %s (%s): bad frame: %s", me, peer,
                            self.peername, exc)
             self.state = "refused"
@@ -692,6 +696,13 @@ class TcpTransport:
         self._connect_tasks: set[asyncio.Task[None]] = set()  # pending, stale ones included
         self._local_scheduled = False  # a call_soon(_on_local) is pending (send on the loop)
         self._frames_written = 0  # frames handed to sockets (read racily by frames_written())
+        # Metrics counters, written by the loop thread only, read racily (ints, under the GIL)
+        # by engine.metrics at scrape time.
+        self.bytes_written = 0  # frame bytes handed to the sockets
+        self.bytes_received = 0  # bytes read from inbound connections (handshakes included)
+        self.frames_malformed = 0  # inbound connections closed on a bad frame
+        self.connections_refused = 0  # inbound connections refused at the handshake
+        self.auth_failures = 0  # ... of which failed the HMAC authentication
         self._rng = random.Random(seed)
         self._delay_heap: list[tuple[float, int, str, Message]] = []
         self._delay_seq = 0
@@ -1358,8 +1369,10 @@ class TcpTransport:
                         continue
                     frames.append(frame)
                 if frames:
-                    write(frames[0] if len(frames) == 1 else b"".join(frames))
+                    data = frames[0] if len(frames) == 1 else b"".join(frames)
+                    write(data)
                     self._frames_written += len(frames)
+                    self.bytes_written += len(data)
             if dropped:
                 with self._count_lock:
                     self._dropped += dropped

@@ -157,13 +157,18 @@ def test_status_of_a_running_node(make_cluster: Callable[..., LocalCluster],
     leader = cluster.wait_for_leader(timeout=LIVENESS)
     with KVServer(leader, "127.0.0.1:0", client_addresses={"n1": "127.0.0.1:6401"}) as server:
         host, port = server.address or ("", 0)
-        assert main(["status", f"{host}:{port}"]) == 0
+        assert main(["status", f"{host}:{port}", "--node"]) == 0
         out = capsys.readouterr().out
-        assert main(["status", f"{host}:{port}", "--json"]) == 0
+        assert main(["status", f"{host}:{port}", "--node", "--json"]) == 0
         raw = capsys.readouterr().out
+        assert main(["status", f"{host}:{port}"]) == 0  # the cluster view: one member
+        table = capsys.readouterr().out.splitlines()
     assert "role            leader" in out
     assert "leader          n1 (clients at 127.0.0.1:6401)" in out
     assert '"role":"leader"' in raw
+    assert table[0] == f"leader n1, term {orjson.loads(raw)['term']}; voters n1 (asked n1 at " \
+                       f"{host}:{port})"
+    assert table[2].split()[:3] == ["n1", f"{host}:{port}", "leader"]
 
 
 def test_format_status_of_an_unknown_leader() -> None:
@@ -219,7 +224,7 @@ def test_member_command_against_a_running_node(make_cluster: Callable[..., Local
         assert main(["member", address, "add", "n2", "127.0.0.1:7002"]) == 0
         assert orjson.loads(capsys.readouterr().out) == {
             "voters": ["n1"], "outgoing": [], "learners": ["n2"]}
-        assert main(["status", address]) == 0
+        assert main(["status", address, "--node"]) == 0
         out = capsys.readouterr().out.splitlines()
         assert "voters          n1" in out and "learners        n2" in out
 
@@ -230,7 +235,7 @@ def test_member_command_against_a_running_node(make_cluster: Callable[..., Local
         assert main(["member", address, "remove", "n2"]) == 0
         assert orjson.loads(capsys.readouterr().out) == {
             "voters": ["n1"], "outgoing": [], "learners": []}
-        assert main(["status", address]) == 0
+        assert main(["status", address, "--node"]) == 0
         assert "learners" not in capsys.readouterr().out
 
 
