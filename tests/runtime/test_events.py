@@ -148,6 +148,10 @@ def test_recovering_started_and_finished(tmp_path: Path) -> None:
         assert leader.propose(b"first").result(LIVENESS)
         index = leader.propose(b"second").result(LIVENESS)
         follower_id = cluster.ids[follower]
+        # Committed needs only one follower: wait until this one holds the entry (applied
+        # implies durable there), or there is no record of it to rot.
+        assert cluster.wait_for(
+            lambda: cluster.nodes[follower].status().last_applied >= index, LIVENESS)
         cluster.nodes[follower].stop()
         assert damage.flip_byte(tmp_path / follower_id, index).index == index
         node = cluster.restart(follower)
