@@ -234,6 +234,16 @@ class RawNode:
         return self.raft.term
 
     @property
+    def peers(self) -> tuple[NodeId, ...]:
+        """The other members this node replicates to or votes with."""
+        return self.raft.peers
+
+    @property
+    def heartbeat_elapsed(self) -> int:
+        """Leader only: ticks since its last heartbeat round (0 in the tick that sent one)."""
+        return self.raft.heartbeat_elapsed
+
+    @property
     def disk_stalled(self) -> bool:
         """True while the driver reports this node's durable writes stalled."""
         return self.raft.disk_stalled

@@ -431,8 +431,8 @@ class NodeLoop:
                     telemetry.events.emit(ev.DiskStallStarted(self.id))
                 raw.set_disk_stalled(True)
             raw.tick()
-            if raw.role is Role.LEADER and raw.raft.heartbeat_elapsed == 0:
-                self.rtt.broadcast(raw.raft.peers, time.monotonic())
+            if raw.role is Role.LEADER and raw.heartbeat_elapsed == 0:
+                self.rtt.broadcast(raw.peers, time.monotonic())
             self._refresh_progress(raw)
             if self._progress or telemetry.unreachable:
                 self._check_reachability()
@@ -526,8 +526,8 @@ class NodeLoop:
             elif tag == READ:
                 reads.append((event[1], event[2]))
             elif tag == SNAPSHOT_SAVED:
-                self._snapshot_saved(raw, event[1])
-                self.snapshots.saved(raw, event[1], event[2], event[3])
+                self._snapshot_saved(event[1],
+                                     self.snapshots.saved(raw, event[1], event[2], event[3]))
                 self.applier.snapshot_saved()
             elif tag == SNAPSHOT_FAILED:
                 self.applier.snapshot_saved()
@@ -863,14 +863,13 @@ class NodeLoop:
         self._snapshot_started[meta.index] = clock()  # a plain dict store (any owner thread)
         self.snapshots.taken(meta, data, future)
 
-    def _snapshot_saved(self, raw: RawNode, meta: SnapshotMeta) -> None:
-        """Loop thread: count a durable local snapshot and report the compaction it allows."""
+    def _snapshot_saved(self, meta: SnapshotMeta, compacted: int | None) -> None:
+        """Loop thread: count a durable local snapshot and report the compaction the snapshot
+        pipeline made for it (None: none)."""
         telemetry = self.telemetry
         telemetry.snapshots_taken += 1
         started = self._snapshot_started.pop(meta.index, None)
         if started is not None:
             telemetry.snapshot_save.observe(clock() - started)
-        before = raw.snapshot
-        previous = before.index if before is not None else 0
-        compact = min(previous, max(0, meta.index - self.config.snapshot_trailing_entries))
-        telemetry.events.emit(ev.LogCompacted(self.id, meta.index, compact))
+        if compacted is not None:
+            telemetry.events.emit(ev.LogCompacted(self.id, meta.index, compacted))

@@ -148,18 +148,23 @@ class SnapshotPipeline:
                 self._on_saved(meta, encoded, future)
 
     def saved(self, raw: RawNode, meta: SnapshotMeta, encoded: bytes,
-              future: Future | None) -> None:
-        """Loop thread: a local snapshot is durable; keep it for followers and compact."""
+              future: Future | None) -> int | None:
+        """Loop thread: a local snapshot is durable; keep it for followers and compact.
+        Returns the index the log was compacted to, or None when the snapshot is not newer
+        than the one kept (nothing compacted)."""
         latest = self._latest
+        compacted = None
         if latest is None or meta.index > latest[0].index:
             self._latest = (meta, encoded)
             # Keep the log back to the previous snapshot too: if the newest snapshot file is
             # ever found corrupt, the older one plus the log still rebuild the state.
             previous = latest[0].index if latest is not None else 0
             trailing = self._config.snapshot_trailing_entries
-            raw.compact(meta, min(previous, max(0, meta.index - trailing)))
+            compacted = min(previous, max(0, meta.index - trailing))
+            raw.compact(meta, compacted)
         if future is not None:
             settle(future, meta.index)
+        return compacted
 
     # -- InstallSnapshot (loop thread) ------------------------------------------------------------
 
