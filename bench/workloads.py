@@ -679,7 +679,7 @@ def join_new_node(cluster: LocalCluster, node_id: str,
     same kind as the cluster's)."""
     assert cluster.network is not None, "join_new_node needs the in-memory transport"
     leader = ready_leader(cluster)
-    commit = leader.status().commit_index
+    commit, term = leader.status().commit_index, leader.status().term
     transport = ByteCountingTransport(cluster.network.endpoint(node_id))
     address = f"memory:{node_id}"
     node = RaftNode(node_id, {**cluster.addresses, node_id: address},
@@ -690,6 +690,9 @@ def join_new_node(cluster: LocalCluster, node_id: str,
         leader.add_learner(node_id, address).result(60)
         caught_up = node.wait_applied(commit, timeout=300)
         catch_up_s = time.perf_counter() - start
+        # Promote through whoever leads now: a leadership change during the catch-up would
+        # otherwise end the run with NotLeaderError; it is reported instead.
+        leader = ready_leader(cluster)
         leader.promote(node_id).result(300)
         voter_s = time.perf_counter() - start
         status = node.status()
@@ -698,6 +701,7 @@ def join_new_node(cluster: LocalCluster, node_id: str,
                 "bytes_received": transport.bytes_received,
                 "messages_received": transport.messages_received,
                 "via_snapshot": status.snapshot_index > 0,
+                "leader_changed_during_catch_up": leader.status().term != term,
                 "voters": list(leader.membership.voters)}
     finally:
         node.stop()
